@@ -1,0 +1,396 @@
+"""The C-STORE and C-ECHO SCP: receive, check, spool and record instances.
+
+Every C-STORE is answered ``0x0000`` only after the instance's bytes are fsync'd into the spool
+and its row is committed through :class:`~dicom_node.interfaces.NodeRecorder`. Handlers never
+raise to the peer: every failure becomes a DIMSE failure status, a log line and, where the
+database is reachable, an audit row.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+from pynetdicom import AE, _config, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_node.eligibility import decide
+from dicom_node.integrity import MalformedDatasetError, read_header_checked
+from dicom_node.interfaces import NodeRecorder, PeerInfo, ReceivedInstance
+from dicom_node.sockets import set_nodelay
+from dicom_node.spool import LowDiskSpaceError, Spool
+from dicom_node.statuses import (
+    CANNOT_UNDERSTAND,
+    DATASET_MISMATCH,
+    INVALID_UID,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    SUCCESS,
+)
+from dicom_node.transfer_syntaxes import ACCEPTED_TRANSFER_SYNTAXES
+from dicom_node.uids import DEFAULT_UID_ROOT, InvalidUIDError, validate_uid
+
+logger = logging.getLogger(__name__)
+
+# Files left in incoming/ by a crashed process are removed at start once older than this.
+_STALE_INCOMING_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """Network and policy settings of the SCP (see ``docs/configuration.md``)."""
+
+    ae_title: str = "CXR_TRIAGE"
+    bind: str = "127.0.0.1"
+    port: int = 11112
+    max_pdu: int = 1_048_576
+    max_associations: int = 16
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 120.0
+    allowed_calling_aets: frozenset[str] = field(default_factory=frozenset)
+    require_called_ae: bool = True
+    uid_root: str = DEFAULT_UID_ROOT
+    assume_pa_chest: bool = False
+    keep_ineligible: bool = False
+    reuse_port: bool = False
+    ssl_context: ssl.SSLContext | None = None
+
+
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server, plus SO_REUSEPORT and a record of failed TLS handshakes."""
+
+    listener: Listener
+
+    def server_bind(self) -> None:
+        if self.listener.config.reuse_port and self.socket is not None:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        try:
+            return super().get_request()
+        except ssl.SSLError as exc:
+            # The handshake failed before any association existed: record who and why.
+            self.listener._record_tls_failure(exc)
+            raise
+
+
+def storage_contexts(
+    transfer_syntaxes: Iterable[str] = ACCEPTED_TRANSFER_SYNTAXES,
+) -> list[PresentationContext]:
+    """Presentation contexts for every storage SOP class with the given transfer syntaxes."""
+    contexts = []
+    for cx in AllStoragePresentationContexts:
+        new = PresentationContext()
+        new.abstract_syntax = cx.abstract_syntax
+        new.transfer_syntax = list(transfer_syntaxes)
+        contexts.append(new)
+    return contexts
+
+
+class Listener:
+    """DICOM C-STORE/C-ECHO SCP that spools PA chest radiographs.
+
+    Parameters
+    ----------
+    config : ListenerConfig
+        Network and policy settings.
+    spool : Spool
+        Where instances are written.
+    recorder : NodeRecorder
+        Database-backed record of associations and instances, supplied by the application.
+    """
+
+    def __init__(self, config: ListenerConfig, spool: Spool, recorder: NodeRecorder) -> None:
+        self.config = config
+        self.spool = spool
+        self.recorder = recorder
+        self._server: _Server | None = None
+        self._lock = threading.Lock()
+        self._associations: dict[int, int] = {}  # id(Association) -> association row id
+        self._open: set[int] = set()  # id(Association) of accepted, not yet closed ones
+
+    # -- life cycle ---------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        """The bound port (useful when configured as 0)."""
+        if self._server is None:
+            raise RuntimeError("listener is not running")
+        return int(self._server.server_address[1])
+
+    def _make_ae(self) -> AE:
+        ae = AE(ae_title=self.config.ae_title)
+        ae.maximum_pdu_size = self.config.max_pdu
+        # Our own EVT_REQUESTED check enforces and records the limit; pynetdicom's is a backstop.
+        ae.maximum_associations = self.config.max_associations + 1
+        ae.acse_timeout = self.config.acse_timeout
+        ae.dimse_timeout = self.config.dimse_timeout
+        ae.network_timeout = self.config.network_timeout
+        ae.require_called_aet = False
+        ae.supported_contexts = storage_contexts()
+        ae.add_supported_context(Verification)
+        return ae
+
+    def start(self) -> None:
+        """Bind the port and serve in background threads."""
+        # Receive each dataset straight to a file in the spool's incoming/ directory, so that
+        # keeping it is an fsync and a rename, never a decode-and-rewrite.
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        tempfile.tempdir = str(self.spool.incoming)
+        self._clean_incoming()
+        handlers = [
+            (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        ae = self._make_ae()
+        server = ae.make_server(
+            (self.config.bind, self.config.port),
+            ae_title=self.config.ae_title,
+            ssl_context=self.config.ssl_context,
+            evt_handlers=handlers,  # type: ignore[arg-type]
+            server_class=type("BoundServer", (_Server,), {"listener": self}),
+        )
+        thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
+        thread.start()
+        ae._servers.append(server)
+        self._server = server  # type: ignore[assignment]
+        logger.info(
+            "listening as %s on %s:%d%s",
+            self.config.ae_title,
+            self.config.bind,
+            self.port,
+            " (TLS)" if self.config.ssl_context else "",
+        )
+
+    def stop(self) -> None:
+        """Stop accepting and close the server."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def _clean_incoming(self) -> None:
+        cutoff = time.time() - _STALE_INCOMING_SECONDS
+        for path in self.spool.incoming.iterdir():
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+            except OSError:
+                continue
+
+    # -- associations -------------------------------------------------------------------------
+    def _peer(self, event: evt.Event) -> PeerInfo:
+        req = event.assoc.requestor
+        # At EVT_REQUESTED the AE titles are only in the A-ASSOCIATE-RQ primitive.
+        primitive = req.primitive
+        calling = primitive.calling_ae_title if primitive is not None else req.ae_title
+        called = (
+            primitive.called_ae_title if primitive is not None else event.assoc.acceptor.ae_title
+        )
+        return PeerInfo(
+            calling_ae=str(calling or "").strip(),
+            called_ae=str(called or "").strip(),
+            host=str(req.address),
+            port=int(req.port or 0),
+            tls=self.config.ssl_context is not None,
+        )
+
+    def _rejection_reason(self, peer: PeerInfo) -> tuple[str, tuple[int, int, int]] | None:
+        allowed = self.config.allowed_calling_aets
+        if allowed and peer.calling_ae not in allowed:
+            return f"calling AE {peer.calling_ae!r} is not in the allow-list", (0x01, 0x01, 0x03)
+        if self.config.require_called_ae and peer.called_ae != self.config.ae_title:
+            return (
+                f"called AE {peer.called_ae!r} is not ours ({self.config.ae_title!r})",
+                (0x01, 0x01, 0x07),
+            )
+        with self._lock:
+            active = len(self._open)
+        if active >= self.config.max_associations:
+            return (
+                f"{active} associations already open (limit {self.config.max_associations})",
+                (0x02, 0x03, 0x02),
+            )
+        try:
+            self.spool.check_space()
+        except LowDiskSpaceError as exc:
+            return f"low disk space: {exc}", (0x02, 0x03, 0x01)
+        return None
+
+    def _on_requested(self, event: evt.Event) -> None:
+        # pynetdicom sets the acceptor's AE title from the request before this event.
+        peer = self._peer(event)
+        verdict = self._rejection_reason(peer)
+        if verdict is None:
+            return
+        reason, (result, source, diagnostic) = verdict
+        logger.warning(
+            "rejected association from %s@%s:%d: %s", peer.calling_ae, peer.host, peer.port, reason
+        )
+        try:
+            self.recorder.association_rejected(peer, reason)
+        except Exception:
+            logger.exception("could not record the rejection of %s", peer.calling_ae)
+        event.assoc.acse.send_reject(result, source, diagnostic)
+        # As pynetdicom does after its own rejections: let the DUL flush the A-ASSOCIATE-RJ
+        # before the server closes the socket, or the peer sees an abort instead.
+        event.assoc.kill()
+
+    def _association_id(self, event: evt.Event) -> int:
+        key = id(event.assoc)
+        with self._lock:
+            known = self._associations.get(key)
+        if known is not None:
+            return known
+        assoc_id = self.recorder.association_started(self._peer(event))
+        with self._lock:
+            self._associations[key] = assoc_id
+        return assoc_id
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        with self._lock:
+            self._open.add(id(event.assoc))
+        try:
+            self._association_id(event)
+        except Exception:
+            # The first C-STORE retries, and fails with 0xA700 if the database is still down.
+            logger.exception("could not record association from %s", event.assoc.requestor.address)
+
+    def _on_closed(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        with self._lock:
+            assoc_id = self._associations.pop(id(assoc), None)
+            self._open.discard(id(assoc))
+        if assoc_id is None:
+            return
+        outcome = "released" if assoc.is_released else "aborted" if assoc.is_aborted else "closed"
+        try:
+            self.recorder.association_ended(assoc_id, outcome)
+        except Exception:
+            logger.exception("could not record the end of association %d", assoc_id)
+
+    def _record_tls_failure(self, exc: ssl.SSLError) -> None:
+        peer = PeerInfo(calling_ae="", called_ae=self.config.ae_title, host="", port=0, tls=True)
+        logger.warning("TLS handshake failed: %s", exc)
+        try:
+            self.recorder.association_rejected(peer, f"TLS handshake failed: {exc.reason or exc}")
+        except Exception:
+            logger.exception("could not record a failed TLS handshake")
+
+    # -- DIMSE ----------------------------------------------------------------------------------
+    def _on_echo(self, event: evt.Event) -> int:
+        return SUCCESS
+
+    def _fail(
+        self, assoc_id: int | None, sop_uid: str, status: int, reason: str, *, exc: bool = False
+    ) -> int:
+        log = logger.exception if exc else logger.warning
+        log("C-STORE %s answered 0x%04X: %s", sop_uid[:64] or "?", status, reason)
+        try:
+            self.recorder.instance_failed(assoc_id, sop_uid[:64], status, reason)
+        except Exception:
+            logger.exception("could not record the failure of %s", sop_uid[:64])
+        return status
+
+    def _on_store(self, event: evt.Event) -> int:
+        request = cast(C_STORE, event.request)
+        sop_uid = str(request.AffectedSOPInstanceUID or "")
+        assoc_id: int | None = None
+        try:
+            assoc_id = self._association_id(event)
+            return self._store(event, assoc_id, sop_uid)
+        except Exception as exc:
+            status = OUT_OF_RESOURCES if assoc_id is None else PROCESSING_FAILURE
+            return self._fail(assoc_id, sop_uid, status, f"internal error: {exc}", exc=True)
+
+    def _store(self, event: evt.Event, assoc_id: int, command_sop_uid: str) -> int:
+        received: Path = event.dataset_path
+        size = received.stat().st_size
+        try:
+            self.spool.check_space(size)
+        except LowDiskSpaceError as exc:
+            return self._fail(assoc_id, command_sop_uid, OUT_OF_RESOURCES, str(exc))
+        try:
+            ds = read_header_checked(received)
+        except MalformedDatasetError as exc:
+            reason = f"malformed or truncated dataset: {exc}"
+            return self._fail(assoc_id, command_sop_uid, CANNOT_UNDERSTAND, reason)
+        try:
+            study_uid = validate_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
+            series_uid = validate_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
+            sop_uid = validate_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
+        except InvalidUIDError as exc:
+            return self._fail(assoc_id, command_sop_uid, INVALID_UID, str(exc))
+        if sop_uid != command_sop_uid.rstrip("\x00 "):
+            reason = f"dataset SOPInstanceUID {sop_uid} differs from the command's"
+            return self._fail(assoc_id, command_sop_uid, DATASET_MISMATCH, reason)
+
+        decision = decide(
+            ds, uid_root=self.config.uid_root, assume_pa_chest=self.config.assume_pa_chest
+        )
+        location = None
+        existed = False
+        if decision.eligible or self.config.keep_ineligible:
+            location = self.spool.location(study_uid, series_uid, sop_uid)
+            existed = location.path.exists()
+            source = received
+            if received.parent != self.spool.incoming:
+                # Another listener in this process owns tempfile.tempdir: copy to our file system.
+                fd, name = tempfile.mkstemp(dir=self.spool.incoming, suffix=".dcm")
+                os.close(fd)
+                shutil.copyfile(received, name)
+                source = Path(name)
+            try:
+                size = self.spool.commit(source, location)
+            except OSError as exc:
+                return self._fail(assoc_id, sop_uid, OUT_OF_RESOURCES, f"spool write failed: {exc}")
+
+        record = ReceivedInstance(
+            association_id=assoc_id,
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            sop_instance_uid=sop_uid,
+            sop_class_uid=str(ds.get("SOPClassUID", "")),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            modality=str(ds.get("Modality", "")),
+            accession_number=str(ds.get("AccessionNumber", "") or ""),
+            patient_id=str(ds.get("PatientID", "") or ""),
+            spool_path=location.relative if location else None,
+            size_bytes=size,
+            decision=decision,
+        )
+        try:
+            self.recorder.instance_received(record)
+        except Exception as exc:
+            # Not recorded, so not acknowledged: the peer keeps its copy and retries later.
+            if location is not None and not existed:
+                self.spool.remove(location)
+            return self._fail(
+                assoc_id, sop_uid, OUT_OF_RESOURCES, f"database write failed: {exc}", exc=True
+            )
+        logger.info(
+            "stored %s (%s) from association %d: %s",
+            sop_uid,
+            "eligible" if decision.eligible else "skipped",
+            assoc_id,
+            decision.reason,
+        )
+        return SUCCESS

@@ -1,0 +1,199 @@
+"""Synthetic DICOM instances for demos, benchmarks and tests (no patient data).
+
+The images are smooth random fields, not anatomy: they exercise every code path that reads
+headers and pixels, and nothing that needs a real radiograph.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    ComprehensiveSRStorage,
+    CTImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
+
+CR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
+# Synthetic objects use pydicom's example root, never ours: they must not look like our output.
+_ROOT = "1.2.826.0.1.3680043.8.498."
+
+
+def _meta(ds: Dataset, transfer_syntax: str) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+
+
+def _patient_study(ds: Dataset, study_uid: str | None, patient_id: str) -> None:
+    now = datetime.now()
+    ds.PatientName = "SYNTHETIC^PATIENT"
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    ds.StudyInstanceUID = study_uid or generate_uid(_ROOT)
+    ds.StudyDate = now.strftime("%Y%m%d")
+    ds.StudyTime = now.strftime("%H%M%S")
+    ds.StudyID = "1"
+    ds.AccessionNumber = "SYN" + ds.StudyInstanceUID[-8:]
+    ds.ReferringPhysicianName = ""
+    ds.SpecificCharacterSet = "ISO_IR 100"
+
+
+def _pixels(rows: int, columns: int, bits: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((max(2, rows // 64), max(2, columns // 64)))
+    # Nearest-neighbour upsampling of a coarse field: cheap, and compressible like an image.
+    img = np.kron(coarse, np.ones((64, 64)))[:rows, :columns]
+    img = np.pad(img, ((0, rows - img.shape[0]), (0, columns - img.shape[1])), mode="edge")
+    top = (1 << bits) - 1
+    dtype = np.uint8 if bits <= 8 else np.uint16
+    return (img * top).astype(dtype)
+
+
+def radiograph(
+    *,
+    modality: str = "DX",
+    view_position: str | None = "PA",
+    body_part: str | None = "CHEST",
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    sop_uid: str | None = None,
+    rows: int = 256,
+    columns: int = 256,
+    bits: int = 12,
+    photometric: str = "MONOCHROME2",
+    patient_id: str = "SYN0001",
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    seed: int = 0,
+    **attributes: Any,
+) -> Dataset:
+    """A CR or DX radiograph with native pixel data.
+
+    Parameters
+    ----------
+    modality : str
+        ``"CR"`` or ``"DX"`` (sets the matching SOP class); others keep the DX SOP class.
+    view_position, body_part : str or None
+        ViewPosition and BodyPartExamined; None leaves the attribute out.
+    rows, columns, bits : int
+        Image size and BitsStored (8 or up to 16).
+    **attributes
+        Any further keyword attributes to set, e.g. ``SeriesDescription="CHEST PA"``.
+    """
+    ds = Dataset()
+    ds.SOPClassUID = (
+        CR_IMAGE_STORAGE if modality == "CR" else DigitalXRayImageStorageForPresentation
+    )
+    ds.SOPInstanceUID = sop_uid or generate_uid(_ROOT)
+    _patient_study(ds, study_uid, patient_id)
+    ds.Modality = modality
+    ds.SeriesInstanceUID = series_uid or generate_uid(_ROOT)
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.Manufacturer = "Synthetic"
+    ds.PatientOrientation = ["L", "F"] if view_position == "PA" else ""
+    if modality == "DX":
+        ds.ImageType = ["ORIGINAL", "PRIMARY"]
+        ds.PresentationIntentType = "FOR PRESENTATION"
+        ds.ImageLaterality = "U"
+        ds.PixelIntensityRelationship = "LOG"
+        ds.PixelIntensityRelationshipSign = 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
+        ds.PresentationLUTShape = "IDENTITY"
+        ds.DetectorType = "DIRECT"
+        ds.BurnedInAnnotation = "NO"
+        ds.PositionerType = ""
+        ds.AcquisitionContextSequence = Sequence([])
+        ds.AcquisitionDate, ds.AcquisitionTime = ds.StudyDate, ds.StudyTime
+        ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
+        region = Dataset()
+        region.CodeValue, region.CodingSchemeDesignator = "43799004", "SCT"
+        region.CodeMeaning = "Chest"
+        ds.AnatomicRegionSequence = Sequence([region] if body_part == "CHEST" else [])
+    ds.LossyImageCompression = "00"
+    if view_position is not None:
+        ds.ViewPosition = view_position
+    if body_part is not None:
+        ds.BodyPartExamined = body_part
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = rows, columns
+    ds.BitsAllocated = 8 if bits <= 8 else 16
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    ds.PixelSpacing = [0.139, 0.139]
+    ds.ImagerPixelSpacing = [0.139, 0.139]
+    ds.WindowCenter = (1 << bits) // 2
+    ds.WindowWidth = 1 << bits
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = _pixels(rows, columns, bits, seed).tobytes()
+    _meta(ds, transfer_syntax)
+    return ds
+
+
+def ct_slice(*, study_uid: str | None = None, rows: int = 64, columns: int = 64) -> Dataset:
+    """A small CT image of the chest (not a radiograph)."""
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid(_ROOT)
+    _patient_study(ds, study_uid, "SYN0002")
+    ds.Modality = "CT"
+    ds.BodyPartExamined = "CHEST"
+    ds.SeriesInstanceUID = generate_uid(_ROOT)
+    ds.SeriesNumber = 2
+    ds.InstanceNumber = 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = rows, columns
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+    ds.PixelData = _pixels(rows, columns, 12, 1).tobytes()
+    _meta(ds, ExplicitVRLittleEndian)
+    return ds
+
+
+def structured_report(*, study_uid: str | None = None) -> Dataset:
+    """A minimal Comprehensive SR document (a non-image object)."""
+    ds = Dataset()
+    ds.SOPClassUID = ComprehensiveSRStorage
+    ds.SOPInstanceUID = generate_uid(_ROOT)
+    _patient_study(ds, study_uid, "SYN0003")
+    ds.Modality = "SR"
+    ds.SeriesInstanceUID = generate_uid(_ROOT)
+    ds.SeriesNumber = 3
+    ds.InstanceNumber = 1
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    concept = Dataset()
+    concept.CodeValue, concept.CodingSchemeDesignator = "18748-4", "LN"
+    concept.CodeMeaning = "Diagnostic Imaging Report"
+    ds.ConceptNameCodeSequence = Sequence([concept])
+    ds.ContentSequence = Sequence([])
+    _meta(ds, ImplicitVRLittleEndian)
+    return ds
+
+
+def write(ds: Dataset, path: Path) -> Path:
+    """Write ``ds`` as a DICOM Part 10 file and return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

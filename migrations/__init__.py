@@ -1,0 +1,1 @@
+"""Alembic migrations (shipped as a package so installed copies can upgrade their database)."""

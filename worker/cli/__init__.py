@@ -1,0 +1,1 @@
+"""The ``cxr-triage`` command line: one module per subcommand."""

@@ -1,0 +1,67 @@
+"""``cxr-triage``: entry point, global options and logging set-up."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from worker import __version__
+from worker.cli import db, echo, listen, send
+from worker.settings import Settings, load_settings
+
+SUBCOMMANDS = (listen, echo, send, db)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cxr-triage",
+        description=(
+            "Triage PA chest radiographs beside a PACS: receive studies by DICOM, classify "
+            "them with a CNN and send results back. Settings come from CXR_* environment "
+            "variables or --config FILE (see docs/configuration.md)."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", type=Path, help="TOML settings file (environment wins)")
+    parser.add_argument(
+        "--log-level", help="DEBUG, INFO, WARNING or ERROR (default: CXR_LOG_LEVEL or INFO)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # pynetdicom logs every PDU at INFO; keep its chatter for DEBUG.
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings: Settings = load_settings(args.config)
+    except (ValidationError, FileNotFoundError, ValueError) as exc:
+        print(f"cxr-triage: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level or settings.log_level)
+    try:
+        return int(args.func(args, settings) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

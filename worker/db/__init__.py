@@ -1,0 +1,1 @@
+"""Database tables, engine and the queries the node and the auditors use."""

@@ -1,0 +1,378 @@
+"""Database side of the DICOM node: the recorder and study tracker the listener calls."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import case, distinct, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.completion import CompletionPolicy
+from dicom_node.interfaces import PeerInfo, ReceivedInstance
+from worker.db.models import (
+    COMPLETE,
+    QUEUED,
+    QUEUEING,
+    RECEIVING,
+    SKIPPED,
+    Association,
+    Instance,
+    Rejection,
+    Study,
+    StudyEvent,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Enqueue a study; returns the task id. Raises when the broker cannot take it.
+Enqueue = Callable[[Study], str]
+
+# A study left in "queueing" this long was claimed by a process that died mid-dispatch.
+_QUEUEING_STALE = timedelta(seconds=60)
+
+
+def node_name() -> str:
+    """``host:pid`` of this process, stored on every association it accepts."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class NodeStore:
+    """Implements :class:`~dicom_node.interfaces.NodeRecorder` and ``StudyTracker``.
+
+    Parameters
+    ----------
+    sessions : sessionmaker
+        Session factory bound to the application's database.
+    policy : CompletionPolicy
+        Quiet period and force-complete cap.
+    enqueue : callable, optional
+        Puts a complete study on the broker; without one, complete studies wait in the outbox.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        policy: CompletionPolicy,
+        enqueue: Enqueue | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.policy = policy
+        self.enqueue = enqueue
+        self.node = node_name()
+
+    # -- NodeRecorder ---------------------------------------------------------------------------
+    def association_started(self, peer: PeerInfo) -> int:
+        with self.sessions.begin() as s:
+            row = Association(
+                calling_ae=peer.calling_ae[:16],
+                called_ae=peer.called_ae[:16],
+                peer_host=peer.host,
+                peer_port=peer.port,
+                tls=peer.tls,
+                node=self.node,
+                started_at=_now(),
+            )
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def association_ended(self, association_id: int, outcome: str) -> None:
+        with self.sessions.begin() as s:
+            s.execute(
+                update(Association)
+                .where(Association.id == association_id, Association.ended_at.is_(None))
+                .values(ended_at=_now(), outcome=outcome)
+            )
+
+    def association_rejected(self, peer: PeerInfo, reason: str) -> None:
+        with self.sessions.begin() as s:
+            s.add(
+                Rejection(
+                    at=_now(),
+                    kind="association",
+                    calling_ae=peer.calling_ae[:16],
+                    called_ae=peer.called_ae[:16],
+                    peer_host=peer.host,
+                    peer_port=peer.port,
+                    reason=reason,
+                )
+            )
+
+    def instance_failed(
+        self, association_id: int | None, sop_instance_uid: str, status: int, reason: str
+    ) -> None:
+        with self.sessions.begin() as s:
+            s.add(
+                Rejection(
+                    at=_now(),
+                    kind="instance",
+                    association_id=association_id,
+                    sop_instance_uid=sop_instance_uid[:64] or None,
+                    status=status,
+                    reason=reason,
+                )
+            )
+
+    def instance_received(self, instance: ReceivedInstance) -> None:
+        # Two associations may create the same new study at once: the loser retries once and
+        # then finds the winner's row.
+        for attempt in (1, 2):
+            try:
+                with self.sessions.begin() as s:
+                    self._record_instance(s, instance)
+                return
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+                logger.debug(
+                    "concurrent insert for study %s; retrying", instance.study_instance_uid
+                )
+
+    def _record_instance(self, s: Session, rec: ReceivedInstance) -> None:
+        now = _now()
+        study = s.scalars(
+            select(Study)
+            .where(Study.study_instance_uid == rec.study_instance_uid)
+            .with_for_update()
+        ).one_or_none()
+        if study is None:
+            study = Study(
+                study_instance_uid=rec.study_instance_uid,
+                accession_number=rec.accession_number[:16],
+                patient_id=rec.patient_id[:64],
+                state=RECEIVING,
+                first_instance_at=now,
+                last_instance_at=now,
+            )
+            s.add(study)
+            s.flush()
+            s.add(
+                StudyEvent(study_id=study.id, at=now, to_state=RECEIVING, detail="first instance")
+            )
+        elif study.state == RECEIVING:
+            study.last_instance_at = now
+        elif rec.decision.eligible:
+            # New images for a study already handled: process it again as a new revision.
+            s.add(
+                StudyEvent(
+                    study_id=study.id,
+                    at=now,
+                    from_state=study.state,
+                    to_state=RECEIVING,
+                    detail=f"reopened by new eligible instance {rec.sop_instance_uid}",
+                )
+            )
+            study.state = RECEIVING
+            study.revision += 1
+            study.first_instance_at = study.last_instance_at = now
+            study.completed_at = study.queued_at = study.completion = study.task_id = None
+        # else: an ineligible instance (e.g. our own output forwarded back) never reopens a study.
+
+        row = s.scalars(
+            select(Instance).where(Instance.sop_instance_uid == rec.sop_instance_uid)
+        ).one_or_none()
+        if row is None:
+            row = Instance(sop_instance_uid=rec.sop_instance_uid)
+            s.add(row)
+        row.study_id = study.id
+        row.series_instance_uid = rec.series_instance_uid
+        row.sop_class_uid = rec.sop_class_uid
+        row.transfer_syntax_uid = rec.transfer_syntax_uid
+        row.modality = rec.modality[:16]
+        row.accession_number = rec.accession_number[:16]
+        row.spool_path = rec.spool_path
+        row.size_bytes = rec.size_bytes
+        row.received_at = now
+        row.association_id = rec.association_id
+        row.eligible = rec.decision.eligible
+        row.rule = rec.decision.rule
+        row.reason = rec.decision.reason
+
+    # -- start-up -------------------------------------------------------------------------------
+    def close_orphaned_associations(self) -> int:
+        """Mark associations of dead listener processes on this host as ``interrupted``.
+
+        After a crash their rows stay open and would hold their studies back until the
+        force-complete cap; a restarted node closes them so those studies complete normally.
+        """
+        host = socket.gethostname()
+        closed = 0
+        with self.sessions.begin() as s:
+            rows = s.scalars(
+                select(Association).where(
+                    Association.ended_at.is_(None), Association.node.like(f"{host}:%")
+                )
+            ).all()
+            for row in rows:
+                pid = int(row.node.rsplit(":", 1)[1])
+                if pid != os.getpid() and _pid_alive(pid):
+                    continue
+                row.ended_at = _now()
+                row.outcome = "interrupted"
+                closed += 1
+        if closed:
+            logger.warning("closed %d association(s) left open by a stopped listener", closed)
+        return closed
+
+    # -- StudyTracker ---------------------------------------------------------------------------
+    def complete_due_studies(self) -> int:
+        now = _now()
+        open_assoc = func.count(distinct(case((Association.ended_at.is_(None), Association.id))))
+        eligible = func.sum(case((Instance.eligible, 1), else_=0))
+        query = (
+            select(
+                Study.id,
+                Study.first_instance_at,
+                Study.last_instance_at,
+                open_assoc,
+                eligible,
+            )
+            .join(Instance, Instance.study_id == Study.id)
+            .join(Association, Association.id == Instance.association_id)
+            .where(Study.state == RECEIVING)
+            .group_by(Study.id, Study.first_instance_at, Study.last_instance_at)
+        )
+        done = 0
+        with self.sessions() as s:
+            rows = s.execute(query).all()
+        for study_id, first, last, n_open, n_eligible in rows:
+            verdict = self.policy.verdict(
+                open_associations=int(n_open),
+                first_received=first,
+                last_received=last,
+                now=now,
+            )
+            if verdict is None:
+                continue
+            to_state = COMPLETE if n_eligible else SKIPPED
+            detail = (
+                f"{verdict}: {n_eligible} eligible instance(s)"
+                if n_eligible
+                else f"{verdict}: no eligible instance"
+            )
+            with self.sessions.begin() as s:
+                # Only if nothing arrived since we looked (last_instance_at unchanged).
+                result = s.execute(
+                    update(Study)
+                    .where(
+                        Study.id == study_id,
+                        Study.state == RECEIVING,
+                        Study.last_instance_at == last,
+                    )
+                    .values(state=to_state, completed_at=now, completion=verdict, updated_at=now)
+                )
+                if result.rowcount == 1:  # type: ignore[attr-defined]
+                    s.add(
+                        StudyEvent(
+                            study_id=study_id,
+                            at=now,
+                            from_state=RECEIVING,
+                            to_state=to_state,
+                            detail=detail,
+                        )
+                    )
+                    done += 1
+        return done
+
+    def _release_stale_claims(self) -> None:
+        cutoff = _now() - _QUEUEING_STALE
+        with self.sessions.begin() as s:
+            s.execute(
+                update(Study)
+                .where(Study.state == QUEUEING, Study.updated_at < cutoff)
+                .values(state=COMPLETE, updated_at=_now())
+            )
+
+    def dispatch_complete_studies(self, limit: int = 100) -> int:
+        """The outbox: queue complete studies, each exactly once.
+
+        A study is claimed (``complete`` -> ``queueing``) with a conditional update, so that of
+        several listener processes only one sends it; it becomes ``queued`` once the broker has
+        it. If the broker is down the claim is released and the study waits, still ``complete``,
+        for the next pass. The task id is deterministic (``study-<id>-r<revision>``) so that the
+        consumer can discard the duplicate left by a crash between sending and recording.
+        """
+        if self.enqueue is None:
+            return 0
+        self._release_stale_claims()
+        with self.sessions() as s:
+            ids = s.scalars(
+                select(Study.id).where(Study.state == COMPLETE).order_by(Study.id).limit(limit)
+            ).all()
+        queued = 0
+        for study_id in ids:
+            with self.sessions.begin() as s:
+                claimed = s.execute(
+                    update(Study)
+                    .where(Study.id == study_id, Study.state == COMPLETE)
+                    .values(state=QUEUEING, updated_at=_now())
+                ).rowcount  # type: ignore[attr-defined]
+            if claimed != 1:
+                continue
+            with self.sessions() as s:
+                study = s.get_one(Study, study_id)
+            try:
+                task_id = self.enqueue(study)
+            except Exception as exc:
+                with self.sessions.begin() as s:
+                    s.execute(
+                        update(Study)
+                        .where(Study.id == study_id)
+                        .values(
+                            state=COMPLETE,
+                            queue_attempts=Study.queue_attempts + 1,
+                            last_queue_error=f"{type(exc).__name__}: {exc}"[:2000],
+                            updated_at=_now(),
+                        )
+                    )
+                logger.warning(
+                    "broker unavailable, study %s stays queued locally: %s",
+                    study.study_instance_uid,
+                    exc,
+                )
+                break  # the broker is down: try the rest on the next pass
+            now = _now()
+            with self.sessions.begin() as s:
+                s.execute(
+                    update(Study)
+                    .where(Study.id == study_id)
+                    .values(
+                        state=QUEUED,
+                        queued_at=now,
+                        task_id=task_id,
+                        queue_attempts=Study.queue_attempts + 1,
+                        last_queue_error=None,
+                        updated_at=now,
+                    )
+                )
+                s.add(
+                    StudyEvent(
+                        study_id=study_id,
+                        at=now,
+                        from_state=COMPLETE,
+                        to_state=QUEUED,
+                        detail=f"task {task_id}",
+                    )
+                )
+            queued += 1
+            logger.info("queued study %s as %s", study.study_instance_uid, task_id)
+        return queued
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,120 @@
+"""Wiring of the DICOM node: settings -> database, spool, broker, listener and monitor.
+
+This is the listener process. It imports Celery (to publish) and SQLAlchemy, never TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from dicom_node.completion import CompletionMonitor, CompletionPolicy
+from dicom_node.listener import Listener, ListenerConfig
+from dicom_node.spool import Spool
+from dicom_node.tls import server_context
+from worker.celery_app import create_celery
+from worker.db.engine import make_engine, make_session_factory
+from worker.db.migrate import ensure_schema
+from worker.db.node_store import NodeStore
+from worker.queueing import StudyEnqueuer
+from worker.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def listener_config(settings: Settings) -> ListenerConfig:
+    ssl_context = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        ssl_context = server_context(
+            settings.tls_cert,
+            settings.tls_key,
+            ca=settings.tls_ca,
+            verify_client=settings.tls_verify_client,
+        )
+    return ListenerConfig(
+        ae_title=settings.ae_title,
+        bind=settings.bind,
+        port=settings.port,
+        max_pdu=settings.max_pdu,
+        max_associations=settings.max_associations,
+        acse_timeout=settings.acse_timeout,
+        dimse_timeout=settings.dimse_timeout,
+        network_timeout=settings.network_timeout,
+        allowed_calling_aets=frozenset(settings.allowed_calling_aets),
+        require_called_ae=settings.require_called_ae,
+        uid_root=settings.uid_root,
+        assume_pa_chest=settings.assume_pa_chest,
+        keep_ineligible=settings.keep_ineligible,
+        reuse_port=settings.reuse_port,
+        ssl_context=ssl_context,
+    )
+
+
+def open_database(settings: Settings) -> Engine:
+    """Create the engine and make sure the schema is current (auto-upgrade on SQLite)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.effective_database_url, timeout=settings.db_timeout)
+    ensure_schema(engine, auto_migrate=settings.should_auto_migrate)
+    return engine
+
+
+@dataclass
+class Node:
+    """A running DICOM node: listener plus completion/outbox monitor."""
+
+    settings: Settings
+    engine: Engine
+    store: NodeStore
+    listener: Listener
+    monitor: CompletionMonitor
+
+    def start(self) -> None:
+        self.store.close_orphaned_associations()
+        self.listener.start()
+        self.monitor.start()
+
+    def stop(self) -> None:
+        self.listener.stop()
+        self.monitor.stop()
+        self.engine.dispose()
+
+
+def build_node(settings: Settings) -> Node:
+    """Build (but do not start) the node described by ``settings``."""
+    engine = open_database(settings)
+    celery = create_celery(settings)
+    enqueue = StudyEnqueuer(celery, settings.study_task, settings.inference_queue)
+    policy = CompletionPolicy(
+        quiet_seconds=settings.quiet_seconds, max_wait_seconds=settings.max_wait_seconds
+    )
+    store = NodeStore(make_session_factory(engine), policy, enqueue)
+    spool = Spool(
+        settings.spool_dir, min_free_bytes=settings.min_free_mb * 2**20, fsync=settings.fsync
+    )
+    listener = Listener(listener_config(settings), spool, store)
+    monitor = CompletionMonitor(store, settings.monitor_interval)
+    return Node(settings, engine, store, listener, monitor)
+
+
+def serve(settings: Settings) -> None:
+    """Run the node until SIGINT or SIGTERM."""
+    node = build_node(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    node.start()
+    logger.info(
+        "database %s, broker %s, spool %s",
+        node.engine.url.render_as_string(hide_password=True),
+        settings.effective_broker_url.split("@")[-1],
+        settings.spool_dir,
+    )
+    try:
+        stop.wait()
+    finally:
+        logger.info("shutting down")
+        node.stop()

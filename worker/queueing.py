@@ -1,0 +1,48 @@
+"""Putting complete studies on the broker (the outbox's sending half)."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from worker.db.models import Study
+
+
+def study_task_id(study: Study) -> str:
+    """Deterministic task id: consumers use it to drop a duplicate delivery."""
+    return f"study-{study.id}-r{study.revision}"
+
+
+class StudyEnqueuer:
+    """Send the study task by name, carrying identifiers only, never pixel data.
+
+    Parameters
+    ----------
+    app : celery.Celery
+        The application (its broker decides where the message goes).
+    task_name : str
+        Registered name of the worker's study task.
+    queue : str
+        Inference queue name.
+    """
+
+    def __init__(self, app: Celery, task_name: str, queue: str) -> None:
+        self.app = app
+        self.task_name = task_name
+        self.queue = queue
+
+    def __call__(self, study: Study) -> str:
+        task_id = study_task_id(study)
+        self.app.send_task(
+            self.task_name,
+            kwargs={
+                "study_id": study.id,
+                "study_instance_uid": study.study_instance_uid,
+                "revision": study.revision,
+            },
+            task_id=task_id,
+            queue=self.queue,
+            # Fail fast when the broker is down: the study stays in the outbox and the next
+            # monitor pass tries again.
+            retry=False,
+        )
+        return task_id

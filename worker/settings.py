@@ -1,0 +1,176 @@
+"""Settings from ``CXR_*`` environment variables and an optional TOML file.
+
+Every setting and its default is listed in ``docs/configuration.md``. Precedence: environment,
+then the TOML file given with ``--config``, then defaults. List-valued settings are
+comma-separated strings in the environment (``CXR_ALLOWED_CALLING_AETS=MODALITY1,PACS``).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from dicom_node.addresses import Destination, parse_destinations
+from dicom_node.uids import DEFAULT_UID_ROOT
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/cxr-triage``, else ``~/.local/share/cxr-triage``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "cxr-triage"
+
+
+class Settings(BaseSettings):
+    """All settings of the node and the worker."""
+
+    model_config = SettingsConfigDict(env_prefix="CXR_", extra="forbid", validate_default=True)
+
+    # Network
+    ae_title: str = Field("CXR_TRIAGE", min_length=1, max_length=16)
+    port: int = Field(11112, ge=0, le=65535)
+    bind: str = "127.0.0.1"
+    allowed_calling_aets: CommaList = Field(default_factory=list)
+    require_called_ae: bool = True
+    max_pdu: int = Field(1_048_576, ge=0)
+    max_associations: int = Field(16, ge=1)
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(60.0, gt=0)
+    network_timeout: float = Field(120.0, gt=0)
+    reuse_port: bool = False
+    # TLS
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_verify_client: bool = False
+    # Storage and database
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = None
+    db_timeout: float = Field(30.0, gt=0)
+    min_free_mb: int = Field(1024, ge=0)
+    fsync: bool = True
+    keep_ineligible: bool = False
+    auto_migrate: bool | None = None
+    # Eligibility and completion
+    assume_pa_chest: bool = False
+    quiet_seconds: float = Field(5.0, ge=0)
+    max_wait_seconds: float = Field(900.0, gt=0)
+    monitor_interval: float = Field(1.0, gt=0)
+    uid_root: str = DEFAULT_UID_ROOT
+    # Queue
+    broker_url: str | None = None
+    inference_queue: str = "inference"
+    study_task: str = "cxr_triage.process_study"
+    # Results (used by the worker)
+    destinations: CommaList = Field(default_factory=list)
+    # Logging
+    log_level: str = "INFO"
+
+    @field_validator("allowed_calling_aets", "destinations", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("destinations")
+    @classmethod
+    def _check_destinations(cls, value: list[str]) -> list[str]:
+        for item in value:
+            Destination.parse(item)
+        return value
+
+    @field_validator("uid_root")
+    @classmethod
+    def _check_root(cls, value: str) -> str:
+        if not value.endswith(".") or len(value) > 45:
+            raise ValueError("uid_root must end with '.' and leave room for a suffix (<= 45 chars)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("CXR_TLS_CERT and CXR_TLS_KEY must be given together")
+        if self.tls_verify_client and self.tls_ca is None:
+            raise ValueError("CXR_TLS_VERIFY_CLIENT needs CXR_TLS_CA")
+        return self
+
+    # -- derived -----------------------------------------------------------------------------
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL; SQLite in the data directory unless configured."""
+        url = self.database_url or f"sqlite:///{self.data_dir / 'cxr-triage.sqlite'}"
+        # psycopg 3 is the driver we ship; plain postgresql:// would ask for psycopg2.
+        if url.startswith("postgresql://") or url.startswith("postgres://"):
+            url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        return url
+
+    @property
+    def effective_broker_url(self) -> str:
+        """The Celery broker; an embedded SQLite-backed broker unless configured."""
+        return self.broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
+
+    def destination_list(self) -> list[Destination]:
+        return parse_destinations(",".join(self.destinations))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from the environment, an optional TOML file and keyword overrides.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``config_file`` does not exist.
+    pydantic.ValidationError
+        With one line per invalid setting.
+    """
+    if config_file is None:
+        return Settings(**overrides)
+    path = Path(config_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+
+    class _FileSettings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            toml = TomlConfigSettingsSource(settings_cls, toml_file=path)
+            return (init_settings, env_settings, toml)
+
+    return _FileSettings(**overrides)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings from the environment (cleared between tests with cache_clear)."""
+    return Settings()

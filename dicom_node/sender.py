@@ -95,13 +95,13 @@ def _ae(options: SenderOptions) -> AE:
 
 
 def _associate(ae: AE, dest: Destination, options: SenderOptions) -> Association:
-    tls = (options.ssl_context, "") if options.ssl_context else None
+    tls = (options.ssl_context, None) if options.ssl_context else None
     assoc = ae.associate(
         dest.host,
         dest.port,
         ae_title=dest.ae_title,
         max_pdu=options.max_pdu,
-        tls_args=tls,
+        tls_args=tls,  # type: ignore[arg-type]  # None: no SNI; peers are addressed by IP
         evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
     )
     if assoc.is_established:

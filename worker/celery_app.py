@@ -18,7 +18,10 @@ def create_celery(settings: Settings) -> Celery:
     and each worker process reserves one task at a time (prefetch 1) because inference is slow.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = Celery("cxr_triage", broker=settings.effective_broker_url)
+    broker = settings.effective_broker_url
+    app = Celery("cxr_triage", broker=broker)
+    if broker.startswith(("redis://", "rediss://")):
+        app.conf.broker_transport_options = {"socket_timeout": PUBLISH_TIMEOUT, "max_retries": 0}
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -29,7 +32,6 @@ def create_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         broker_connection_timeout=PUBLISH_TIMEOUT,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"socket_timeout": PUBLISH_TIMEOUT, "max_retries": 0},
         result_backend=None,
         task_ignore_result=True,
     )

@@ -170,6 +170,17 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     return _FileSettings(**overrides)
 
 
+def unknown_environment_names(environ: dict[str, str] | None = None) -> list[str]:
+    """``CXR_*`` variables that name no setting (likely typos), for a start-up warning."""
+    environ = dict(os.environ) if environ is None else environ
+    known = {f"CXR_{name.upper()}" for name in Settings.model_fields}
+    return sorted(
+        k
+        for k in environ
+        if k.startswith("CXR_") and k not in known and not k.startswith("CXR_TEST_")
+    )
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Process-wide settings from the environment (cleared between tests with cache_clear)."""

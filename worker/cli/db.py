@@ -18,13 +18,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Alembic migrations for the database in CXR_DATABASE_URL.",
     )
     dbsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
-    up = dbsub.add_parser("upgrade", help="upgrade to the newest schema (or --revision)")
-    up.add_argument("--revision", default="head")
+    up = dbsub.add_parser(
+        "upgrade",
+        help="upgrade to the newest schema (or --revision)",
+        description=(
+            "Apply Alembic migrations to the database in CXR_DATABASE_URL (SQLite in "
+            "CXR_DATA_DIR by default). Safe to run repeatedly; run it after every upgrade of "
+            "cxr-triage before starting the node on PostgreSQL."
+        ),
+    )
+    up.add_argument("--revision", default="head", help="target revision (default: head)")
     up.set_defaults(func=run_upgrade)
-    down = dbsub.add_parser("downgrade", help="downgrade to REVISION ('base' drops everything)")
-    down.add_argument("revision")
+    down = dbsub.add_parser(
+        "downgrade",
+        help="downgrade to REVISION ('base' drops everything)",
+        description="Undo migrations down to REVISION. 'base' drops every table: back up first.",
+    )
+    down.add_argument("revision", help="target revision, e.g. 0001 or base")
     down.set_defaults(func=run_downgrade)
-    cur = dbsub.add_parser("current", help="print the current and the newest revision")
+    cur = dbsub.add_parser(
+        "current",
+        help="print the current and the newest revision",
+        description="Print the schema revision of the database and the newest this version knows.",
+    )
     cur.set_defaults(func=run_current)
 
 

@@ -6,8 +6,8 @@ import argparse
 import sys
 import time
 
-from dicom_node.addresses import Destination
 from dicom_node.sender import AssociationFailed, SenderOptions, echo
+from worker.cli import destination
 from worker.settings import Settings
 
 
@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="check a DICOM peer with C-ECHO",
         description="Send a C-ECHO to AET@HOST:PORT and print the status and round-trip time.",
     )
-    p.add_argument("peer", type=Destination.parse, metavar="AET@HOST:PORT")
+    p.add_argument("peer", type=destination, metavar="AET@HOST:PORT")
     p.add_argument("--calling-ae", help="our AE title (default: CXR_AE_TITLE)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
     p.set_defaults(func=run)

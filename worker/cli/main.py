@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from worker import __version__
 from worker.cli import db, echo, listen, send
-from worker.settings import Settings, load_settings
+from worker.settings import Settings, load_settings, unknown_environment_names
 
 SUBCOMMANDS = (listen, echo, send, db)
 
@@ -57,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cxr-triage: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(args.log_level or settings.log_level)
+    for name in unknown_environment_names():
+        logging.getLogger("worker.settings").warning("ignoring %s: no such setting", name)
     try:
         return int(args.func(args, settings) or 0)
     except KeyboardInterrupt:

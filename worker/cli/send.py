@@ -8,8 +8,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dicom_node.addresses import Destination
 from dicom_node.sender import SenderOptions, SendResult, iter_dicom_files, send_files
+from worker.cli import destination
 from worker.settings import Settings
 
 
@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    p.add_argument("--to", required=True, type=Destination.parse, metavar="AET@HOST:PORT")
+    p.add_argument("--to", required=True, type=destination, metavar="AET@HOST:PORT")
     p.add_argument("--calling-ae", help="our AE title (default: CXR_AE_TITLE)")
     p.add_argument("--timeout", type=float, default=60.0, help="DIMSE timeout, seconds")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

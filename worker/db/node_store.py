@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -34,6 +35,8 @@ Enqueue = Callable[[Study], str]
 
 # A study left in "queueing" this long was claimed by a process that died mid-dispatch.
 _QUEUEING_STALE = timedelta(seconds=60)
+# Longest wait between attempts to reach a broker that is down, in seconds.
+_MAX_BACKOFF = 30.0
 
 
 def node_name() -> str:
@@ -68,6 +71,9 @@ class NodeStore:
         self.policy = policy
         self.enqueue = enqueue
         self.node = node_name()
+        # Back off while the broker is down instead of retrying (and logging) every pass.
+        self._broker_failures = 0
+        self._retry_at = 0.0
 
     # -- NodeRecorder ---------------------------------------------------------------------------
     def association_started(self, peer: PeerInfo) -> int:
@@ -301,7 +307,7 @@ class NodeStore:
         for the next pass. The task id is deterministic (``study-<id>-r<revision>``) so that the
         consumer can discard the duplicate left by a crash between sending and recording.
         """
-        if self.enqueue is None:
+        if self.enqueue is None or time.monotonic() < self._retry_at:
             return 0
         self._release_stale_claims()
         with self.sessions() as s:
@@ -334,12 +340,16 @@ class NodeStore:
                             updated_at=_now(),
                         )
                     )
+                self._broker_failures += 1
+                delay = min(_MAX_BACKOFF, 0.5 * 2 ** (self._broker_failures - 1))
+                self._retry_at = time.monotonic() + delay
                 logger.warning(
-                    "broker unavailable, study %s stays queued locally: %s",
+                    "broker unavailable, study %s stays in the outbox (retry in %.1f s): %s",
                     study.study_instance_uid,
+                    delay,
                     exc,
                 )
-                break  # the broker is down: try the rest on the next pass
+                break  # the broker is down: try the rest later
             now = _now()
             with self.sessions.begin() as s:
                 s.execute(
@@ -364,6 +374,7 @@ class NodeStore:
                     )
                 )
             queued += 1
+            self._broker_failures = 0
             logger.info("queued study %s as %s", study.study_instance_uid, task_id)
         return queued
 

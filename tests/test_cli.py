@@ -1,0 +1,129 @@
+"""The cxr-triage command line, run as a real process on the embedded default."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import factories
+from tests.helpers import wait_for
+from tests.services import free_port, wait_port
+
+CLI = [sys.executable, "-m", "worker.cli.main"]
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
+    env.update({"CXR_DATA_DIR": str(tmp_path / "data"), "CXR_MIN_FREE_MB": "0"}, **extra)
+    return env
+
+
+def _run(
+    args: list[str], env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args", [[], ["listen"], ["echo"], ["send"], ["db"], ["db", "upgrade"]])
+def test_help_at_every_level(args: list[str], tmp_path: Path) -> None:
+    proc = _run([*args, "--help"], _env(tmp_path))
+    assert proc.returncode == 0
+    assert "usage: cxr-triage" in proc.stdout and len(proc.stdout) > 150
+
+
+def test_invalid_configuration_is_explained(tmp_path: Path) -> None:
+    proc = _run(["db", "current"], _env(tmp_path, CXR_PORT="eleven"))
+    assert proc.returncode == 2
+    assert "invalid configuration" in proc.stderr and "port" in proc.stderr
+    proc = _run(["db", "current"], _env(tmp_path, CXR_DESTINATIONS="PACS@nowhere"))
+    assert proc.returncode == 2 and "AET@host:port" in proc.stderr
+    proc = _run(["--config", str(tmp_path / "missing.toml"), "db", "current"], _env(tmp_path))
+    assert proc.returncode == 2 and "not found" in proc.stderr
+
+
+def test_db_upgrade_on_the_embedded_default(tmp_path: Path) -> None:
+    proc = _run(["db", "upgrade"], _env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "database at 0001" in proc.stdout
+    assert (tmp_path / "data" / "cxr-triage.sqlite").is_file()
+    assert "current: 0001" in _run(["db", "current"], _env(tmp_path)).stdout
+
+
+def test_listen_echo_send_on_the_embedded_default(tmp_path: Path) -> None:
+    """No database or broker configured: SQLite and the embedded broker, no server needed."""
+    port = free_port()
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(
+        f'ae_title = "TOML_NODE"\nport = {port}\nquiet_seconds = 0.5\nmonitor_interval = 0.2\n'
+    )
+    env = _env(tmp_path)
+    log = (tmp_path / "listen.log").open("w")
+    proc = subprocess.Popen(
+        [*CLI, "--config", str(cfg), "listen"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_port(port, timeout=30)
+        echo = _run(["echo", f"TOML_NODE@127.0.0.1:{port}"], env)
+        assert echo.returncode == 0 and "status 0x0000" in echo.stdout
+
+        folder = tmp_path / "study"
+        uid = "1.2.826.0.1.3680043.8.498.4004"
+        for i in range(3):
+            factories.write(factories.radiograph(study_uid=uid, seed=i), folder / f"{i}.dcm")
+        (folder / "notes.txt").write_text("not dicom")
+        sent = _run(["send", str(folder), "--to", f"TOML_NODE@127.0.0.1:{port}"], env)
+        assert sent.returncode == 1  # one file was not DICOM
+        assert "sent 3 of 4 file(s)" in sent.stdout and "0x0000: 3" in sent.stdout
+        assert "not a DICOM file" in sent.stderr
+
+        # The study is queued into the embedded broker (a SQLite file).
+        def queued() -> int:
+            with sqlite3.connect(tmp_path / "data" / "broker.sqlite") as db:
+                try:
+                    return int(db.execute("select count(*) from kombu_message").fetchone()[0])
+                except sqlite3.OperationalError:
+                    return 0
+
+        def state() -> str:
+            with sqlite3.connect(tmp_path / "data" / "cxr-triage.sqlite") as db:
+                row = db.execute("select state from studies where study_instance_uid=?", (uid,))
+                return str(row.fetchone()[0])
+
+        # The broker has the message a moment before the database says "queued".
+        wait_for(lambda: state() == "queued", timeout=30)
+        assert queued() == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        log.close()
+
+
+def test_send_and_echo_failures(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    closed = free_port()
+    proc = _run(["echo", f"NOBODY@127.0.0.1:{closed}", "--timeout", "2"], env)
+    assert proc.returncode == 1 and "FAILED" in proc.stderr
+    f = factories.write(factories.radiograph(), tmp_path / "x.dcm")
+    proc = _run(["send", str(f), "--to", f"NOBODY@127.0.0.1:{closed}", "--quiet"], env)
+    assert proc.returncode == 1 and "sent 0 of 1" in proc.stdout
+    proc = _run(["send", str(tmp_path / "nope"), "--to", f"X@127.0.0.1:{closed}"], env)
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+    proc = _run(["send", str(f), "--to", "not-an-address"], env)
+    assert proc.returncode == 2 and "AET@host:port" in proc.stderr
+
+
+def test_listen_reports_a_busy_port(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = _run(["listen", "--port", str(port)], _env(tmp_path), timeout=30)
+    assert proc.returncode == 1 and "cannot listen" in proc.stderr

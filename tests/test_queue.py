@@ -1,0 +1,178 @@
+"""Study completion and the queue outbox, with real Redis and a real Celery worker."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+from pynetdicom import AE
+
+from dicom_node.completion import CompletionPolicy
+from tests import factories
+from tests.helpers import dest, rows, send, wait_for
+from worker.celery_app import create_celery
+from worker.db.engine import make_engine, make_session_factory
+from worker.db.migrate import upgrade
+from worker.db.models import COMPLETE, QUEUED, RECEIVING, SKIPPED, Study, StudyEvent
+from worker.db.node_store import NodeStore
+
+
+def _study(node: Any, uid: str) -> Study:
+    (study,) = rows(node.engine, Study, Study.study_instance_uid == uid)
+    return study
+
+
+def _queued_messages(redis_server: Any, queue: str = "inference") -> list[dict[str, Any]]:
+    raw = redis_server.client().lrange(queue, 0, -1)
+    return [json.loads(m) for m in raw]
+
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "open_assocs, since_first, since_last, expected",
+    [
+        (0, 10, 10, "complete"),
+        (0, 10, 1, None),  # still within the quiet period
+        (1, 10, 10, None),  # an association that delivered it is still open
+        (1, 1000, 10, "forced"),
+        (0, 1000, 0, "forced"),
+    ],
+)
+def test_policy(open_assocs: int, since_first: float, since_last: float, expected: str) -> None:
+    policy = CompletionPolicy(quiet_seconds=5, max_wait_seconds=900)
+    now = T0 + timedelta(seconds=since_first)
+    verdict = policy.verdict(
+        open_associations=open_assocs,
+        first_received=T0,
+        last_received=now - timedelta(seconds=since_last),
+        now=now,
+    )
+    assert verdict == expected
+
+
+def test_policy_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        CompletionPolicy(quiet_seconds=-1)
+
+
+def test_complete_study_reaches_a_real_celery_worker(start_node, redis_server) -> None:  # type: ignore[no-untyped-def]
+    node = start_node(broker_url=redis_server.url)
+    app = create_celery(node.settings)
+    received: list[dict[str, Any]] = []
+
+    @app.task(name=node.settings.study_task)
+    def probe(**kwargs: Any) -> None:
+        received.append(kwargs)
+
+    study_uid = "1.2.826.0.1.3680043.8.498.1001"
+    images = [factories.radiograph(study_uid=study_uid) for _ in range(2)]
+    ct = factories.ct_slice()
+    with start_worker(
+        app,
+        pool="solo",
+        perform_ping_check=False,
+        shutdown_timeout=10,
+        queues=[node.settings.inference_queue],
+    ):
+        assert all(r.ok for r in send(node, [*images, ct]).results)
+        wait_for(lambda: received, timeout=30)
+        wait_for(lambda: _study(node, ct.StudyInstanceUID).state == SKIPPED)
+    study = _study(node, study_uid)
+    assert received == [{"study_id": study.id, "study_instance_uid": study_uid, "revision": 1}]
+    assert study.state == QUEUED and study.task_id == f"study-{study.id}-r1"
+    assert study.completion == "complete" and study.queue_attempts == 1
+    events = [
+        (e.from_state, e.to_state)
+        for e in rows(node.engine, StudyEvent, StudyEvent.study_id == study.id)
+    ]
+    assert events == [(None, RECEIVING), (RECEIVING, COMPLETE), (COMPLETE, QUEUED)]
+
+
+def test_study_waits_for_its_association_then_forced(start_node, redis_server) -> None:  # type: ignore[no-untyped-def]
+    node = start_node(broker_url=redis_server.url, quiet_seconds=0.2, max_wait_seconds=2.0)
+    ds = factories.radiograph()
+    ae = AE(ae_title="SLOW_SCU")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    target = dest(node)
+    assoc = ae.associate(target.host, target.port, ae_title=target.ae_title)
+    try:
+        assert assoc.is_established
+        assert assoc.send_c_store(ds).Status == 0
+        # Well past the quiet period, the association is open: still receiving.
+        with pytest.raises(TimeoutError):
+            wait_for(lambda: _study(node, ds.StudyInstanceUID).state != RECEIVING, timeout=1.0)
+        # The force-complete cap ends the wait even though the association stays open.
+        wait_for(lambda: _study(node, ds.StudyInstanceUID).state == QUEUED, timeout=10)
+    finally:
+        assoc.release()
+    assert _study(node, ds.StudyInstanceUID).completion == "forced"
+
+
+def test_broker_down_then_up_queues_exactly_once(start_node, redis_server) -> None:  # type: ignore[no-untyped-def]
+    node = start_node(broker_url=redis_server.url)
+    redis_server.stop()
+    ds = factories.radiograph()
+    assert send(node, [ds]).results[0].ok  # receiving does not need the broker
+    study = wait_for(lambda: (s := _study(node, ds.StudyInstanceUID)).queue_attempts >= 2 and s)
+    assert study.state == COMPLETE and study.last_queue_error
+    redis_server.start()  # same port
+    wait_for(lambda: _study(node, ds.StudyInstanceUID).state == QUEUED, timeout=30)
+    # Several more monitor passes must not queue it again.
+    with pytest.raises(TimeoutError):
+        wait_for(lambda: len(_queued_messages(redis_server)) > 1, timeout=1.5)
+    (message,) = _queued_messages(redis_server)
+    study = _study(node, ds.StudyInstanceUID)
+    assert message["headers"]["id"] == study.task_id
+    assert message["headers"]["task"] == "cxr_triage.process_study"
+    assert study.last_queue_error is None
+
+
+def test_new_eligible_instance_reopens_a_queued_study(start_node, redis_server) -> None:  # type: ignore[no-untyped-def]
+    node = start_node(broker_url=redis_server.url)
+    study_uid = "1.2.826.0.1.3680043.8.498.2002"
+    send(node, [factories.radiograph(study_uid=study_uid)])
+    wait_for(lambda: _study(node, study_uid).state == QUEUED)
+    # Our own output forwarded back does not reopen it ...
+    send(node, [factories.radiograph(study_uid=study_uid, Manufacturer="cxr-triage")])
+    # ... but a new PA image does, as revision 2.
+    send(node, [factories.radiograph(study_uid=study_uid)])
+    wait_for(
+        lambda: _study(node, study_uid).revision == 2 and _study(node, study_uid).state == QUEUED
+    )
+    ids = [m["headers"]["id"] for m in _queued_messages(redis_server)]
+    sid = _study(node, study_uid).id
+    assert sorted(ids) == [f"study-{sid}-r1", f"study-{sid}-r2"]
+
+
+def test_concurrent_dispatchers_queue_each_study_once(db_url: str) -> None:
+    """Several listener processes share a database: the claim lets only one send a study."""
+    engine = make_engine(db_url)
+    upgrade(engine)
+    sessions = make_session_factory(engine)
+    sent: list[str] = []
+    lock = threading.Lock()
+
+    def enqueue(study: Study) -> str:
+        with lock:
+            sent.append(study.study_instance_uid)
+        return f"study-{study.id}-r{study.revision}"
+
+    with sessions.begin() as s:
+        for i in range(30):
+            s.add(Study(study_instance_uid=f"1.2.3.{i}", state=COMPLETE))
+    stores = [NodeStore(sessions, CompletionPolicy(), enqueue) for _ in range(4)]
+    threads = [threading.Thread(target=st.dispatch_complete_studies) for st in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(sent) == sorted(f"1.2.3.{i}" for i in range(30))
+    with sessions() as s:
+        assert {st.state for st in s.query(Study)} == {QUEUED}
+    engine.dispose()

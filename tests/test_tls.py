@@ -1,0 +1,92 @@
+"""DICOM TLS with dcmtk's storescu and our own sender, certificates made by the test."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dicom_node.addresses import Destination
+from dicom_node.sender import AssociationFailed, SenderOptions, echo
+from dicom_node.tls import client_context
+from tests import factories
+from tests.certs import make_pki
+from tests.helpers import rows, wait_for
+from tests.services import require
+from worker.db.models import Association, Instance, Rejection
+
+
+@pytest.fixture
+def pki(tmp_path: Path):  # type: ignore[no-untyped-def]
+    d = tmp_path / "pki"
+    d.mkdir()
+    return make_pki(d)
+
+
+def _storescu(port: int, path: Path, *tls: str) -> subprocess.CompletedProcess[str]:
+    require(shutil.which("storescu") is not None, "dcmtk storescu is not installed")
+    return subprocess.run(
+        [
+            "storescu",
+            "-aet",
+            "MODALITY",
+            "-aec",
+            "CXR_TRIAGE",
+            *tls,
+            "127.0.0.1",
+            str(port),
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"TCP_NODELAY": "1"},
+    )
+
+
+def test_storescu_with_trusted_client_certificate(start_node, pki, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    node = start_node(
+        tls_cert=pki.server_cert, tls_key=pki.server_key, tls_ca=pki.ca, tls_verify_client=True
+    )
+    ds = factories.radiograph()
+    path = factories.write(ds, tmp_path / "cr.dcm")
+    tls = ["+tls", str(pki.client_key), str(pki.client_cert), "+cf", str(pki.ca)]
+    proc = _storescu(node.listener.port, path, *tls)
+    assert proc.returncode == 0, proc.stderr
+    (inst,) = rows(node.engine, Instance)
+    assert inst.sop_instance_uid == ds.SOPInstanceUID and inst.eligible
+    (assoc,) = rows(node.engine, Association)
+    assert assoc.tls and assoc.calling_ae == "MODALITY"
+
+
+def test_storescu_without_client_certificate_is_refused(start_node, pki, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    node = start_node(
+        tls_cert=pki.server_cert, tls_key=pki.server_key, tls_ca=pki.ca, tls_verify_client=True
+    )
+    path = factories.write(factories.radiograph(), tmp_path / "cr.dcm")
+    proc = _storescu(node.listener.port, path, "+tla", "+cf", str(pki.ca))
+    assert proc.returncode != 0
+    rogue = ["+tls", str(pki.rogue_key), str(pki.rogue_cert), "+cf", str(pki.ca)]
+    assert _storescu(node.listener.port, path, *rogue).returncode != 0
+    assert rows(node.engine, Instance) == []
+    rejected = wait_for(lambda: rows(node.engine, Rejection), timeout=10)
+    assert all("TLS handshake failed" in r.reason for r in rejected)
+    # Plain TCP to a TLS port is refused too.
+    assert _storescu(node.listener.port, path).returncode != 0
+
+
+def test_our_sender_over_tls(start_node, pki) -> None:  # type: ignore[no-untyped-def]
+    node = start_node(
+        tls_cert=pki.server_cert, tls_key=pki.server_key, tls_ca=pki.ca, tls_verify_client=True
+    )
+    target = Destination("CXR_TRIAGE", "127.0.0.1", node.listener.port)
+    good = SenderOptions(
+        calling_ae="SCU",
+        ssl_context=client_context(pki.ca, cert=pki.client_cert, key=pki.client_key),
+    )
+    assert echo(target, good) == 0
+    anonymous = SenderOptions(calling_ae="SCU", ssl_context=client_context(pki.ca))
+    with pytest.raises(AssociationFailed):
+        echo(target, anonymous)

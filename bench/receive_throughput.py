@@ -1,0 +1,202 @@
+"""Receive throughput: our listener against dcmtk's storescp, same files, same target.
+
+The sender is dcmtk's storescu in both cases (with TCP_NODELAY=1), so only the receiver differs.
+Run from the repository root:
+
+    .venv/bin/python bench/receive_throughput.py --count 200 --target /dev/shm/cxr-bench
+
+It writes synthetic 2500x3000 16-bit DX images (about 15 MB each) once into --source, then for
+1 and for 4 concurrent associations times: storescp (one process; --fork for 4), our listener
+with fsync (the product default), our listener without fsync (like-for-like with storescp, which
+does not fsync), and N listener processes sharing the port (SO_REUSEPORT). It prints MB/s and the
+ratio to dcmtk. This is a benchmark, not a test: nothing asserts on the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dicom_node import synthetic  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open")
+
+
+def make_files(source: Path, count: int) -> list[Path]:
+    source.mkdir(parents=True, exist_ok=True)
+    files = sorted(source.glob("*.dcm"))
+    if len(files) >= count:
+        return files[:count]
+    study = "1.2.826.0.1.3680043.8.498.990001"
+    for i in range(len(files), count):
+        ds = synthetic.radiograph(rows=2500, columns=3000, bits=16, study_uid=study, seed=i)
+        synthetic.write(ds, source / f"dx{i:04d}.dcm")
+        print(f"\rmaking synthetic DX {i + 1}/{count}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return sorted(source.glob("*.dcm"))[:count]
+
+
+def send(files: list[Path], port: int, ae: str, associations: int) -> float:
+    """Send with `associations` concurrent storescu processes; return wall seconds."""
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    chunks = [files[i::associations] for i in range(associations)]
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [
+                "storescu",
+                "-aet",
+                "BENCH",
+                "-aec",
+                ae,
+                "--max-pdu",
+                "131072",
+                "127.0.0.1",
+                str(port),
+                *map(str, chunk),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for chunk in chunks
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=1800)
+        if p.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode()[-500:]}")
+    return time.perf_counter() - start
+
+
+def run_storescp(files: list[Path], target: Path, associations: int) -> float:
+    port = free_port()
+    target.mkdir(parents=True)
+    args = ["storescp", "-aet", "DCMTK", "-od", str(target), "--max-pdu", "131072"]
+    if associations > 1:
+        args.append("--fork")
+    proc = subprocess.Popen([*args, str(port)], env={**os.environ, "TCP_NODELAY": "1"})
+    try:
+        wait_port(port)
+        return send(files, port, "DCMTK", associations)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def run_ours(
+    files: list[Path], target: Path, associations: int, *, fsync: bool, processes: int = 1
+) -> float:
+    port = free_port()
+    env = {
+        **os.environ,
+        "CXR_DATA_DIR": str(target),
+        "CXR_PORT": str(port),
+        "CXR_MIN_FREE_MB": "0",
+        "CXR_FSYNC": "true" if fsync else "false",
+        "CXR_MAX_PDU": "131072",
+        "CXR_QUIET_SECONDS": "3600",  # completion and queueing are not what we measure here
+        "CXR_REUSE_PORT": "true" if processes > 1 else "false",
+        "CXR_LOG_LEVEL": "WARNING",
+    }
+    target.mkdir(parents=True)
+    # Create the schema once, before several processes race to do it.
+    subprocess.run(
+        [sys.executable, "-m", "worker.cli.main", "db", "upgrade"],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "worker.cli.main", "listen"], env=env, cwd=ROOT)
+        for _ in range(processes)
+    ]
+    try:
+        wait_port(port)
+        time.sleep(1.0 if processes > 1 else 0.2)  # let every process bind
+        return send(files, port, "CXR_TRIAGE", associations)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--source", type=Path, default=Path("/tmp/cxr-bench-source"))
+    parser.add_argument("--target", type=Path, default=Path("/dev/shm/cxr-bench"))
+    parser.add_argument(
+        "--processes", type=int, default=4, help="listener processes for the reuse-port run"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="best of N runs per configuration")
+    args = parser.parse_args()
+    for tool in ("storescu", "storescp"):
+        if shutil.which(tool) is None:
+            parser.error(f"{tool} not found: apt-get install dcmtk")
+
+    files = make_files(args.source, args.count)
+    total_mb = sum(f.stat().st_size for f in files) / 1e6
+    print(
+        f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs; {len(files)} files, {total_mb:.0f} MB; target {args.target}"
+    )
+
+    configs = [
+        ("dcmtk storescp", 1, lambda t: run_storescp(files, t, 1)),
+        ("cxr-triage, fsync", 1, lambda t: run_ours(files, t, 1, fsync=True)),
+        ("cxr-triage, no fsync", 1, lambda t: run_ours(files, t, 1, fsync=False)),
+        ("dcmtk storescp --fork", 4, lambda t: run_storescp(files, t, 4)),
+        ("cxr-triage, fsync", 4, lambda t: run_ours(files, t, 4, fsync=True)),
+        ("cxr-triage, no fsync", 4, lambda t: run_ours(files, t, 4, fsync=False)),
+        (
+            f"cxr-triage x{args.processes} processes, fsync",
+            4,
+            lambda t: run_ours(files, t, 4, fsync=True, processes=args.processes),
+        ),
+    ]
+    baseline: dict[int, float] = {}
+    print(f"{'receiver':40} {'assocs':>6} {'seconds':>8} {'MB/s':>8} {'vs dcmtk':>8}")
+    for name, assocs, run in configs:
+        best = float("inf")
+        for _ in range(args.repeat):
+            shutil.rmtree(args.target, ignore_errors=True)
+            best = min(best, run(args.target))
+        shutil.rmtree(args.target, ignore_errors=True)
+        rate = total_mb / best
+        baseline.setdefault(assocs, rate)
+        print(
+            f"{name:40} {assocs:>6} {best:>8.2f} {rate:>8.0f} {rate / baseline[assocs]:>8.2f}",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,7 +30,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicom_node.eligibility import decide
 from dicom_node.integrity import MalformedDatasetError, read_header_checked
 from dicom_node.interfaces import NodeRecorder, PeerInfo, ReceivedInstance
-from dicom_node.sockets import set_nodelay
+from dicom_node.sockets import tune_socket
 from dicom_node.spool import LowDiskSpaceError, Spool
 from dicom_node.statuses import (
     CANNOT_UNDERSTAND,
@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 # Files left in incoming/ by a crashed process are removed at start once older than this.
 _STALE_INCOMING_SECONDS = 3600
+# Requested receive buffer per association (the kernel caps it at net.core.rmem_max * 2).
+_RCVBUF = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,12 @@ class _Server(ThreadedAssociationServer):
     listener: Listener
 
     def server_bind(self) -> None:
-        if self.listener.config.reuse_port and self.socket is not None:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if self.socket is not None:
+            if self.listener.config.reuse_port:
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            # Accepted sockets inherit a large receive buffer: pynetdicom's reader thread sleeps
+            # 1 ms when no data is waiting, and the sender should not stall meanwhile.
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
         super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
@@ -153,7 +159,7 @@ class Listener:
         tempfile.tempdir = str(self.spool.incoming)
         self._clean_incoming()
         handlers = [
-            (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_CONN_OPEN, tune_socket),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_CONN_CLOSE, self._on_closed),

@@ -15,7 +15,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.addresses import Destination
-from dicom_node.sockets import set_nodelay
+from dicom_node.sockets import tune_socket
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def _associate(ae: AE, dest: Destination, options: SenderOptions) -> Association
         ae_title=dest.ae_title,
         max_pdu=options.max_pdu,
         tls_args=tls,  # type: ignore[arg-type]  # None: no SNI; peers are addressed by IP
-        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+        evt_handlers=[(evt.EVT_CONN_OPEN, tune_socket)],
     )
     if assoc.is_established:
         return assoc

@@ -241,3 +241,19 @@ def test_resent_instance_is_updated_not_duplicated(start_node) -> None:  # type:
     assert len(rows(node.engine, Instance)) == 1
     assert len(_spooled(node)) == 1
     assert len(rows(node.engine, Association)) == 2
+
+
+def test_peer_closing_mid_pdu_leaves_node_up(start_node) -> None:  # type: ignore[no-untyped-def]
+    """A sender that dies mid-transfer gets nothing acknowledged and breaks nothing."""
+    import socket as _socket
+    import struct
+
+    node = start_node()
+    # A P-DATA-TF header announcing 1 MB, then 10 bytes, then the connection drops.
+    with _socket.create_connection(("127.0.0.1", node.listener.port), timeout=5) as s:
+        s.sendall(struct.pack(">BBL", 0x04, 0, 1_000_000) + b"x" * 10)
+    # And an A-ASSOCIATE-RQ announcing 500 bytes that stops after 20.
+    with _socket.create_connection(("127.0.0.1", node.listener.port), timeout=5) as s:
+        s.sendall(struct.pack(">BBL", 0x01, 0, 500) + b"\x00\x01" + b"\x00" * 18)
+    assert echo(dest(node)) == 0
+    assert rows(node.engine, Instance) == []

@@ -127,3 +127,40 @@ def test_listen_reports_a_busy_port(tmp_path: Path) -> None:
         port = s.getsockname()[1]
         proc = _run(["listen", "--port", str(port)], _env(tmp_path), timeout=30)
     assert proc.returncode == 1 and "cannot listen" in proc.stderr
+
+
+def test_listen_with_several_processes_shares_the_port(tmp_path: Path) -> None:
+    port = free_port()
+    env = _env(tmp_path, CXR_PORT=str(port), CXR_QUIET_SECONDS="0.5", CXR_MONITOR_INTERVAL="0.2")
+    log = (tmp_path / "listen.log").open("w")
+    proc = subprocess.Popen(
+        [*CLI, "listen", "--processes", "3"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_port(port, timeout=30)
+        folder = tmp_path / "many"
+        for i in range(12):
+            factories.write(factories.radiograph(seed=i), folder / f"{i}.dcm")
+        # One association per file, so that the kernel spreads them over the processes.
+        for f in sorted(folder.iterdir()):
+            sent = _run(["send", str(f), "--to", f"CXR_TRIAGE@127.0.0.1:{port}", "--quiet"], env)
+            assert sent.returncode == 0, sent.stderr
+
+        def nodes() -> set[str]:
+            with sqlite3.connect(tmp_path / "data" / "cxr-triage.sqlite") as db:
+                return {r[0] for r in db.execute("select node from associations")}
+
+        assert len(nodes()) >= 2  # more than one process took associations
+        with sqlite3.connect(tmp_path / "data" / "cxr-triage.sqlite") as db:
+            assert db.execute("select count(*) from instances").fetchone()[0] == 12
+        wait_for(lambda: _all_queued(tmp_path), timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        log.close()
+
+
+def _all_queued(tmp_path: Path) -> bool:
+    with sqlite3.connect(tmp_path / "data" / "cxr-triage.sqlite") as db:
+        states = {r[0] for r in db.execute("select state from studies")}
+    return states == {"queued"}

@@ -119,6 +119,8 @@ def _codes(ds: Dataset, keyword: str) -> list[tuple[str, str]]:
 def _is_own_output(ds: Dataset, uid_root: str) -> bool:
     if _text(ds, "Manufacturer") == OUR_MANUFACTURER:
         return True
+    if OUR_MANUFACTURER in _text(ds, "DerivationDescription").lower():
+        return True
     return any(_text(ds, kw).startswith(uid_root) for kw in ("SOPInstanceUID", "SeriesInstanceUID"))
 
 

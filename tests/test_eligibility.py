@@ -109,6 +109,8 @@ def test_loop_protection() -> None:
     assert decide(by_uid, uid_root=ROOT).rule == "own-output"
     by_series = factories.radiograph(series_uid=new_uid(ROOT))
     assert decide(by_series, uid_root=ROOT).rule == "own-output"
+    by_derivation = factories.radiograph(DerivationDescription="Grad-CAM overlay by cxr-triage")
+    assert decide(by_derivation, uid_root=ROOT).rule == "own-output"
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,124 @@
+"""The model card: what a model folder holds, and how to check it before use."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+CARD_FILE = "card.json"
+WEIGHTS_FILE = "model.keras"
+
+
+class ModelCardError(ValueError):
+    """A model folder whose contents do not match its card."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class ModelCard:
+    """``card.json``: identity, inputs, preprocessing, calibration and evaluation of a model."""
+
+    name: str
+    version: str
+    architecture: str
+    mode: str
+    labels: list[str]
+    input_size: int
+    channels: int
+    normalisation: str
+    gradcam_layer: str
+    temperature: float = 1.0
+    weights_file: str = WEIGHTS_FILE
+    weights_sha256: str = ""
+    preprocessing: str = (
+        "DICOM: Modality LUT, VOI LUT or window (percentile 0.5-99.5 when absent, full range for "
+        "8-bit), MONOCHROME1 inverted; PNG/JPEG: luminance, /255 or percentile window for 16-bit; "
+        "letterboxed (black padding, centred) to a square, decimated then bilinear resize"
+    )
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    intended_use: str = (
+        "Research and workflow triage of adult PA chest radiographs; results are shown to "
+        "radiologists as unverified suggestions. Not for diagnostic use."
+    )
+    limitations: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        data = json.loads(text)
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ModelCardError(f"card.json has unknown fields: {', '.join(sorted(unknown))}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ModelCardError(f"card.json is incomplete: {exc}") from exc
+
+    def save(self, folder: Path) -> None:
+        (folder / CARD_FILE).write_text(self.to_json())
+        (folder / "MODEL_CARD.md").write_text(render_markdown(self))
+
+    @classmethod
+    def load(cls, folder: Path) -> ModelCard:
+        path = Path(folder) / CARD_FILE
+        if not path.is_file():
+            raise ModelCardError(f"{folder} has no {CARD_FILE}: not a cxr-triage model folder")
+        return cls.from_json(path.read_text())
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def render_markdown(card: ModelCard) -> str:
+    lines = [
+        f"# Model card: {card.name} {card.version}",
+        "",
+        f"- Architecture: `{card.architecture}` ({card.mode})",
+        f"- Labels (output order): {', '.join(f'`{x}`' for x in card.labels)}",
+        f"- Input: {card.input_size}×{card.input_size}×{card.channels}, "
+        f"normalisation `{card.normalisation}`",
+        f"- Grad-CAM layer: `{card.gradcam_layer}`",
+        f"- Temperature (calibration on the validation split): {card.temperature:.3f}",
+        f"- Weights: `{card.weights_file}`, SHA-256 `{card.weights_sha256}`",
+        "",
+        "## Preprocessing",
+        "",
+        card.preprocessing,
+        "",
+        "## Intended use",
+        "",
+        card.intended_use,
+        "",
+        "## Training data",
+        "",
+    ]
+    for key, value in card.training.items():
+        lines.append(
+            f"- {key}: {_fmt(value) if not isinstance(value, dict) else json.dumps(value)}"
+        )
+    lines += ["", "## Metrics (internal test split)", ""]
+    summary = card.metrics
+    for key in ("n", "accuracy", "macro_auroc", "ece"):
+        if key in summary:
+            lines.append(f"- {key}: {_fmt(summary[key])}")
+    for column, groups in summary.get("by_column", {}).items():
+        lines += ["", f"### By {column}", "", "| group | n | accuracy |", "|---|---|---|"]
+        for group, m in groups.items():
+            lines.append(f"| {group} | {m.get('n')} | {_fmt(m.get('accuracy'))} |")
+    lines += ["", "## Limitations", "", card.limitations or "See docs/model.md.", ""]
+    return "\n".join(lines)

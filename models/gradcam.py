@@ -1,0 +1,66 @@
+"""Grad-CAM (Selvaraju et al. 2017) on the card's last convolutional layer, compiled."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from models.imaging import Letterbox
+
+
+def gradcam_function(model: Any, layer_name: str, class_index: int | None = None) -> Any:
+    """Return ``f(batch) -> (logits, cams)``: one compiled call gives both.
+
+    ``cams`` are ``(N, h, w)`` maps over the model input (the padded square), each scaled to
+    [0, 1], for the predicted class (or ``class_index``). The heatmap is the ReLU of the feature
+    maps weighted by the spatially averaged gradients of the class logit.
+    """
+    import keras
+    import tensorflow as tf
+
+    grad_model = keras.Model(model.inputs, [model.get_layer(layer_name).output, model.output])
+
+    @tf.function(reduce_retracing=True)
+    def run(x: Any) -> Any:
+        with tf.GradientTape() as tape:
+            features, logits = grad_model(x, training=False)
+            if class_index is None:
+                idx = tf.argmax(logits, axis=1, output_type=tf.int32)
+            else:
+                idx = tf.fill([tf.shape(logits)[0]], class_index)
+            score = tf.gather(logits, idx, axis=1, batch_dims=1)
+        grads = tape.gradient(score, features)
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
+        top = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
+        cam = tf.math.divide_no_nan(cam, top)
+        return logits, cam
+
+    def call(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, cam = run(tf.constant(batch, tf.float32))
+        return np.asarray(logits), np.asarray(cam)
+
+    return call
+
+
+def to_source(cam: np.ndarray, box: Letterbox) -> np.ndarray:
+    """A heatmap over the model input mapped back to the source image's rows and columns."""
+    return np.clip(box.crop_to_source(cam), 0.0, 1.0)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.4) -> np.ndarray:
+    """RGB uint8 overlay of a [0, 1] heatmap (jet-like colours) on a [0, 1] grey image."""
+    h = np.clip(heatmap, 0.0, 1.0)[..., None]
+    # A compact jet colormap: blue -> cyan -> yellow -> red.
+    colour = np.concatenate(
+        [
+            np.clip(1.5 - np.abs(4 * h - 3), 0, 1),
+            np.clip(1.5 - np.abs(4 * h - 2), 0, 1),
+            np.clip(1.5 - np.abs(4 * h - 1), 0, 1),
+        ],
+        axis=-1,
+    )
+    grey = np.repeat(np.clip(image, 0.0, 1.0)[..., None], 3, axis=-1)
+    weight = alpha * h  # cold regions stay close to the radiograph
+    return ((1 - weight) * grey + weight * colour).clip(0, 1).__mul__(255).astype(np.uint8)

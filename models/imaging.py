@@ -1,0 +1,198 @@
+"""One preprocessing path for training and serving: DICOM or PNG/JPEG pixels -> model input.
+
+Steps, in order (documented in ``docs/model.md``):
+
+1. **Pixels to display values in [0, 1].** DICOM: the Modality LUT (RescaleSlope/Intercept or a
+   Modality LUT Sequence), then the VOI LUT or the first window (centre/width); without either, an
+   8-bit image keeps its full 0..255 range and a deeper one gets a robust 0.5-99.5 percentile
+   window. MONOCHROME1 is inverted so that bone is bright. PNG/JPEG: RGB becomes luminance; 8-bit
+   is divided by 255; 16-bit gets the same percentile window as deep DICOM. So an 8-bit DICOM
+   without a window and a PNG of its pixels give the same values.
+2. **Letterbox to a square**: the image is padded (not cropped) with black, centred, to keep the
+   whole chest and its aspect ratio; :class:`Letterbox` remembers the geometry so Grad-CAM maps
+   back to the source image.
+3. **Resize** to the model's input size: block-average decimation by an integer factor first
+   (fast on 3000-pixel images), then bilinear.
+4. **Normalise** inside the model (its first layers, recorded in the card): ``unit`` keeps
+   [0, 1]; ``tf`` maps to [-1, 1] (Xception, InceptionV3); ``caffe`` is BGR mean subtraction on
+   0..255 (VGG16, ResNet50); ``torch`` is ImageNet mean/std (DenseNet121). ImageNet bases get the
+   grey image repeated to 3 channels.
+
+This module uses numpy, pydicom and Pillow only; TensorFlow is never imported here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+
+class UnreadableImageError(ValueError):
+    """A file that is neither a DICOM image nor a PNG/JPEG image we can read."""
+
+
+def _window(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    if high <= low:
+        return np.zeros(values.shape, np.float32)
+    return np.clip((values.astype(np.float32) - low) / (high - low), 0.0, 1.0)
+
+
+def _percentile_window(values: np.ndarray) -> np.ndarray:
+    # On a decimated copy: percentiles of a 7.5-megapixel image are slow and no more robust.
+    step = max(1, int(np.sqrt(values.size / 250_000)))
+    low, high = np.percentile(values[::step, ::step], [0.5, 99.5])
+    return _window(values, float(low), float(high))
+
+
+def _modality(raw: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Modality LUT in float32 (pydicom's returns float64, twice the memory of a 15 MB DX)."""
+    if "ModalityLUTSequence" in ds:
+        return np.asarray(apply_modality_lut(raw, ds), np.float32)
+    slope = float(ds.get("RescaleSlope") or 1.0)
+    intercept = float(ds.get("RescaleIntercept") or 0.0)
+    values = raw.astype(np.float32)
+    if slope != 1.0 or intercept != 0.0:
+        values = values * np.float32(slope) + np.float32(intercept)
+    return values
+
+
+def dicom_to_image(ds: Dataset) -> np.ndarray:
+    """Display values in [0, 1] (float32, 2-D) from a DICOM image, bone bright.
+
+    Raises
+    ------
+    UnreadableImageError
+        If the dataset has no single-frame grey or colour image.
+    """
+    if "PixelData" not in ds:
+        raise UnreadableImageError("the dataset has no pixel data")
+    try:
+        raw = ds.pixel_array
+    except Exception as exc:  # decoder missing or corrupt stream
+        raise UnreadableImageError(f"cannot decode pixel data: {exc}") from exc
+    if int(ds.get("NumberOfFrames") or 1) > 1:
+        raw = raw[0]
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if raw.ndim == 3:  # colour secondary captures: use luminance
+        rgb = raw.astype(np.float32)
+        gray = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+        return _window(gray, 0, 255 if ds.BitsStored <= 8 else (1 << ds.BitsStored) - 1)
+    if raw.ndim != 2:
+        raise UnreadableImageError(f"unexpected pixel array shape {raw.shape}")
+    values = _modality(raw, ds)
+    if "VOILUTSequence" in ds:
+        lut = ds.VOILUTSequence[0]
+        values = apply_voi_lut(values, ds, index=0)
+        image = _window(values, 0, (1 << int(lut.LUTDescriptor[2])) - 1)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        centre = float(np.ravel(ds.WindowCenter)[0])
+        width = max(1.0, float(np.ravel(ds.WindowWidth)[0]))
+        image = _window(values, centre - width / 2, centre + width / 2)
+    elif int(ds.get("BitsStored", 8)) <= 8 and values.max() <= 255 and values.min() >= 0:
+        image = _window(values, 0, 255)
+    else:
+        image = _percentile_window(values)
+    if photometric == "MONOCHROME1":
+        image = 1.0 - image
+    return image.astype(np.float32)
+
+
+def pil_to_image(img: Image.Image) -> np.ndarray:
+    """Display values in [0, 1] from a PNG/JPEG image (any size, 8/16-bit, grey or RGB)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(img, dtype=np.float32)
+        if values.max() <= 255:
+            return _window(values, 0, 255)
+        return _percentile_window(values)
+    if img.mode != "L":
+        img = img.convert("L")  # ITU-R 601 luminance, as for colour DICOM
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def is_dicom(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Read a DICOM, PNG or JPEG file into display values in [0, 1].
+
+    Raises
+    ------
+    UnreadableImageError
+        With the file name and the reason.
+    """
+    path = Path(path)
+    try:
+        if is_dicom(path) or path.suffix.lower() in (".dcm", ".dicom"):
+            return dicom_to_image(pydicom.dcmread(path))
+        with Image.open(path) as img:
+            img.load()
+            return pil_to_image(img)
+    except UnreadableImageError as exc:
+        raise UnreadableImageError(f"{path}: {exc}") from exc
+    except Exception as exc:
+        raise UnreadableImageError(f"{path}: not a DICOM, PNG or JPEG image ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How a source image was padded to a square and scaled to the model input."""
+
+    source_shape: tuple[int, int]
+    side: int  # side of the padded square, in source pixels
+    top: int
+    left: int
+    size: int  # model input side
+
+    @classmethod
+    def for_shape(cls, shape: tuple[int, int], size: int) -> Letterbox:
+        rows, cols = shape
+        side = max(rows, cols)
+        return cls((rows, cols), side, (side - rows) // 2, (side - cols) // 2, size)
+
+    def crop_to_source(self, square: np.ndarray) -> np.ndarray:
+        """Map an array over the padded square (any resolution) back to the source geometry."""
+        img = Image.fromarray(square.astype(np.float32), mode="F")
+        full = np.asarray(img.resize((self.side, self.side), Image.Resampling.BILINEAR))
+        rows, cols = self.source_shape
+        return full[self.top : self.top + rows, self.left : self.left + cols]
+
+
+def _decimate(image: np.ndarray, factor: int) -> np.ndarray:
+    if factor <= 1:
+        return image
+    rows, cols = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    view = image[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor)
+    return view.mean(axis=(1, 3), dtype=np.float32)
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Pad ``image`` to a centred square and resize it to ``size``×``size`` (float32)."""
+    box = Letterbox.for_shape((int(image.shape[0]), int(image.shape[1])), size)
+    # Decimate before padding: the same result as padding first, on far fewer pixels.
+    factor = max(1, box.side // (2 * size))
+    small = _decimate(image, factor)
+    side = -(-box.side // factor)
+    square = np.zeros((side, side), np.float32)
+    top, left = box.top // factor, box.left // factor
+    square[top : top + small.shape[0], left : left + small.shape[1]] = small
+    resized = Image.fromarray(square, mode="F").resize((size, size), Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0), box
+
+
+def prepare(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Full path for one image: letterbox and resize. Returns ``(size, size, 1)`` in [0, 1].
+
+    Normalisation and grey-to-RGB happen inside the model (its first layers), so training and
+    serving feed it exactly this tensor.
+    """
+    square, box = letterbox(image, size)
+    return square[..., None], box

@@ -1,0 +1,267 @@
+"""Training, model folders, the loader's checks, Grad-CAM and the predict/evaluate commands."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.architectures import (
+    SCRATCH_GRADCAM_LAYER,
+    MissingWeightsError,
+    build_residual_dense,
+    check_request,
+)
+from models.card import ModelCard, ModelCardError
+from models.gradcam import gradcam_function
+from models.labels import LABELS
+from models.loader import DEFAULT_MODEL_DIR, load_model
+from models.training import TrainConfig, train
+from tests.services import shared_file
+
+CLI = [sys.executable, "-m", "worker.cli.main"]
+
+
+def _blob_image(rng: np.random.Generator, size: int, where: tuple[int, int] | None) -> np.ndarray:
+    img = rng.normal(0.35, 0.05, (size, size)).clip(0, 1)
+    if where is not None:
+        r, c = where
+        img[r : r + size // 6, c : c + size // 6] = 0.95
+    return img.astype(np.float32)
+
+
+def make_dataset(root: Path, per_label: int = 12, size: int = 96, seed: int = 0) -> Path:
+    """Three labels told apart by where a bright square sits; a manifest with a source column."""
+    rng = np.random.default_rng(seed)
+    spots = {"normal": None, "covid": (10, 10), "viral_pneumonia": (size - 30, size - 30)}
+    rows = []
+    for label, spot in spots.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_label):
+            img = (_blob_image(rng, size, spot) * 255).astype(np.uint8)
+            name = f"{label}/{label}-{i}.png"
+            Image.fromarray(img).save(root / name)
+            rows.append([name, label, "site_a" if i % 2 else "site_b"])
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["file", "label", "source"], *rows])
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cls")
+    data = make_dataset(root / "data")
+    out = root / "model"
+    train(
+        TrainConfig(
+            data=data,
+            out=out,
+            size=48,
+            epochs=2,
+            batch_size=8,
+            progress=False,
+            name="tiny",
+            version="0.0.1",
+        )
+    )
+    return out
+
+
+def test_training_writes_a_complete_model_folder(trained: Path) -> None:
+    for name in (
+        "model.keras",
+        "card.json",
+        "MODEL_CARD.md",
+        "split.csv",
+        "history.csv",
+        "training_curves.png",
+        "evaluation/evaluation.json",
+        "evaluation/by_group.png",
+        "evaluation/reliability.png",
+        "evaluation/roc.png",
+        "evaluation/confusion_matrix.png",
+    ):
+        assert (trained / name).is_file(), name
+    card = ModelCard.load(trained)
+    assert card.labels == list(LABELS) and card.input_size == 48 and card.temperature > 0
+    assert card.training["epochs_run"] == 2
+    assert set(card.metrics["by_column"]) == {"source"}
+    report = json.loads((trained / "evaluation" / "evaluation.json").read_text())
+    assert {"n", "accuracy", "macro_auroc", "per_class", "by_column"} <= set(report)
+    with open(trained / "split.csv") as fh:
+        splits = [r["split"] for r in csv.DictReader(fh)]
+    # Per label: round(12 * 0.2) = 2 test, round(10 * 0.1) = 1 validation, 9 train.
+    assert (splits.count("test"), splits.count("validation"), len(splits)) == (6, 3, 36)
+
+
+def test_save_load_predict_round_trip(trained: Path) -> None:
+    model = load_model(trained)
+    rng = np.random.default_rng(9)
+    images = [_blob_image(rng, 200, None), _blob_image(rng, 150, (10, 10))]
+    preds = model.predict(images, heatmaps=True)
+    for p, img in zip(preds, images, strict=True):
+        assert p.label in LABELS
+        assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert p.heatmap is not None and p.heatmap.shape == img.shape
+    again = load_model(trained).predict(images)
+    for a, b in zip(preds, again, strict=True):
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-5)
+
+
+def test_card_mismatches_are_refused(trained: Path, tmp_path: Path) -> None:
+    import shutil
+
+    def variant(**changes: object) -> Path:
+        folder = tmp_path / f"m{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(trained, folder)
+        card = ModelCard.load(folder)
+        for k, v in changes.items():
+            setattr(card, k, v)
+        card.save(folder)
+        return folder
+
+    with pytest.raises(ModelCardError, match="SHA-256"):
+        load_model(variant(weights_sha256="0" * 64))
+    with pytest.raises(ModelCardError, match="input"):
+        load_model(variant(input_size=64))
+    with pytest.raises(ModelCardError, match="labels"):
+        load_model(variant(labels=["normal", "abnormal"]))
+    with pytest.raises(ModelCardError, match="Grad-CAM layer"):
+        load_model(variant(gradcam_layer="no_such_layer"))
+    with pytest.raises(ModelCardError, match=r"no card\.json"):
+        load_model(tmp_path)
+
+
+def test_missing_imagenet_weights_fail_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(MissingWeightsError, match="--imagenet-weights"):
+        check_request("xception", "ec", None)
+    with pytest.raises(MissingWeightsError, match="does not exist"):
+        check_request("vgg16", "ft", tmp_path / "nope.h5")
+    check_request("densenet121", "scratch", None)  # random init needs no download
+    # The command refuses at once, even though the data folder does not exist either.
+    proc = subprocess.run(
+        [
+            *CLI,
+            "train",
+            "--data",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "o"),
+            "--arch",
+            "xception",
+            "--mode",
+            "ec",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "never downloads" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_gradcam_lights_up_the_region_that_decides() -> None:
+    """A CNN trained to spot a bright square anywhere must put its heat on the square."""
+    import keras
+
+    rng = np.random.default_rng(1)
+    size, n = 64, 400
+    x = np.zeros((n, size, size, 1), np.float32)
+    y = np.zeros(n, np.int32)
+    for i in range(n):
+        if i % 2:
+            r, c = rng.integers(4, size - 16, 2)
+            x[i, ..., 0] = _blob_image(rng, size, None)
+            x[i, r : r + 10, c : c + 10, 0] = 0.95
+            y[i] = 1
+        else:
+            x[i, ..., 0] = _blob_image(rng, size, None)
+    keras.utils.set_random_seed(0)
+    model = build_residual_dense(size, 2, widths=(8, 16, 32), bn_momentum=0.9)
+    model.compile(
+        keras.optimizers.Adam(3e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(x, y, epochs=6, batch_size=32, verbose=0)
+    cam_fn = gradcam_function(model, SCRATCH_GRADCAM_LAYER, class_index=1)
+    hits = 0
+    trials = 10
+    for _ in range(trials):
+        r, c = rng.integers(4, size - 16, 2)
+        img = _blob_image(rng, size, None)
+        img[r : r + 10, c : c + 10] = 0.95
+        _, cams = cam_fn(img[None, ..., None])
+        from PIL import Image as _I
+
+        cam = np.asarray(_I.fromarray(cams[0]).resize((size, size), _I.Resampling.BILINEAR))
+        inside = cam[r : r + 10, c : c + 10].mean()
+        outside = np.delete(
+            cam.ravel(),
+            np.ravel_multi_index(np.mgrid[r : r + 10, c : c + 10].reshape(2, -1), cam.shape),
+        ).mean()
+        pr, pc = np.unravel_index(cam.argmax(), cam.shape)
+        # An 8x8 map over 64 pixels cannot be sharper than a few pixels: the peak must lie
+        # within one square-width of the square, and the square must be hotter than the rest.
+        near = r - 10 <= pr <= r + 20 and c - 10 <= pc <= c + 20
+        hits += int(inside > 1.5 * outside and near)
+    assert hits >= 8, f"Grad-CAM found the square in {hits} of {trials} images"
+
+
+def test_predict_and_evaluate_commands(trained: Path, tmp_path: Path) -> None:
+    files = [str(shared_file("cr_pa_chest_jpeg_baseline.dcm"))]
+    heat = tmp_path / "heat"
+    proc = subprocess.run(
+        [*CLI, "predict", "--model", str(trained), "--heatmap", str(heat), "--json", *files],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert record["model"] == "tiny" and record["version"] == "0.0.1"
+    assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    overlay = Image.open(record["heatmap"])
+    assert overlay.size == (1024, 1024) and overlay.mode == "RGB"
+
+    data = make_dataset(tmp_path / "external", per_label=4, seed=5)
+    out_json = tmp_path / "eval.json"
+    proc = subprocess.run(
+        [
+            *CLI,
+            "evaluate",
+            "--model",
+            str(trained),
+            "--data",
+            str(data),
+            "--json",
+            str(out_json),
+            "--plots",
+            str(tmp_path / "plots"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out_json.read_text())
+    assert report["n"] == 12 and set(report["by_column"]["source"]) == {"site_a", "site_b"}
+    assert "by source:" in proc.stdout and (tmp_path / "plots" / "by_group.png").is_file()
+
+
+def test_shipped_default_model() -> None:
+    if not (DEFAULT_MODEL_DIR / "card.json").is_file():
+        pytest.fail("the default model folder models/default is missing")
+    model = load_model()  # verifies SHA-256, input shape, labels, Grad-CAM layer
+    report = json.loads((DEFAULT_MODEL_DIR / "evaluation" / "evaluation.json").read_text())
+    assert {"source", "age_group"} <= set(report["by_column"])
+    rng = np.random.default_rng(0)
+    (pred,) = model.predict([rng.random((300, 250)).astype(np.float32)], heatmaps=True)
+    assert pred.heatmap is not None and pred.heatmap.shape == (300, 250)

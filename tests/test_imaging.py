@@ -1,0 +1,89 @@
+"""The one preprocessing path: DICOM and PNG/JPEG to the model's input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from models.imaging import Letterbox, UnreadableImageError, dicom_to_image, load_image, prepare
+from tests import factories
+from tests.services import shared_file
+
+
+def test_monochrome1_copy_is_the_inverse_of_the_original() -> None:
+    original = load_image(shared_file("cr_pa_chest_jpeg_baseline.dcm"))
+    mono1 = load_image(shared_file("cr_pa_chest_monochrome1.dcm"))
+    assert original.shape == (1024, 1024)
+    np.testing.assert_allclose(mono1, 1.0 - original, atol=1e-6)
+
+
+def test_jpeg_baseline_and_implicit_files_decode() -> None:
+    for name in ("cr_pa_chest_jpeg_baseline.dcm", "dx_chest_no_view_tags.dcm"):
+        img = load_image(shared_file(name))
+        assert img.dtype == np.float32 and img.min() >= 0 and img.max() <= 1
+        assert img.std() > 0.05
+
+
+def test_dicom_and_png_of_the_same_pixels_give_the_same_tensor(tmp_path: Path) -> None:
+    ds = factories.radiograph(rows=300, columns=240, bits=8, seed=3)
+    for kw in ("WindowCenter", "WindowWidth"):
+        delattr(ds, kw)
+    for kw in ("RescaleSlope", "RescaleIntercept", "RescaleType"):
+        if kw in ds:
+            delattr(ds, kw)
+    dcm = factories.write(ds, tmp_path / "a.dcm")
+    png = tmp_path / "a.png"
+    Image.fromarray(ds.pixel_array).save(png)
+    a, _ = prepare(load_image(dcm), 128)
+    b, _ = prepare(load_image(png), 128)
+    assert a.shape == (128, 128, 1)
+    np.testing.assert_array_equal(a, b)
+    # RGB JPEG-like input of the same grey pixels: luminance equals the grey value.
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(np.repeat(ds.pixel_array[..., None], 3, axis=-1)).save(rgb)
+    np.testing.assert_allclose(load_image(rgb), load_image(png), atol=1 / 255)
+
+
+def test_sixteen_bit_dicom_and_png_match(tmp_path: Path) -> None:
+    ds = factories.radiograph(rows=200, columns=200, bits=16, seed=4)
+    del ds.WindowCenter, ds.WindowWidth
+    dcm = factories.write(ds, tmp_path / "b.dcm")
+    png = tmp_path / "b.png"
+    Image.fromarray(ds.pixel_array.astype(np.uint16)).save(png)
+    np.testing.assert_allclose(load_image(dcm), load_image(png), atol=1e-6)
+
+
+def test_window_and_rescale_are_applied() -> None:
+    ds = factories.radiograph(rows=64, columns=64, bits=12, seed=5)
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -100
+    ds.WindowCenter, ds.WindowWidth = 2000, 1000
+    raw = ds.pixel_array.astype(np.float32) * 2 - 100
+    expected = np.clip((raw - 1500) / 1000, 0, 1)
+    np.testing.assert_allclose(dicom_to_image(ds), expected, atol=1e-6)
+
+
+def test_letterbox_pads_and_maps_back() -> None:
+    image = np.zeros((100, 200), np.float32)
+    image[:, 150:] = 1.0  # bright right quarter
+    x, box = prepare(image, 64)
+    assert box == Letterbox((100, 200), 200, 50, 0, 64)
+    assert x[:10].max() == 0 and x[-10:].max() == 0  # black padding above and below
+    assert x[32, 60, 0] > 0.9 and x[32, 10, 0] == 0
+    back = box.crop_to_source(x[..., 0])
+    assert back.shape == (100, 200)
+    assert back[:, 160:].mean() > 0.9 and back[:, :140].mean() < 0.05
+
+
+def test_unreadable_files_are_explained(tmp_path: Path) -> None:
+    bad = tmp_path / "x.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(UnreadableImageError, match=r"x\.png"):
+        load_image(bad)
+    sr = factories.write(factories.structured_report(), tmp_path / "sr.dcm")
+    with pytest.raises(UnreadableImageError, match="no pixel data"):
+        load_image(sr)
+    assert isinstance(pydicom.dcmread(sr), pydicom.Dataset)

@@ -1,0 +1,70 @@
+"""``cxr-triage predict``: classify images and optionally write Grad-CAM overlays."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from worker.settings import Settings
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="classify DICOM, PNG or JPEG files",
+        description=(
+            "Print the label, the calibrated probabilities and the model's name and version for "
+            "each file. --heatmap DIR writes a Grad-CAM overlay PNG per file. Not for "
+            "diagnostic use."
+        ),
+    )
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
+    p.add_argument("--heatmap", type=Path, metavar="DIR", help="write Grad-CAM overlays here")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from PIL import Image
+
+    from models.card import ModelCardError
+    from models.gradcam import overlay
+    from models.imaging import UnreadableImageError, load_image
+    from models.loader import load_model
+
+    try:
+        model = load_model(args.model)
+    except ModelCardError as exc:
+        print(f"cxr-triage predict: {exc}", file=sys.stderr)
+        return 2
+    if args.heatmap:
+        args.heatmap.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for path in args.files:
+        try:
+            image = load_image(path)
+        except (UnreadableImageError, OSError) as exc:
+            print(f"cxr-triage predict: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        (pred,) = model.predict([image], heatmaps=bool(args.heatmap))
+        record = {
+            "file": str(path),
+            "label": pred.label,
+            "probabilities": pred.probabilities,
+            "model": model.card.name,
+            "version": model.card.version,
+        }
+        if args.heatmap and pred.heatmap is not None:
+            out = args.heatmap / f"{path.stem}_gradcam.png"
+            Image.fromarray(overlay(image, pred.heatmap)).save(out)
+            record["heatmap"] = str(out)
+        if args.json:
+            print(json.dumps(record))
+        else:
+            probs = "  ".join(f"{k} {v:.3f}" for k, v in pred.probabilities.items())
+            print(f"{path}: {pred.label}  ({probs})  [{model.card.name} {model.card.version}]")
+    return 1 if failed else 0

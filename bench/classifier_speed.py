@@ -1,0 +1,112 @@
+"""CPU time per image: preprocessing a 2500x3000 16-bit DX, prediction and Grad-CAM.
+
+    .venv/bin/python bench/classifier_speed.py
+
+For the shipped default model and for Xception at 299x299 (random weights: the same arithmetic
+as ImageNet-initialised ones). Prediction is timed three ways: a compiled ``tf.function`` (what
+the product serves through), ``model.predict`` and an eager call; Grad-CAM through its compiled
+function (probabilities and heatmap from one call). Prints the median of --repeat runs after
+warm-up, in milliseconds. A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def median_ms(fn: Callable[[], object], repeat: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def time_model(
+    name: str, model: object, size: int, layer: str, image: object, repeat: int
+) -> list[tuple[str, float]]:
+    import tensorflow as tf
+
+    from models.gradcam import gradcam_function
+    from models.imaging import prepare
+
+    x, _ = prepare(image, size)  # type: ignore[arg-type]
+    batch = x[None]
+    compiled = tf.function(lambda a: model(a, training=False))  # type: ignore[operator]
+    cam = gradcam_function(model, layer)
+    return [
+        (f"{name}: letterbox + resize to {size}", median_ms(lambda: prepare(image, size), repeat)),  # type: ignore[arg-type]
+        (
+            f"{name}: predict, compiled tf.function",
+            median_ms(lambda: compiled(tf.constant(batch)), repeat),
+        ),
+        (
+            f"{name}: predict, model.predict",
+            median_ms(lambda: model.predict(batch, verbose=0), repeat),
+        ),  # type: ignore[attr-defined]
+        (f"{name}: predict, eager call", median_ms(lambda: model(batch, training=False), repeat)),  # type: ignore[operator]
+        (f"{name}: probabilities + Grad-CAM, compiled", median_ms(lambda: cam(batch), repeat)),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=10)
+    args = parser.parse_args()
+
+    import tensorflow as tf
+
+    from dicom_node import synthetic
+    from models.architectures import build_model, gradcam_layer
+    from models.imaging import dicom_to_image
+    from models.loader import load_model
+
+    print(
+        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs; "
+        f"TensorFlow {tf.__version__}; median of {args.repeat}"
+    )
+    ds = synthetic.radiograph(rows=2500, columns=3000, bits=16, seed=1)
+    encoded = ds.PixelData
+    image = dicom_to_image(ds)
+
+    def decode() -> object:
+        ds.PixelData = encoded  # drop pydicom's cached array: decode again each time
+        return dicom_to_image(ds)
+
+    print(f"{'step':44} {'ms/image':>9}")
+    print(
+        f"{'decode + modality/VOI, 2500x3000 16-bit DX':44} {median_ms(decode, args.repeat):>9.1f}"
+    )
+
+    default = load_model()
+    candidates = [
+        (
+            "default " + default.card.name,
+            default.keras_model,
+            default.card.input_size,
+            default.card.gradcam_layer,
+        )
+    ]
+    xception = build_model("xception", "scratch", 299, 3)
+    candidates.append(("xception 299", xception, 299, gradcam_layer("xception")))
+    for name, model, size, layer in candidates:
+        for label, ms in time_model(name, model, size, layer, image, args.repeat):
+            print(f"{label:44} {ms:>9.1f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -265,3 +265,28 @@ def test_shipped_default_model() -> None:
     rng = np.random.default_rng(0)
     (pred,) = model.predict([rng.random((300, 250)).astype(np.float32)], heatmaps=True)
     assert pred.heatmap is not None and pred.heatmap.shape == (300, 250)
+
+
+def test_ec_mode_loads_local_weights_and_freezes_the_base(tmp_path: Path) -> None:
+    """EC/FT start from a local weights file (here one we write), never a download."""
+    import keras
+
+    from models.architectures import build_model
+
+    base = keras.applications.DenseNet121(include_top=False, weights=None, input_shape=(32, 32, 3))
+    rng = np.random.default_rng(3)
+    base.set_weights([rng.normal(size=w.shape).astype(w.dtype) for w in base.get_weights()])
+    weights = tmp_path / "densenet121_notop.weights.h5"
+    base.save_weights(weights)
+
+    ec = build_model("densenet121", "ec", 32, 3, weights)
+    layer = ec.get_layer("conv1_conv")
+    np.testing.assert_array_equal(
+        layer.get_weights()[0], base.get_layer("conv1_conv").get_weights()[0]
+    )
+    assert not layer.trainable
+    trainable = {w.path.split("/")[0] for w in ec.trainable_weights}
+    assert trainable == {"head_dense", "logits"}
+    ft = build_model("densenet121", "ft", 32, 3, weights)
+    assert ft.get_layer("conv1_conv").trainable
+    assert len(ft.trainable_weights) > len(ec.trainable_weights)

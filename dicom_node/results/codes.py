@@ -1,0 +1,39 @@
+"""Coded concepts used in the results (documented in ``docs/results.md``).
+
+Standard codes where they exist (SNOMED CT "SCT", DICOM "DCM", LOINC "LN", UCUM); a private
+coding scheme ``99CXRTRIAGE`` only where none exists.
+"""
+
+from __future__ import annotations
+
+from pydicom.sr.coding import Code
+
+PRIVATE_SCHEME = "99CXRTRIAGE"
+
+#: Procedure reported (TID 1500 requires one).
+PROCEDURE_CHEST_XRAY = Code("399208008", "SCT", "Plain chest X-ray")
+FINDING = Code("121071", "DCM", "Finding")
+
+FINDING_CODES: dict[str, Code] = {
+    "normal": Code("17621005", "SCT", "Normal"),
+    "covid": Code("840539006", "SCT", "COVID-19"),
+    "viral_pneumonia": Code("75570004", "SCT", "Viral pneumonia"),
+}
+
+#: "Probability of <finding>": no standard concept exists for a classifier's class probability.
+PROBABILITY_CODES: dict[str, Code] = {
+    "normal": Code("P-NORMAL", PRIVATE_SCHEME, "Probability of normal"),
+    "covid": Code("P-COVID", PRIVATE_SCHEME, "Probability of COVID-19"),
+    "viral_pneumonia": Code("P-VIRAL", PRIVATE_SCHEME, "Probability of other viral pneumonia"),
+}
+NO_UNITS = Code("1", "UCUM", "no units")
+
+TRIAGE_PRIORITY = Code("TRIAGE-PRIORITY", PRIVATE_SCHEME, "Triage priority")
+PRIORITY_CODES: dict[str, Code] = {
+    "urgent": Code("URGENT", PRIVATE_SCHEME, "Urgent"),
+    "soon": Code("SOON", PRIVATE_SCHEME, "Soon"),
+    "routine": Code("ROUTINE", PRIVATE_SCHEME, "Routine"),
+}
+STUDY_RESULT = Code("STUDY-RESULT", PRIVATE_SCHEME, "Study-level triage result")
+#: CID 7162 Algorithm Family.
+ALGORITHM_FAMILY = Code("123110", "DCM", "Artificial Intelligence")

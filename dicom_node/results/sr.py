@@ -95,7 +95,7 @@ def build_report(
     algorithm = hd.sr.AlgorithmIdentification(
         name=model_name,
         version=model_version,
-        parameters=parameters,  # type: ignore[arg-type]
+        parameters=parameters,
     )
     groups = [_group(i + 1, img, algorithm) for i, img in enumerate(images)]
     groups.append(

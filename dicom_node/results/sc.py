@@ -98,7 +98,7 @@ def build_gradcam_sc(
         sop_instance_uid=sop_instance_uid,
         instance_number=instance_number,
         manufacturer=OUR_MANUFACTURER,
-        patient_orientation=tuple(source.get("PatientOrientation") or ("L", "F")),  # type: ignore[arg-type]
+        patient_orientation=tuple(source.get("PatientOrientation") or ("L", "F")),
         transfer_syntax_uid=JPEGBaseline8Bit,
     )
     for keyword in _COPIED:

@@ -8,8 +8,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -190,6 +192,19 @@ def _batches(items: list[_Item]) -> Iterator[list[_Item]]:
         yield batch
 
 
+def _payload_for(item: _Item, assoc: Association) -> Path | Dataset:
+    """The item as it can go over this association: as is, or decompressed if only that fits."""
+    accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
+    if (item.sop_class, item.transfer_syntax) in accepted:
+        return item.payload
+    if (item.sop_class, ExplicitVRLittleEndian) not in accepted:
+        return item.payload  # pynetdicom then reports that no context fits
+    ds = dcmread(item.payload) if isinstance(item.payload, Path) else item.payload.copy()
+    # Same instance, another transfer syntax: it keeps its UID (pydicom would make a new one).
+    ds.decompress(generate_instance_uid=False)
+    return ds
+
+
 def _send_items(
     items: list[_Item],
     dest: Destination,
@@ -208,7 +223,14 @@ def _send_items(
 
     for batch in _batches(items):
         ae = _ae(options)
-        for sop_class, ts in sorted({(i.sop_class, i.transfer_syntax) for i in batch}):
+        wanted = {(i.sop_class, i.transfer_syntax) for i in batch}
+        # Peers that take no compressed syntax get the object decompressed instead.
+        wanted |= {
+            (i.sop_class, ExplicitVRLittleEndian)
+            for i in batch
+            if UID(i.transfer_syntax).is_compressed
+        }
+        for sop_class, ts in sorted(wanted):
             ae.add_requested_context(sop_class, [ts])
         try:
             assoc = _associate(ae, dest, options)
@@ -222,7 +244,7 @@ def _send_items(
                     done(SendResult(item.source, item.sop_instance, None, "association lost"))
                     continue
                 try:
-                    rsp = assoc.send_c_store(item.payload)
+                    rsp = assoc.send_c_store(_payload_for(item, assoc))
                 except (ValueError, OSError) as exc:  # e.g. no accepted presentation context
                     done(SendResult(item.source, item.sop_instance, None, str(exc)))
                     continue

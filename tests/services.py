@@ -120,3 +120,37 @@ class RedisServer:
         import redis
 
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+
+class StoreSCP:
+    """dcmtk's storescp as a real result destination, writing what it receives to a folder."""
+
+    def __init__(self, folder: Path, ae_title: str = "PACS") -> None:
+        require(shutil.which("storescp") is not None, "dcmtk storescp is not installed")
+        self.folder = folder
+        self.ae_title = ae_title
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.ae_title}@127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["storescp", "-aet", self.ae_title, "-od", str(self.folder), str(self.port)],
+            env={**os.environ, "TCP_NODELAY": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def received(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.is_file())

@@ -73,8 +73,14 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     inference_queue: str = "inference"
     study_task: str = "cxr_triage.process_study"
-    # Results (used by the worker)
+    # Worker and results
     destinations: CommaList = Field(default_factory=list)
+    model_dir: Path | None = None
+    threshold_covid: float = Field(0.5, ge=0, le=1)
+    threshold_viral_pneumonia: float = Field(0.5, ge=0, le=1)
+    delivery_retries: int = Field(5, ge=0)
+    delivery_backoff: float = Field(10.0, ge=0)
+    worker_concurrency: int = Field(1, ge=1)
     # Logging
     log_level: str = "INFO"
 
@@ -125,6 +131,10 @@ class Settings(BaseSettings):
     def effective_broker_url(self) -> str:
         """The Celery broker; an embedded SQLite-backed broker unless configured."""
         return self.broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.data_dir / "outputs"
 
     @property
     def is_sqlite(self) -> bool:

@@ -11,10 +11,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from worker import __version__
-from worker.cli import db, echo, evaluate, listen, predict, send, train
+from worker.cli import db, echo, evaluate, listen, predict, replay, send, train, work
 from worker.settings import Settings, load_settings, unknown_environment_names
 
-SUBCOMMANDS = (listen, echo, send, db, train, evaluate, predict)
+SUBCOMMANDS = (listen, work, echo, send, replay, db, train, evaluate, predict)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,14 +6,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     MetaData,
     String,
     Text,
+    UniqueConstraint,
     func,
 )
 from sqlalchemy.engine import Dialect
@@ -62,7 +65,17 @@ COMPLETE = "complete"
 QUEUEING = "queueing"
 QUEUED = "queued"
 SKIPPED = "skipped"
-STUDY_STATES = (RECEIVING, COMPLETE, QUEUEING, QUEUED, "processing", "done", "failed", SKIPPED)
+STUDY_STATES = (
+    RECEIVING,
+    COMPLETE,
+    QUEUEING,
+    QUEUED,
+    "processing",
+    "done",
+    "failed",
+    "dead_letter",
+    SKIPPED,
+)
 
 
 class Association(Base):
@@ -166,3 +179,92 @@ class Rejection(Base):
     sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[int | None] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text)
+
+
+# Study states set by the worker.
+PROCESSING = "processing"
+DELIVERING = "delivering"
+DONE = "done"
+FAILED = "failed"
+DEAD_LETTER = "dead_letter"
+
+
+class StudyResult(Base):
+    """The study-level decision for one revision of a study."""
+
+    __tablename__ = "study_results"
+    __table_args__ = (UniqueConstraint("study_id", "revision"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str] = mapped_column(String(32))
+    priority: Mapped[str] = mapped_column(String(16), index=True)
+    thresholds: Mapped[dict[str, float]] = mapped_column(JSON)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32), index=True)
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ImageResult(Base):
+    """The classification of one eligible instance."""
+
+    __tablename__ = "image_results"
+    __table_args__ = (UniqueConstraint("instance_id", "revision"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"))
+    revision: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str] = mapped_column(String(32))
+    probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32))
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ProducedObject(Base):
+    """A DICOM object we created (Grad-CAM SC or SR), kept on disk for (re)delivery."""
+
+    __tablename__ = "produced_objects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(8), doc="sc or sr")
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    source_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(255), doc="relative to CXR_DATA_DIR/outputs")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Delivery(Base):
+    """One attempt to C-STORE a produced object to one destination."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    object_id: Mapped[int] = mapped_column(ForeignKey("produced_objects.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(128))
+    attempt: Mapped[int] = mapped_column(Integer)
+    status: Mapped[int | None] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16), index=True, doc="delivered, retry or dead")
+    error: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class StepTiming(Base):
+    """How long each step of processing a study took."""
+
+    __tablename__ = "step_timings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    step: Mapped[str] = mapped_column(String(32))
+    seconds: Mapped[float] = mapped_column(Float)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,167 @@
+"""The study pipeline: model, SC + SR, delivery to a real peer, Celery, retries and replay."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from celery.contrib.testing.worker import start_worker
+
+from tests import factories
+from tests.helpers import rows, send, wait_for
+from tests.services import StoreSCP, shared_file
+from worker.db.engine import make_session_factory
+from worker.db.models import (
+    DEAD_LETTER,
+    DONE,
+    Delivery,
+    ImageResult,
+    ProducedObject,
+    StepTiming,
+    Study,
+    StudyResult,
+)
+from worker.decision import decide_study
+from worker.outputs import derived_uid
+
+CLI = [sys.executable, "-m", "worker.cli.main"]
+T = {"covid": 0.5, "viral_pneumonia": 0.5}
+
+
+def test_study_decision_takes_the_most_severe_class() -> None:
+    normal = {"normal": 0.9, "covid": 0.05, "viral_pneumonia": 0.05}
+    viral = {"normal": 0.2, "covid": 0.1, "viral_pneumonia": 0.7}
+    covid = {"normal": 0.3, "covid": 0.6, "viral_pneumonia": 0.1}
+    assert decide_study([normal], T).priority == "routine"
+    assert decide_study([normal, viral], T).label == "viral_pneumonia"
+    assert decide_study([viral, covid], T).priority == "urgent"
+    assert decide_study([covid], {"covid": 0.7, "viral_pneumonia": 0.5}).label == "normal"
+    with pytest.raises(ValueError):
+        decide_study([], T)
+
+
+def test_derived_uids_are_stable_and_valid() -> None:
+    root = "2.25.121621369618346814594181528227270744860."
+    a = derived_uid(root, "1.2.3", 1, "sc", "1.2.3.4")
+    assert a == derived_uid(root, "1.2.3", 1, "sc", "1.2.3.4")
+    assert a != derived_uid(root, "1.2.3", 2, "sc", "1.2.3.4")
+    assert a.startswith(root) and len(a) <= 64 and ".." not in a and not a.endswith(".")
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[StoreSCP]:
+    scp = StoreSCP(tmp_path / "pacs")
+    scp.start()
+    yield scp
+    scp.stop()
+
+
+def _pipeline(node: Any) -> Any:
+    from models.loader import load_model
+    from worker.pipeline import Pipeline
+
+    return Pipeline(node.settings, make_session_factory(node.engine), load_model())
+
+
+def _study(node: Any, uid: str) -> Study:
+    (study,) = rows(node.engine, Study, Study.study_instance_uid == uid)
+    return study
+
+
+def test_pipeline_classifies_builds_and_delivers(start_node, pacs) -> None:  # type: ignore[no-untyped-def]
+    from dicom_node.addresses import Destination
+    from dicom_node.sender import SenderOptions
+    from worker.delivery import attempt_delivery
+
+    node = start_node(destinations=[pacs.address])  # no broker needed: we call the pipeline
+    cr = shared_file("cr_pa_chest_jpeg_baseline.dcm")
+    assert send(node, [cr]).results[0].ok
+    uid = pydicom.dcmread(cr, stop_before_pixels=True).StudyInstanceUID
+    wait_for(lambda: _study(node, uid).state in ("complete", "queued", "queueing"))
+    study = _study(node, uid)
+    pipeline = _pipeline(node)
+    outcome = pipeline.process(study.id, study.revision)
+    assert outcome.state == "delivering" and len(outcome.to_deliver) == 2
+    for object_id, dest in outcome.to_deliver:
+        assert attempt_delivery(
+            pipeline.sessions,
+            node.settings.outputs_dir,
+            object_id,
+            Destination.parse(dest),
+            1,
+            SenderOptions(),
+            final=False,
+        )
+    study = _study(node, uid)
+    assert study.state == DONE
+    (result,) = rows(node.engine, StudyResult, StudyResult.study_id == study.id)
+    (image,) = rows(node.engine, ImageResult, ImageResult.study_id == study.id)
+    assert result.label == image.label and sum(image.probabilities.values()) == pytest.approx(
+        1, abs=1e-4
+    )
+    assert result.model_name == "cxr-triage-default" and len(result.weights_sha256) == 64
+    objects = rows(node.engine, ProducedObject, ProducedObject.study_id == study.id)
+    assert sorted(o.kind for o in objects) == ["sc", "sr"]
+    assert {d.outcome for d in rows(node.engine, Delivery)} == {"delivered"}
+    steps = {t.step for t in rows(node.engine, StepTiming, StepTiming.study_id == study.id)}
+    assert {"load", "predict_gradcam", "build_sc", "build_sr", "store"} <= steps
+    received = [pydicom.dcmread(p) for p in pacs.received()]
+    assert sorted(ds.Modality for ds in received) == ["OT", "SR"]
+    assert {ds.StudyInstanceUID for ds in received} == {uid}
+    assert {ds.SOPInstanceUID for ds in received} == {o.sop_instance_uid for o in objects}
+    # A redelivered task for the same revision does nothing.
+    assert pipeline.process(study.id, study.revision).state == "duplicate"
+
+
+def test_end_to_end_with_celery_retries_dead_letter_and_replay(
+    start_node, redis_server, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Node -> Redis -> real Celery worker -> destination down -> dead letter -> replay."""
+    from worker.celery_app import create_celery
+    from worker.tasks import register_tasks
+
+    pacs = StoreSCP(tmp_path / "late-pacs")  # not started: the destination is down
+    node = start_node(
+        broker_url=redis_server.url,
+        destinations=[pacs.address],
+        delivery_retries=1,
+        delivery_backoff=0.2,
+    )
+    app = create_celery(node.settings)
+    register_tasks(app, node.settings)
+    ds = factories.radiograph(rows=512, columns=400)
+    with start_worker(
+        app,
+        pool="solo",
+        perform_ping_check=False,
+        shutdown_timeout=30,
+        queues=[node.settings.inference_queue],
+    ):
+        assert send(node, [ds]).results[0].ok
+        study = wait_for(
+            lambda: (s := _study(node, ds.StudyInstanceUID)).state == DEAD_LETTER and s, timeout=120
+        )
+    attempts = sorted((d.attempt, d.outcome) for d in rows(node.engine, Delivery))
+    assert attempts == [(1, "retry"), (1, "retry"), (2, "dead"), (2, "dead")]
+    pacs.start()
+    try:
+        env = {"CXR_DATA_DIR": str(node.settings.data_dir), "PATH": "/usr/bin:/bin"}
+        listing = subprocess.run(
+            [*CLI, "replay", "--list"], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert listing.returncode == 0 and listing.stdout.count("dead: object") == 2
+        replay = subprocess.run(
+            [*CLI, "replay"], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert replay.returncode == 0, replay.stderr
+        assert "2 delivered, 0 failed" in replay.stdout
+        assert len(pacs.received()) == 2
+    finally:
+        pacs.stop()
+    assert _study(node, ds.StudyInstanceUID).state == DONE
+    assert study.id == _study(node, ds.StudyInstanceUID).id

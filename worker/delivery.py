@@ -1,0 +1,130 @@
+"""Sending produced objects to the destinations, and recording every attempt."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.addresses import Destination
+from dicom_node.sender import SenderOptions, send_files
+from worker.db.models import (
+    DEAD_LETTER,
+    DELIVERING,
+    DONE,
+    Delivery,
+    ProducedObject,
+    Study,
+    StudyEvent,
+    utcnow,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def attempt_delivery(
+    sessions: sessionmaker[Session],
+    outputs: Path,
+    object_id: int,
+    destination: Destination,
+    attempt: int,
+    options: SenderOptions,
+    *,
+    final: bool,
+) -> bool:
+    """C-STORE one object to one destination and record the attempt; True if it was stored.
+
+    ``final`` marks the last allowed attempt: a failure is then recorded as ``dead`` and the
+    study moves to ``dead_letter`` (``cxr-triage replay`` sends it again later).
+    """
+    with sessions() as s:
+        obj = s.get_one(ProducedObject, object_id)
+        path = outputs / obj.path
+    result = send_files([path], destination, options).results[0]
+    outcome = "delivered" if result.ok else ("dead" if final else "retry")
+    with sessions.begin() as s:
+        s.add(
+            Delivery(
+                object_id=object_id,
+                destination=str(destination),
+                attempt=attempt,
+                status=result.status,
+                outcome=outcome,
+                error=result.error,
+                at=utcnow(),
+            )
+        )
+    if result.ok:
+        logger.info("delivered %s to %s (attempt %d)", path.name, destination, attempt)
+    else:
+        logger.warning(
+            "delivery of %s to %s failed (attempt %d, %s): %s",
+            path.name,
+            destination,
+            attempt,
+            outcome,
+            result.error or result.label,
+        )
+    update_study_state(sessions, obj.study_id)
+    return result.ok
+
+
+def pending(sessions: sessionmaker[Session], study_id: int) -> dict[tuple[int, str], str]:
+    """Latest outcome per (object, destination) of a study's current revision."""
+    with sessions() as s:
+        study = s.get_one(Study, study_id)
+        latest = (
+            select(Delivery.object_id, Delivery.destination, func.max(Delivery.id).label("last"))
+            .join(ProducedObject, ProducedObject.id == Delivery.object_id)
+            .where(ProducedObject.study_id == study_id, ProducedObject.revision == study.revision)
+            .group_by(Delivery.object_id, Delivery.destination)
+            .subquery()
+        )
+        rows = s.execute(
+            select(Delivery.object_id, Delivery.destination, Delivery.outcome).join(
+                latest, Delivery.id == latest.c.last
+            )
+        ).all()
+    return {(r.object_id, r.destination): r.outcome for r in rows}
+
+
+def update_study_state(sessions: sessionmaker[Session], study_id: int) -> str | None:
+    """``done`` when every object reached every destination, ``dead_letter`` if one gave up."""
+    outcomes = set(pending(sessions, study_id).values())
+    new = DONE if outcomes == {"delivered"} else DEAD_LETTER if "dead" in outcomes else None
+    if new is None:
+        return None
+    with sessions.begin() as s:
+        study = s.get_one(Study, study_id, with_for_update=True)
+        if study.state != new and study.state in (DELIVERING, DEAD_LETTER, DONE):
+            s.add(
+                StudyEvent(
+                    study_id=study_id,
+                    from_state=study.state,
+                    to_state=new,
+                    detail="all results delivered"
+                    if new == DONE
+                    else "a delivery gave up after its last retry",
+                )
+            )
+            study.state = new
+    return new
+
+
+def dead_letters(
+    sessions: sessionmaker[Session], study_uid: str | None = None
+) -> list[tuple[int, str, str]]:
+    """(object id, destination, study UID) of every delivery whose latest attempt is dead."""
+    with sessions() as s:
+        query = select(Study.id, Study.study_instance_uid).where(Study.state == DEAD_LETTER)
+        if study_uid:
+            query = query.where(Study.study_instance_uid == study_uid)
+        studies = s.execute(query).all()
+    out = []
+    for study_id, uid in studies:
+        for (object_id, dest), outcome in pending(sessions, study_id).items():
+            if outcome == "dead":
+                out.append((object_id, dest, uid))
+    return out

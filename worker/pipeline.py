@@ -1,0 +1,265 @@
+"""Processing one study: spool -> model -> SC + SR -> destinations, every step recorded.
+
+Plain functions that tests call directly; ``worker.tasks`` only says how to run them as Celery
+tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pydicom
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.results.sc import build_gradcam_sc
+from dicom_node.results.sr import ImageResult as SRImage
+from dicom_node.results.sr import StudyResult as SRStudy
+from dicom_node.results.sr import build_report
+from dicom_node.spool import Spool
+from worker.db.models import (
+    COMPLETE,
+    DEAD_LETTER,
+    DELIVERING,
+    DONE,
+    FAILED,
+    PROCESSING,
+    QUEUED,
+    QUEUEING,
+    ImageResult,
+    Instance,
+    ProducedObject,
+    StepTiming,
+    Study,
+    StudyEvent,
+    StudyResult,
+    utcnow,
+)
+from worker.decision import decide_study
+from worker.outputs import derived_uid, write_object
+from worker.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_CLAIMABLE = {COMPLETE, QUEUEING, QUEUED, PROCESSING, FAILED}
+
+
+@dataclass
+class Outcome:
+    """What processing a study did; ``to_deliver`` lists (object id, destination) to send."""
+
+    state: str
+    label: str | None = None
+    to_deliver: list[tuple[int, str]] = field(default_factory=list)
+
+
+@dataclass
+class Timer:
+    steps: list[tuple[str, float]] = field(default_factory=list)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.steps.append((name, time.perf_counter() - start))
+
+
+def _set_state(s: Session, study: Study, state: str, detail: str) -> None:
+    s.add(
+        StudyEvent(
+            study_id=study.id, at=utcnow(), from_state=study.state, to_state=state, detail=detail
+        )
+    )
+    study.state = state
+
+
+def claim(sessions: sessionmaker[Session], study_id: int, revision: int) -> str | None:
+    """Move the study to ``processing``; return why not (duplicate, superseded ...) or None."""
+    with sessions.begin() as s:
+        study = s.get(Study, study_id, with_for_update=True)
+        if study is None:
+            return "missing"
+        if study.revision != revision:
+            return "superseded"  # reopened since: the newer revision has its own task
+        if study.state in (DONE, DEAD_LETTER, DELIVERING):
+            return "duplicate"
+        if study.state not in _CLAIMABLE:
+            return f"state {study.state}"
+        _set_state(s, study, PROCESSING, f"revision {revision}")
+    return None
+
+
+class Pipeline:
+    """The study pipeline, holding the model once per worker process."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], model: object) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.model = model  # models.loader.LoadedModel
+        self.spool = Spool(settings.spool_dir, fsync=settings.fsync)
+
+    def process(self, study_id: int, revision: int) -> Outcome:
+        """Classify a study revision, build and store its SC and SR, and list what to send."""
+        reason = claim(self.sessions, study_id, revision)
+        if reason is not None:
+            logger.info("study %d revision %d not processed: %s", study_id, revision, reason)
+            return Outcome(reason)
+        try:
+            return self._process(study_id, revision)
+        except Exception as exc:
+            logger.exception("study %d failed", study_id)
+            with self.sessions.begin() as s:
+                _set_state(
+                    s, s.get_one(Study, study_id), FAILED, f"{type(exc).__name__}: {exc}"[:2000]
+                )
+            raise
+
+    def _process(self, study_id: int, revision: int) -> Outcome:
+        from models.gradcam import overlay
+        from models.imaging import dicom_to_image
+
+        timer = Timer()
+        model = self.model
+        card = model.card  # type: ignore[attr-defined]
+        root = self.settings.uid_root
+        with self.sessions() as s:
+            study = s.get_one(Study, study_id)
+            instances = s.scalars(
+                select(Instance)
+                .where(
+                    Instance.study_id == study_id,
+                    Instance.eligible,
+                    Instance.spool_path.is_not(None),
+                )
+                .order_by(Instance.received_at, Instance.id)
+            ).all()
+        if not instances:
+            raise RuntimeError("no eligible instance with a spooled file")
+        study_uid = study.study_instance_uid
+
+        with timer.step("load"):
+            datasets = [pydicom.dcmread(self.spool.path_of(i.spool_path or "")) for i in instances]
+            images = [dicom_to_image(ds) for ds in datasets]
+        with timer.step("predict_gradcam"):
+            predictions = model.predict(images, heatmaps=True)  # type: ignore[attr-defined]
+        thresholds = {
+            "covid": self.settings.threshold_covid,
+            "viral_pneumonia": self.settings.threshold_viral_pneumonia,
+        }
+        decision = decide_study([p.probabilities for p in predictions], thresholds)
+
+        key = (study_uid, revision, card.weights_sha256)
+        sc_series = derived_uid(root, *key, "sc-series")
+        scs = []
+        with timer.step("build_sc"):
+            for n, (ds, image, pred) in enumerate(zip(datasets, images, predictions, strict=True)):
+                scs.append(
+                    build_gradcam_sc(
+                        ds,
+                        overlay(image, pred.heatmap),
+                        label=pred.label,
+                        probability=pred.probabilities[pred.label],
+                        model_name=card.name,
+                        model_version=card.version,
+                        series_instance_uid=sc_series,
+                        sop_instance_uid=derived_uid(root, *key, "sc", ds.SOPInstanceUID),
+                        instance_number=n + 1,
+                    )
+                )
+        with timer.step("build_sr"):
+            headers = [ds.copy() for ds in datasets]
+            for h in headers:
+                h.pop("PixelData", None)
+            sr = build_report(
+                [
+                    SRImage(h, p.label, p.probabilities)
+                    for h, p in zip(headers, predictions, strict=True)
+                ],
+                SRStudy(decision.label, decision.priority, decision.thresholds),
+                evidence=[*headers, *scs],
+                model_name=card.name,
+                model_version=card.version,
+                weights_sha256=card.weights_sha256,
+                series_instance_uid=derived_uid(root, *key, "sr-series"),
+                sop_instance_uid=derived_uid(root, *key, "sr"),
+                device_uid=derived_uid(root, "device", card.name, card.version),
+            )
+        with timer.step("store"):
+            outputs = self.settings.outputs_dir
+            objects: list[tuple[str, pydicom.Dataset, str | None]] = [
+                ("sc", sc, src.SOPInstanceUID) for sc, src in zip(scs, datasets, strict=True)
+            ]
+            objects.append(("sr", sr, None))
+            paths = [
+                (kind, ds, src, write_object(ds, outputs, study_uid)) for kind, ds, src in objects
+            ]
+        destinations = [str(d) for d in self.settings.destination_list()]
+        with self.sessions.begin() as s:
+            study = s.get_one(Study, study_id, with_for_update=True)
+            s.execute(
+                delete(ImageResult).where(
+                    ImageResult.study_id == study_id, ImageResult.revision == revision
+                )
+            )
+            s.execute(
+                delete(StudyResult).where(
+                    StudyResult.study_id == study_id, StudyResult.revision == revision
+                )
+            )
+            for inst, pred in zip(instances, predictions, strict=True):
+                s.add(
+                    ImageResult(
+                        study_id=study_id,
+                        instance_id=inst.id,
+                        revision=revision,
+                        label=pred.label,
+                        probabilities=pred.probabilities,
+                        model_name=card.name,
+                        model_version=card.version,
+                        weights_sha256=card.weights_sha256,
+                    )
+                )
+            s.add(
+                StudyResult(
+                    study_id=study_id,
+                    revision=revision,
+                    label=decision.label,
+                    priority=decision.priority,
+                    thresholds=decision.thresholds,
+                    model_name=card.name,
+                    model_version=card.version,
+                    weights_sha256=card.weights_sha256,
+                )
+            )
+            object_ids = []
+            for kind, obj, src, rel in paths:
+                row = s.scalars(
+                    select(ProducedObject).where(
+                        ProducedObject.sop_instance_uid == obj.SOPInstanceUID
+                    )
+                ).one_or_none()
+                if row is None:
+                    row = ProducedObject(sop_instance_uid=obj.SOPInstanceUID)
+                    s.add(row)
+                row.study_id, row.revision, row.kind, row.path = study_id, revision, kind, rel
+                row.series_instance_uid = obj.SeriesInstanceUID
+                row.sop_class_uid = obj.SOPClassUID
+                row.source_sop_instance_uid = src
+                s.flush()
+                object_ids.append(row.id)
+            for name, seconds in timer.steps:
+                s.add(StepTiming(study_id=study_id, revision=revision, step=name, seconds=seconds))
+            detail = f"{decision.label} ({decision.priority}); {len(scs)} SC + 1 SR"
+            _set_state(s, study, DELIVERING if destinations else DONE, detail)
+        logger.info("study %s: %s, priority %s", study_uid, decision.label, decision.priority)
+        return Outcome(
+            DELIVERING if destinations else DONE,
+            decision.label,
+            [(oid, d) for oid in object_ids for d in destinations],
+        )

@@ -1,0 +1,81 @@
+"""Celery tasks: how to run the pipeline and deliveries as tasks, nothing more."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+
+from dicom_node.addresses import Destination
+from dicom_node.sender import SenderOptions
+from worker.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DELIVER_TASK = "cxr_triage.deliver"
+
+
+class _Process:
+    """Per-process state, built on first use: after the fork, as TensorFlow requires."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pipeline: Any = None
+
+    @property
+    def pipeline(self) -> Any:
+        if self._pipeline is None:
+            from models.loader import load_model
+            from worker.db.engine import make_engine, make_session_factory
+            from worker.pipeline import Pipeline
+
+            engine = make_engine(
+                self.settings.effective_database_url, timeout=self.settings.db_timeout
+            )
+            self._pipeline = Pipeline(
+                self.settings, make_session_factory(engine), load_model(self.settings.model_dir)
+            )
+        return self._pipeline
+
+    def sender_options(self) -> SenderOptions:
+        return SenderOptions(calling_ae=self.settings.ae_title, max_pdu=self.settings.max_pdu)
+
+
+def register_tasks(app: Celery, settings: Settings) -> None:
+    """Register the study and delivery tasks on ``app``."""
+    from worker.delivery import attempt_delivery
+
+    proc = _Process(settings)
+
+    def deliver_now(object_id: int, destination: str, attempt: int) -> None:
+        final = attempt > settings.delivery_retries
+        pipeline = proc.pipeline
+        ok = attempt_delivery(
+            pipeline.sessions,
+            settings.outputs_dir,
+            object_id,
+            Destination.parse(destination),
+            attempt,
+            proc.sender_options(),
+            final=final,
+        )
+        if not ok and not final:
+            delay = settings.delivery_backoff * 2 ** (attempt - 1)
+            deliver.apply_async(
+                args=[object_id, destination, attempt + 1],
+                countdown=delay,
+                queue=settings.inference_queue,
+            )
+
+    @app.task(name=settings.study_task)
+    def process_study(study_id: int, study_instance_uid: str, revision: int) -> str:
+        outcome = proc.pipeline.process(study_id, revision)
+        # First delivery attempt inline: results reach the PACS without another queue hop.
+        for object_id, destination in outcome.to_deliver:
+            deliver_now(object_id, destination, 1)
+        return outcome.state
+
+    @app.task(name=DELIVER_TASK)
+    def deliver(object_id: int, destination: str, attempt: int) -> None:
+        deliver_now(object_id, destination, attempt)

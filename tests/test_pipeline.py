@@ -165,3 +165,75 @@ def test_end_to_end_with_celery_retries_dead_letter_and_replay(
         pacs.stop()
     assert _study(node, ds.StudyInstanceUID).state == DONE
     assert study.id == _study(node, ds.StudyInstanceUID).id
+
+
+def _state(db: Path, uid: str) -> str | None:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        row = conn.execute(
+            "select state from studies where study_instance_uid=?", (uid,)
+        ).fetchone()
+    return row[0] if row else None
+
+
+def test_run_on_the_embedded_default(tmp_path: Path, pacs: StoreSCP) -> None:
+    """`cxr-triage run`: listener + worker processes, SQLite + embedded broker, real peer."""
+    import os
+    import signal
+
+    from tests.services import free_port, wait_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
+    env.update(
+        CXR_DATA_DIR=str(tmp_path / "data"),
+        CXR_PORT=str(port),
+        CXR_MIN_FREE_MB="0",
+        CXR_QUIET_SECONDS="0.5",
+        CXR_MONITOR_INTERVAL="0.2",
+        CXR_DESTINATIONS=pacs.address,
+    )
+    log = (tmp_path / "run.log").open("w")
+    proc = subprocess.Popen([*CLI, "run"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, timeout=60)
+        ds = factories.radiograph(rows=600, columns=500)
+        path = factories.write(ds, tmp_path / "pa.dcm")
+        sent = subprocess.run(
+            [*CLI, "send", str(path), "--to", f"CXR_TRIAGE@127.0.0.1:{port}", "--quiet"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert sent.returncode == 0, sent.stderr
+        db = tmp_path / "data" / "cxr-triage.sqlite"
+        wait_for(lambda: _state(db, ds.StudyInstanceUID) == DONE, timeout=180)
+        assert sorted(pydicom.dcmread(p).Modality for p in pacs.received()) == ["OT", "SR"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        log.close()
+    assert code == 0, (tmp_path / "run.log").read_text()[-2000:]
+
+
+def test_demo_writes_results_to_open(tmp_path: Path) -> None:
+    samples = tmp_path / "samples"
+    factories.write(factories.radiograph(rows=500, columns=400, seed=3), samples / "pa.dcm")
+    factories.write(factories.ct_slice(), samples / "ct.dcm")
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [*CLI, "demo", "--out", str(out), "--samples", str(samples), "--timeout", "240"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert " done " in proc.stdout and " skipped " in proc.stdout
+    pngs, pages = list(out.glob("gradcam_*.png")), list(out.glob("report_*.html"))
+    assert len(pngs) == 1 and len(pages) == 1
+    from PIL import Image
+
+    assert Image.open(pngs[0]).size == (400, 500)
+    assert "NOT FOR DIAGNOSTIC USE" in pages[0].read_text()

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
-import subprocess
 import sys
-import time
 
 from worker.db.migrate import SchemaOutOfDateError
 from worker.settings import Settings
@@ -68,60 +64,24 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _supervise(args: argparse.Namespace, settings: Settings) -> int:
     """Start N single-process listeners on one port; stop them all when one stops or on signal."""
+    from worker.cli.processes import ProcessGroup, child_env, cli_command
+    from worker.node_service import open_database
+
     if settings.port == 0:
         print("cxr-triage listen: --processes needs a fixed port", file=sys.stderr)
         return 2
-    from worker.node_service import open_database
-
     # Migrate once here rather than racing N children to do it.
     try:
         open_database(settings).dispose()
     except SchemaOutOfDateError as exc:
         print(f"cxr-triage listen: {exc}", file=sys.stderr)
         return 2
-    env = {
-        **os.environ,
-        "CXR_REUSE_PORT": "true",
-        "CXR_PORT": str(settings.port),
-        "CXR_BIND": settings.bind,
-        "CXR_AE_TITLE": settings.ae_title,
-    }
-    cmd = [sys.executable, "-m", "worker.cli.main"]
-    if args.config:
-        cmd += ["--config", str(args.config)]
-    children = [subprocess.Popen([*cmd, "listen"], env=env) for _ in range(args.processes)]
-    logger.info(
-        "started %d listener processes on port %d: %s",
-        len(children),
-        settings.port,
-        " ".join(str(c.pid) for c in children),
+    env = child_env(
+        CXR_REUSE_PORT="true",
+        CXR_PORT=str(settings.port),
+        CXR_BIND=settings.bind,
+        CXR_AE_TITLE=settings.ae_title,
     )
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop)
-    code = 0
-    while not stopping:
-        exited = [c for c in children if c.poll() is not None]
-        if exited:
-            code = exited[0].returncode or 1
-            logger.error(
-                "listener process %d exited with %s; stopping the others",
-                exited[0].pid,
-                exited[0].returncode,
-            )
-            break
-        time.sleep(0.2)
-    for c in children:
-        if c.poll() is None:
-            c.send_signal(signal.SIGTERM)
-    for c in children:
-        try:
-            c.wait(30)
-        except subprocess.TimeoutExpired:
-            c.kill()
-    return code
+    group = ProcessGroup([[*cli_command(args.config), "listen"]] * args.processes, env)
+    logger.info("started %d listener processes on port %d", args.processes, settings.port)
+    return group.wait()

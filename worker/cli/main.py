@@ -11,10 +11,22 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from worker import __version__
-from worker.cli import db, echo, evaluate, listen, predict, replay, send, train, work
+from worker.cli import (
+    db,
+    demo,
+    echo,
+    evaluate,
+    listen,
+    predict,
+    replay,
+    run,
+    send,
+    train,
+    work,
+)
 from worker.settings import Settings, load_settings, unknown_environment_names
 
-SUBCOMMANDS = (listen, work, echo, send, replay, db, train, evaluate, predict)
+SUBCOMMANDS = (run, demo, listen, work, echo, send, replay, db, train, evaluate, predict)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,181 @@
+"""``cxr-triage demo``: the whole pipeline on sample studies, results in a folder to open."""
+
+from __future__ import annotations
+
+import argparse
+import html
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from worker.settings import Settings
+
+TERMINAL = {"done", "skipped", "failed", "dead_letter"}
+_SHARED_SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dicom"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run node + worker on sample studies and write the results as PNG and HTML",
+        description=(
+            "Start a node and a worker on the embedded default in OUT/data, send the sample "
+            "studies (the real files in ../shared/data/dicom when present, else synthetic ones "
+            "made on the fly), wait for the results, print a table, and write each Grad-CAM SC "
+            "as PNG and each SR as HTML into OUT."
+        ),
+    )
+    p.add_argument("--out", type=Path, default=Path("cxr-triage-demo"), help="output folder")
+    p.add_argument("--samples", type=Path, help=f"DICOM folder (default {_SHARED_SAMPLES})")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for results")
+    p.set_defaults(func=run)
+
+
+def _samples(args: argparse.Namespace, out: Path) -> list[Path]:
+    folder = args.samples or _SHARED_SAMPLES
+    files = sorted(folder.glob("*.dcm")) if folder.is_dir() else []
+    if files:
+        return files
+    from dicom_node import synthetic
+
+    made = out / "samples"
+    study = "1.2.826.0.1.3680043.8.498.77001"
+    return [
+        synthetic.write(synthetic.radiograph(seed=1, rows=1000, columns=800), made / "pa1.dcm"),
+        synthetic.write(
+            synthetic.radiograph(seed=2, rows=1000, columns=800, study_uid=study), made / "pa2.dcm"
+        ),
+        synthetic.write(
+            synthetic.radiograph(seed=3, view_position="LL", study_uid=study), made / "lateral.dcm"
+        ),
+    ]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _render_sr(path: Path, target: Path) -> None:
+    if shutil.which("dsr2html"):
+        done = subprocess.run(["dsr2html", str(path), str(target)], capture_output=True)
+        if done.returncode == 0:
+            return
+    proc = (
+        subprocess.run(["dsrdump", str(path)], capture_output=True, text=True)
+        if shutil.which("dsrdump")
+        else None
+    )
+    text = proc.stdout if proc and proc.returncode == 0 else f"(install dcmtk to render {path})"
+    target.write_text(f"<html><body><pre>{html.escape(text)}</pre></body></html>\n")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    import pydicom
+    from PIL import Image
+    from sqlalchemy import select
+
+    from dicom_node.addresses import Destination
+    from dicom_node.sender import SenderOptions, send_files
+    from worker.cli.processes import ProcessGroup, child_env, cli_command
+    from worker.db.engine import make_engine, make_session_factory
+    from worker.db.models import ProducedObject, Study, StudyResult
+    from worker.node_service import open_database
+
+    out = args.out.resolve()
+    data = out / "data"
+    shutil.rmtree(data, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    env = child_env(
+        CXR_DATA_DIR=str(data),
+        CXR_PORT=str(port),
+        CXR_BIND="127.0.0.1",
+        CXR_QUIET_SECONDS="1",
+        CXR_MONITOR_INTERVAL="0.3",
+        CXR_MIN_FREE_MB="0",
+        CXR_DATABASE_URL="",
+        CXR_BROKER_URL="",
+        CXR_DESTINATIONS="",
+        CXR_LOG_LEVEL="WARNING",
+    )
+    for key in ("CXR_DATABASE_URL", "CXR_BROKER_URL", "CXR_DESTINATIONS"):
+        env.pop(key)
+    demo_settings = Settings(data_dir=data, port=port)
+    open_database(demo_settings).dispose()
+    files = _samples(args, out)
+    print(
+        f"demo in {out}: {len(files)} sample file(s); node on 127.0.0.1:{port}, log {out}/demo.log"
+    )
+    group = ProcessGroup(
+        [[*cli_command(), "listen"], [*cli_command(), "work"]], env, log=out / "demo.log"
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            import socket
+
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline or group.first_exited():
+                print("cxr-triage demo: the node did not start; see demo.log", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        summary = send_files(
+            files, Destination("CXR_TRIAGE", "127.0.0.1", port), SenderOptions(calling_ae="DEMO")
+        )
+        print(f"sent {summary.sent} of {len(files)} file(s)")
+        engine = make_engine(demo_settings.effective_database_url)
+        sessions = make_session_factory(engine)
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            with sessions() as s:
+                states = [st.state for st in s.scalars(select(Study))]
+            if states and all(state in TERMINAL for state in states):
+                break
+            if group.first_exited():
+                print("cxr-triage demo: a process stopped; see demo.log", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        else:
+            print(f"cxr-triage demo: no result after {args.timeout:.0f} s", file=sys.stderr)
+            return 1
+    finally:
+        group.stop()
+
+    outputs = demo_settings.outputs_dir
+    print(f"\n{'study':24} {'state':10} {'result':16} {'priority':9} probabilities")
+    with sessions() as s:
+        for study in s.scalars(select(Study).order_by(Study.id)):
+            result = s.scalars(select(StudyResult).where(StudyResult.study_id == study.id)).first()
+            label = result.label if result else "-"
+            prio = result.priority if result else "-"
+            from worker.db.models import ImageResult
+
+            probs = [
+                r.probabilities
+                for r in s.scalars(select(ImageResult).where(ImageResult.study_id == study.id))
+            ]
+            shown = "; ".join(" ".join(f"{k}={v:.2f}" for k, v in p.items()) for p in probs)
+            print(
+                f"...{study.study_instance_uid[-21:]:21} {study.state:10} {label:16} "
+                f"{prio:9} {shown or '(no PA chest image)'}"
+            )
+        for obj in s.scalars(select(ProducedObject).order_by(ProducedObject.id)):
+            path = outputs / obj.path
+            if obj.kind == "sc":
+                target = out / f"gradcam_{obj.sop_instance_uid[-12:]}.png"
+                Image.fromarray(pydicom.dcmread(path).pixel_array).save(target)
+            else:
+                target = out / f"report_{obj.sop_instance_uid[-12:]}.html"
+                _render_sr(path, target)
+            print(f"wrote {target}")
+    engine.dispose()
+    print("NOT FOR DIAGNOSTIC USE")
+    return 0

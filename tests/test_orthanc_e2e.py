@@ -1,0 +1,76 @@
+"""A study sent by a real PACS (Orthanc) comes back to it as SC + SR series."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pydicom
+from celery.contrib.testing.worker import start_worker
+
+from tests.helpers import rows, wait_for
+from tests.orthanc import Orthanc
+from tests.services import require, shared_file
+from worker.db.models import DONE, Delivery, ProducedObject, Study, StudyResult
+
+
+def test_orthanc_pushes_a_study_and_gets_results_back(
+    start_node, redis_server, pg_url, tmp_path: Path
+) -> None:
+    from worker.celery_app import create_celery
+    from worker.tasks import register_tasks
+
+    cr = shared_file("cr_pa_chest_jpeg_baseline.dcm")
+    node = start_node(broker_url=redis_server.url, database_url=pg_url)
+    orthanc = Orthanc(tmp_path / "orthanc", node.listener.port)
+    orthanc.start()
+    try:
+        node.settings.destinations = [orthanc.destination]
+        app = create_celery(node.settings)
+        register_tasks(app, node.settings)
+        with start_worker(
+            app,
+            pool="solo",
+            perform_ping_check=False,
+            shutdown_timeout=30,
+            queues=[node.settings.inference_queue],
+        ):
+            uploaded = orthanc.post("/instances", cr.read_bytes())
+            orthanc_study = uploaded["ParentStudy"]
+            job = orthanc.post("/modalities/cxr/store", uploaded["ID"].encode())
+            assert job.get("FailedInstancesCount", 0) == 0, job
+            uid = pydicom.dcmread(cr, stop_before_pixels=True).StudyInstanceUID
+
+            def study_done() -> bool:
+                found = rows(node.engine, Study, Study.study_instance_uid == uid)
+                return bool(found) and found[0].state == DONE
+
+            wait_for(study_done, timeout=180)
+        series = orthanc.get(f"/studies/{orthanc_study}/series")
+        modalities = sorted(s["MainDicomTags"].get("Modality", "") for s in series)
+        assert modalities == ["CR", "OT", "SR"]
+        (study,) = rows(node.engine, Study, Study.study_instance_uid == uid)
+        (result,) = rows(node.engine, StudyResult, StudyResult.study_id == study.id)
+        objects = rows(node.engine, ProducedObject, ProducedObject.study_id == study.id)
+        deliveries = rows(node.engine, Delivery)
+        assert {d.outcome for d in deliveries} == {"delivered"} and len(deliveries) == 2
+        assert {d.destination for d in deliveries} == {orthanc.destination}
+        assert result.label in ("normal", "covid", "viral_pneumonia")
+        require(shutil.which("dciodvfy") is not None, "dicom3tools (dciodvfy) is not installed")
+        stored = [
+            i
+            for s in series
+            if s["MainDicomTags"].get("Modality") in ("OT", "SR")
+            for i in s["Instances"]
+        ]
+        for i, instance in enumerate(stored):
+            path = tmp_path / f"stored{i}.dcm"
+            path.write_bytes(orthanc.get_bytes(f"/instances/{instance}/file"))
+            ds = pydicom.dcmread(path)
+            assert ds.SOPInstanceUID in {o.sop_instance_uid for o in objects}
+            out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+            errors = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("Error")]
+            assert errors == [], errors
+    finally:
+        orthanc.stop()

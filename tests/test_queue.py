@@ -66,7 +66,7 @@ def test_complete_study_reaches_a_real_celery_worker(start_node, redis_server) -
     app = create_celery(node.settings)
     received: list[dict[str, Any]] = []
 
-    @app.task(name=node.settings.study_task)
+    @app.task(name=node.settings.study_task, shared=False)
     def probe(**kwargs: Any) -> None:
         received.append(kwargs)
 

@@ -68,7 +68,8 @@ def register_tasks(app: Celery, settings: Settings) -> None:
                 queue=settings.inference_queue,
             )
 
-    @app.task(name=settings.study_task)
+    # shared=False: a task registered on one app must not leak into every other Celery app.
+    @app.task(name=settings.study_task, shared=False)
     def process_study(study_id: int, study_instance_uid: str, revision: int) -> str:
         outcome = proc.pipeline.process(study_id, revision)
         # First delivery attempt inline: results reach the PACS without another queue hop.
@@ -76,6 +77,6 @@ def register_tasks(app: Celery, settings: Settings) -> None:
             deliver_now(object_id, destination, 1)
         return outcome.state
 
-    @app.task(name=DELIVER_TASK)
+    @app.task(name=DELIVER_TASK, shared=False)
     def deliver(object_id: int, destination: str, attempt: int) -> None:
         deliver_now(object_id, destination, attempt)

@@ -44,9 +44,9 @@ def gradcam_function(model: Any, layer_name: str, class_index: int | None = None
     return call
 
 
-def to_source(cam: np.ndarray, box: Letterbox) -> np.ndarray:
+def to_source(cam: np.ndarray, box: Letterbox, shrink: int = 1) -> np.ndarray:
     """A heatmap over the model input mapped back to the source image's rows and columns."""
-    return np.clip(box.crop_to_source(cam), 0.0, 1.0)
+    return np.clip(box.crop_to_source(cam, shrink), 0.0, 1.0)
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.4) -> np.ndarray:

@@ -158,15 +158,22 @@ class Letterbox:
         side = max(rows, cols)
         return cls((rows, cols), side, (side - rows) // 2, (side - cols) // 2, size)
 
-    def crop_to_source(self, square: np.ndarray) -> np.ndarray:
-        """Map an array over the padded square (any resolution) back to the source geometry."""
+    def crop_to_source(self, square: np.ndarray, shrink: int = 1) -> np.ndarray:
+        """Map an array over the padded square (any resolution) back to the source geometry.
+
+        With ``shrink`` > 1 the result has the shape :func:`decimate` gives the source image for
+        the same factor, so the two overlay pixel for pixel.
+        """
         img = Image.fromarray(square.astype(np.float32), mode="F")
-        full = np.asarray(img.resize((self.side, self.side), Image.Resampling.BILINEAR))
-        rows, cols = self.source_shape
-        return full[self.top : self.top + rows, self.left : self.left + cols]
+        side = -(-self.side // shrink)
+        full = np.asarray(img.resize((side, side), Image.Resampling.BILINEAR))
+        rows, cols = self.source_shape[0] // shrink, self.source_shape[1] // shrink
+        top, left = self.top // shrink, self.left // shrink
+        return full[top : top + rows, left : left + cols]
 
 
-def _decimate(image: np.ndarray, factor: int) -> np.ndarray:
+def decimate(image: np.ndarray, factor: int) -> np.ndarray:
+    """Block-average by an integer factor (trailing rows/columns that do not fill a block go)."""
     if factor <= 1:
         return image
     rows, cols = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
@@ -174,12 +181,19 @@ def _decimate(image: np.ndarray, factor: int) -> np.ndarray:
     return view.mean(axis=(1, 3), dtype=np.float32)
 
 
+def shrink_factor(shape: tuple[int, ...], max_side: int) -> int:
+    """Smallest integer factor that brings the longer side to ``max_side`` or less (0: none)."""
+    if max_side <= 0:
+        return 1
+    return max(1, -(-max(int(shape[0]), int(shape[1])) // max_side))
+
+
 def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     """Pad ``image`` to a centred square and resize it to ``size``×``size`` (float32)."""
     box = Letterbox.for_shape((int(image.shape[0]), int(image.shape[1])), size)
     # Decimate before padding: the same result as padding first, on far fewer pixels.
     factor = max(1, box.side // (2 * size))
-    small = _decimate(image, factor)
+    small = decimate(image, factor)
     side = -(-box.side // factor)
     square = np.zeros((side, side), np.float32)
     top, left = box.top // factor, box.left // factor

@@ -58,8 +58,15 @@ class LoadedModel:
             )
         return np.asarray(self._predict_fn(tf.constant(batch, tf.float32)))
 
-    def predict(self, images: list[np.ndarray], *, heatmaps: bool = False) -> list[Prediction]:
-        """Classify [0, 1] images (any size); optionally with Grad-CAM in source geometry."""
+    def predict(
+        self, images: list[np.ndarray], *, heatmaps: bool = False, heatmap_shrink: int = 1
+    ) -> list[Prediction]:
+        """Classify [0, 1] images (any size); optionally with Grad-CAM in source geometry.
+
+        ``heatmap_shrink`` returns each heatmap at the source geometry decimated by that integer
+        factor (as :func:`models.imaging.decimate` shrinks the image), which is much cheaper for
+        3000-pixel radiographs.
+        """
         batch, boxes = self._inputs(images)
         if heatmaps:
             if self._cam_fn is None:
@@ -70,7 +77,7 @@ class LoadedModel:
         probs = softmax(logits, self.card.temperature)
         out = []
         for i, p in enumerate(probs):
-            heat = to_source(cams[i], boxes[i]) if cams is not None else None
+            heat = to_source(cams[i], boxes[i], heatmap_shrink) if cams is not None else None
             out.append(
                 Prediction(
                     self.labels[int(p.argmax())],

@@ -87,3 +87,14 @@ def test_unreadable_files_are_explained(tmp_path: Path) -> None:
     with pytest.raises(UnreadableImageError, match="no pixel data"):
         load_image(sr)
     assert isinstance(pydicom.dcmread(sr), pydicom.Dataset)
+
+
+def test_heatmap_and_image_shrink_to_the_same_grid() -> None:
+    from models.imaging import decimate, shrink_factor
+
+    image = np.random.default_rng(0).random((2500, 3000)).astype(np.float32)
+    f = shrink_factor(image.shape, 1280)
+    assert f == 3 and shrink_factor(image.shape, 0) == 1
+    _, box = prepare(image, 128)
+    heat = box.crop_to_source(np.ones((8, 8), np.float32), shrink=f)
+    assert heat.shape == decimate(image, f).shape == (833, 1000)

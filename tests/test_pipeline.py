@@ -177,14 +177,17 @@ def _state(db: Path, uid: str) -> str | None:
     return row[0] if row else None
 
 
-def test_run_on_the_embedded_default(tmp_path: Path, pacs: StoreSCP) -> None:
-    """`cxr-triage run`: listener + worker processes, SQLite + embedded broker, real peer."""
+def test_run_on_the_embedded_default_with_orthanc(tmp_path: Path) -> None:
+    """`cxr-triage run` (SQLite + embedded broker, two processes) between Orthanc and itself."""
     import os
     import signal
 
+    from tests.orthanc import Orthanc
     from tests.services import free_port, wait_port
 
+    cr = shared_file("cr_pa_chest_jpeg_baseline.dcm")
     port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", port)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
     env.update(
         CXR_DATA_DIR=str(tmp_path / "data"),
@@ -192,30 +195,64 @@ def test_run_on_the_embedded_default(tmp_path: Path, pacs: StoreSCP) -> None:
         CXR_MIN_FREE_MB="0",
         CXR_QUIET_SECONDS="0.5",
         CXR_MONITOR_INTERVAL="0.2",
-        CXR_DESTINATIONS=pacs.address,
+        CXR_DESTINATIONS=orthanc.destination,
     )
     log = (tmp_path / "run.log").open("w")
     proc = subprocess.Popen([*CLI, "run"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    orthanc.start()
     try:
         wait_port(port, timeout=60)
-        ds = factories.radiograph(rows=600, columns=500)
-        path = factories.write(ds, tmp_path / "pa.dcm")
-        sent = subprocess.run(
-            [*CLI, "send", str(path), "--to", f"CXR_TRIAGE@127.0.0.1:{port}", "--quiet"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert sent.returncode == 0, sent.stderr
+        uploaded = orthanc.post("/instances", cr.read_bytes())
+        orthanc.post("/modalities/cxr/store", uploaded["ID"].encode())
+        uid = pydicom.dcmread(cr, stop_before_pixels=True).StudyInstanceUID
         db = tmp_path / "data" / "cxr-triage.sqlite"
-        wait_for(lambda: _state(db, ds.StudyInstanceUID) == DONE, timeout=180)
-        assert sorted(pydicom.dcmread(p).Modality for p in pacs.received()) == ["OT", "SR"]
+        wait_for(lambda: _state(db, uid) == DONE, timeout=180)
+        series = orthanc.get(f"/studies/{uploaded['ParentStudy']}/series")
+        assert sorted(s["MainDicomTags"].get("Modality") for s in series) == ["CR", "OT", "SR"]
     finally:
+        orthanc.stop()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
         log.close()
     assert code == 0, (tmp_path / "run.log").read_text()[-2000:]
+
+
+def test_results_wait_for_a_destination_that_comes_back(
+    start_node, redis_server, tmp_path: Path
+) -> None:
+    """Destination down at first: the retries deliver once it is back, with no replay."""
+    from worker.celery_app import create_celery
+    from worker.tasks import register_tasks
+
+    pacs = StoreSCP(tmp_path / "pacs-later")
+    node = start_node(
+        broker_url=redis_server.url,
+        destinations=[pacs.address],
+        delivery_retries=4,
+        delivery_backoff=1.0,
+    )
+    app = create_celery(node.settings)
+    register_tasks(app, node.settings)
+    # Larger than CXR_SC_MAX_SIZE (1280): the SC is built at half size, same geometry.
+    ds = factories.radiograph(rows=1500, columns=1300)
+    with start_worker(
+        app,
+        pool="solo",
+        perform_ping_check=False,
+        shutdown_timeout=30,
+        queues=[node.settings.inference_queue],
+    ):
+        assert send(node, [ds]).results[0].ok
+        wait_for(lambda: any(d.outcome == "retry" for d in rows(node.engine, Delivery)), 120)
+        pacs.start()
+        try:
+            wait_for(lambda: _study(node, ds.StudyInstanceUID).state == DONE, timeout=60)
+        finally:
+            pacs.stop()
+    outcomes = [d.outcome for d in rows(node.engine, Delivery)]
+    assert outcomes.count("delivered") == 2 and "dead" not in outcomes
+    received = {pydicom.dcmread(p).Modality: pydicom.dcmread(p) for p in pacs.received()}
+    assert (received["OT"].Rows, received["OT"].Columns) == (750, 650)
 
 
 def test_demo_writes_results_to_open(tmp_path: Path) -> None:

@@ -99,7 +99,7 @@ def test_sc_refuses_a_mismatched_overlay(source: pydicom.Dataset) -> None:
     with pytest.raises(ValueError, match="Rows/Columns"):
         build_gradcam_sc(
             source,
-            np.zeros((10, 10, 3), np.uint8),
+            np.zeros((10, 20, 3), np.uint8),
             label="covid",
             probability=0.5,
             model_name="m",
@@ -220,3 +220,35 @@ def test_report_needs_images_and_known_labels(source: pydicom.Dataset) -> None:
             StudyResult("normal", "routine", {}),
             **kwargs,
         )  # type: ignore[arg-type]
+
+
+def test_sc_may_be_an_integer_fraction_of_the_source_size() -> None:
+    from models.imaging import decimate
+
+    src = factories.radiograph(rows=900, columns=700)
+    grey = decimate(src.pixel_array.astype(np.float32) / 4095, 3)
+    rgb = np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=-1)
+    sc = build_gradcam_sc(
+        src,
+        rgb,
+        label="normal",
+        probability=0.9,
+        model_name="m",
+        model_version="1",
+        series_instance_uid=new_uid(),
+        sop_instance_uid=new_uid(),
+        instance_number=1,
+    )
+    assert (sc.Rows, sc.Columns) == (300, 233)
+    with pytest.raises(ValueError, match="same integer"):
+        build_gradcam_sc(
+            src,
+            rgb[:, :200],
+            label="normal",
+            probability=0.9,
+            model_name="m",
+            model_version="1",
+            series_instance_uid=new_uid(),
+            sop_instance_uid=new_uid(),
+            instance_number=1,
+        )

@@ -122,7 +122,7 @@ class Pipeline:
 
     def _process(self, study_id: int, revision: int) -> Outcome:
         from models.gradcam import overlay
-        from models.imaging import dicom_to_image
+        from models.imaging import decimate, dicom_to_image, shrink_factor
 
         timer = Timer()
         model = self.model
@@ -146,8 +146,10 @@ class Pipeline:
         with timer.step("load"):
             datasets = [pydicom.dcmread(self.spool.path_of(i.spool_path or "")) for i in instances]
             images = [dicom_to_image(ds) for ds in datasets]
+        # One shrink factor for the study: the SCs stay below CXR_SC_MAX_SIZE pixels a side.
+        shrink = max(shrink_factor(img.shape, self.settings.sc_max_size) for img in images)
         with timer.step("predict_gradcam"):
-            predictions = model.predict(images, heatmaps=True)  # type: ignore[attr-defined]
+            predictions = model.predict(images, heatmaps=True, heatmap_shrink=shrink)  # type: ignore[attr-defined]
         thresholds = {
             "covid": self.settings.threshold_covid,
             "viral_pneumonia": self.settings.threshold_viral_pneumonia,
@@ -162,7 +164,7 @@ class Pipeline:
                 scs.append(
                     build_gradcam_sc(
                         ds,
-                        overlay(image, pred.heatmap),
+                        overlay(decimate(image, shrink), pred.heatmap),
                         label=pred.label,
                         probability=pred.probabilities[pred.label],
                         model_name=card.name,

@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     delivery_retries: int = Field(5, ge=0)
     delivery_backoff: float = Field(10.0, ge=0)
     worker_concurrency: int = Field(1, ge=1)
+    sc_max_size: int = Field(1280, ge=0)
     # Logging
     log_level: str = "INFO"
 

@@ -63,7 +63,8 @@ def build_gradcam_sc(
     source : pydicom.dataset.Dataset
         The source radiograph (header is enough); patient, study and references come from it.
     overlay_rgb : numpy.ndarray
-        ``(rows, columns, 3)`` uint8 overlay in the source image's geometry.
+        ``(rows // f, columns // f, 3)`` uint8 overlay in the source image's geometry, for an
+        integer factor ``f`` >= 1 (a smaller SC is much faster to build, send and show).
     label, probability : str, float
         The finding shown in the burned-in text.
 
@@ -74,10 +75,12 @@ def build_gradcam_sc(
     """
     if overlay_rgb.dtype != np.uint8 or overlay_rgb.ndim != 3 or overlay_rgb.shape[2] != 3:
         raise ValueError("overlay_rgb must be a (rows, columns, 3) uint8 array")
-    if overlay_rgb.shape[:2] != (int(source.Rows), int(source.Columns)):
+    rows, cols = int(source.Rows), int(source.Columns)
+    factor = max(1, rows // max(1, overlay_rgb.shape[0]))
+    if overlay_rgb.shape[:2] != (rows // factor, cols // factor):
         raise ValueError(
-            f"overlay is {overlay_rgb.shape[:2]}, the source image is "
-            f"{(int(source.Rows), int(source.Columns))}: Rows/Columns must match"
+            f"overlay is {overlay_rgb.shape[:2]}, the source image is {(rows, cols)}: "
+            "Rows/Columns must match, or both be divided by the same integer"
         )
     pixels = burn_in_text(
         overlay_rgb,

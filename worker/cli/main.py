@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from worker import __version__
 from worker.cli import (
+    audit,
     db,
     demo,
     echo,
@@ -26,7 +27,7 @@ from worker.cli import (
 )
 from worker.settings import Settings, load_settings, unknown_environment_names
 
-SUBCOMMANDS = (run, demo, listen, work, echo, send, replay, db, train, evaluate, predict)
+SUBCOMMANDS = (run, demo, listen, work, echo, send, replay, audit, db, train, evaluate, predict)
 
 
 def build_parser() -> argparse.ArgumentParser:

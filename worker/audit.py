@@ -1,0 +1,253 @@
+"""Audit queries: what happened to a study, and was anything received and never answered."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, and_, func, select
+from sqlalchemy.orm import Session
+
+from worker.db.models import (
+    DEAD_LETTER,
+    DONE,
+    FAILED,
+    SKIPPED,
+    Association,
+    Delivery,
+    ImageResult,
+    Instance,
+    ProducedObject,
+    Rejection,
+    StepTiming,
+    Study,
+    StudyEvent,
+    StudyResult,
+    utcnow,
+)
+
+ERROR_STATES = {FAILED, DEAD_LETTER}
+
+
+@dataclass
+class StudyFilter:
+    """Filters of ``cxr-triage audit studies``; None means any."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    state: str | None = None
+    label: str | None = None
+    priority: str | None = None
+    calling_ae: str | None = None
+    accession_number: str | None = None
+    patient_id: str | None = None
+    model_version: str | None = None
+    limit: int = 1000
+
+
+def _latest_result() -> Any:
+    """Subquery: the newest result row per study (its current revision's)."""
+    return (
+        select(StudyResult.study_id, func.max(StudyResult.id).label("rid"))
+        .group_by(StudyResult.study_id)
+        .subquery()
+    )
+
+
+def _study_query(f: StudyFilter) -> Select[Study, StudyResult]:
+    latest = _latest_result()
+    q = (
+        select(Study, StudyResult)
+        .outerjoin(latest, latest.c.study_id == Study.id)
+        .outerjoin(StudyResult, StudyResult.id == latest.c.rid)
+        .order_by(Study.first_instance_at.desc(), Study.id.desc())
+        .limit(f.limit)
+    )
+    if f.since:
+        q = q.where(Study.last_instance_at >= f.since)
+    if f.until:
+        q = q.where(Study.first_instance_at < f.until)
+    if f.state:
+        q = q.where(Study.state == f.state)
+    if f.label:
+        q = q.where(StudyResult.label == f.label)
+    if f.priority:
+        q = q.where(StudyResult.priority == f.priority)
+    if f.model_version:
+        q = q.where(StudyResult.model_version == f.model_version)
+    if f.accession_number:
+        q = q.where(Study.accession_number == f.accession_number)
+    if f.patient_id:
+        q = q.where(Study.patient_id == f.patient_id)
+    if f.calling_ae:
+        sent_by = (
+            select(Instance.study_id)
+            .join(Association, Association.id == Instance.association_id)
+            .where(Association.calling_ae == f.calling_ae)
+        )
+        q = q.where(Study.id.in_(sent_by))
+    return q
+
+
+def list_studies(s: Session, f: StudyFilter) -> list[dict[str, Any]]:
+    """One dict per study: identifiers, state, result, timestamps."""
+    out = []
+    for study, result in s.execute(_study_query(f)).all():
+        out.append(
+            {
+                "study_instance_uid": study.study_instance_uid,
+                "state": study.state,
+                "label": result.label if result else None,
+                "priority": result.priority if result else None,
+                "accession_number": study.accession_number,
+                "patient_id": study.patient_id,
+                "revision": study.revision,
+                "model_version": result.model_version if result else None,
+                "first_instance_at": study.first_instance_at.isoformat(),
+                "completed_at": study.completed_at.isoformat() if study.completed_at else None,
+                "updated_at": study.updated_at.isoformat() if study.updated_at else None,
+            }
+        )
+    return out
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def timeline(s: Session, study_uid: str) -> dict[str, Any] | None:
+    """The full story of a study, ordered in time, for ``audit show`` and ``audit export``."""
+    study = s.scalars(select(Study).where(Study.study_instance_uid == study_uid)).one_or_none()
+    if study is None:
+        return None
+    events: list[dict[str, Any]] = []
+    instances = s.scalars(select(Instance).where(Instance.study_id == study.id)).all()
+    assoc_ids = {i.association_id for i in instances}
+    for a in s.scalars(select(Association).where(Association.id.in_(assoc_ids))):
+        events.append(
+            {
+                "at": _iso(a.started_at),
+                "what": "association",
+                "detail": f"{a.calling_ae} -> {a.called_ae} from {a.peer_host}:{a.peer_port}"
+                f"{' (TLS)' if a.tls else ''}, ended {_iso(a.ended_at) or 'open'} "
+                f"({a.outcome})",
+            }
+        )
+    for i in instances:
+        events.append(
+            {
+                "at": _iso(i.received_at),
+                "what": "instance",
+                "detail": f"{i.sop_instance_uid} {i.modality} "
+                f"{'ELIGIBLE' if i.eligible else 'skipped'} [{i.rule}] {i.reason}",
+            }
+        )
+    sops = [i.sop_instance_uid for i in instances]
+    for rej in s.scalars(select(Rejection).where(Rejection.sop_instance_uid.in_(sops))):
+        events.append(
+            {
+                "at": _iso(rej.at),
+                "what": "instance failed",
+                "detail": f"{rej.sop_instance_uid} status 0x{rej.status or 0:04X}: {rej.reason}",
+            }
+        )
+    for e in s.scalars(select(StudyEvent).where(StudyEvent.study_id == study.id)):
+        events.append(
+            {
+                "at": _iso(e.at),
+                "what": "state",
+                "detail": f"{e.from_state or '-'} -> {e.to_state}: {e.detail}",
+            }
+        )
+    for ir in s.scalars(select(ImageResult).where(ImageResult.study_id == study.id)):
+        probs = ", ".join(f"{k} {v:.3f}" for k, v in ir.probabilities.items())
+        events.append(
+            {
+                "at": _iso(ir.created_at),
+                "what": "image result",
+                "detail": f"revision {ir.revision}: {ir.label} ({probs}) by {ir.model_name} "
+                f"{ir.model_version}",
+            }
+        )
+    for srow in s.scalars(select(StudyResult).where(StudyResult.study_id == study.id)):
+        events.append(
+            {
+                "at": _iso(srow.created_at),
+                "what": "study result",
+                "detail": f"revision {srow.revision}: {srow.label}, priority {srow.priority}, "
+                f"thresholds {srow.thresholds}, weights {srow.weights_sha256[:12]}",
+            }
+        )
+    timings = s.scalars(select(StepTiming).where(StepTiming.study_id == study.id)).all()
+    if timings:
+        steps = ", ".join(f"{t.step} {t.seconds * 1000:.0f} ms" for t in timings)
+        events.append({"at": _iso(timings[-1].at), "what": "timings", "detail": steps})
+    objects = s.scalars(select(ProducedObject).where(ProducedObject.study_id == study.id)).all()
+    for o in objects:
+        events.append(
+            {
+                "at": _iso(o.created_at),
+                "what": f"produced {o.kind}",
+                "detail": f"{o.sop_instance_uid} (series {o.series_instance_uid})",
+            }
+        )
+    kinds = {o.id: o.kind for o in objects}
+    for d in s.scalars(select(Delivery).where(Delivery.object_id.in_(kinds))):
+        status = f"0x{d.status:04X}" if d.status is not None else "no status"
+        events.append(
+            {
+                "at": _iso(d.at),
+                "what": "delivery",
+                "detail": f"{kinds[d.object_id]} -> {d.destination} attempt {d.attempt}: "
+                f"{d.outcome} ({status}){': ' + d.error if d.error else ''}",
+            }
+        )
+    events.sort(key=lambda e: e["at"] or "")
+    return {
+        "study_instance_uid": study.study_instance_uid,
+        "state": study.state,
+        "accession_number": study.accession_number,
+        "patient_id": study.patient_id,
+        "revision": study.revision,
+        "events": events,
+    }
+
+
+def reconcile(s: Session, since: datetime, grace: timedelta) -> list[dict[str, Any]]:
+    """Instances received since ``since`` that have neither a delivered (or stored) result, a
+    recorded skip, nor an open error — once their study has had ``grace`` to finish."""
+    cutoff = utcnow() - grace
+    rows = s.execute(
+        select(Instance, Study)
+        .join(Study, Study.id == Instance.study_id)
+        .where(Instance.received_at >= since, Instance.eligible)
+    ).all()
+    unaccounted = []
+    for inst, study in rows:
+        if study.state in ERROR_STATES or study.state == SKIPPED:
+            continue
+        if study.state == DONE:
+            has_result = s.scalar(
+                select(func.count())
+                .select_from(ImageResult)
+                .where(
+                    and_(ImageResult.instance_id == inst.id, ImageResult.revision == study.revision)
+                )
+            )
+            if has_result:
+                continue
+            reason = "study done but this instance has no result"
+        elif study.last_instance_at > cutoff:
+            continue  # still within its grace period
+        else:
+            reason = f"study still '{study.state}' after {grace}"
+        unaccounted.append(
+            {
+                "sop_instance_uid": inst.sop_instance_uid,
+                "study_instance_uid": study.study_instance_uid,
+                "received_at": _iso(inst.received_at),
+                "reason": reason,
+            }
+        )
+    return unaccounted

@@ -72,6 +72,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Any]:
             "min_free_mb": 0,
             "quiet_seconds": 0.5,
             "monitor_interval": 0.2,
+            "metrics_port": 0,
+            "worker_metrics_port": 0,
         }
         values.update(overrides)
         return Settings(**values)

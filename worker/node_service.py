@@ -9,6 +9,7 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -71,13 +72,21 @@ class Node:
     store: NodeStore
     listener: Listener
     monitor: CompletionMonitor
+    observability: Any = None
 
     def start(self) -> None:
+        from worker.observability import start_observability
+
         self.store.close_orphaned_associations()
         self.listener.start()
         self.monitor.start()
+        self.observability = start_observability(
+            self.store.sessions, self.settings, self.settings.metrics_port
+        )
 
     def stop(self) -> None:
+        if self.observability is not None:
+            self.observability.stop()
         self.listener.stop()
         self.monitor.stop()
         self.engine.dispose()

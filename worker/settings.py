@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     delivery_backoff: float = Field(10.0, ge=0)
     worker_concurrency: int = Field(1, ge=1)
     sc_max_size: int = Field(1280, ge=0)
+    # Observability: /metrics, /healthz, /readyz (port 0: off)
+    metrics_bind: str = "127.0.0.1"
+    metrics_port: int = Field(9110, ge=0, le=65535)
+    worker_metrics_port: int = Field(9111, ge=0, le=65535)
     # Logging
     log_level: str = "INFO"
 

@@ -24,10 +24,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from worker.celery_app import create_celery
+    from worker.db.engine import make_session_factory
+    from worker.node_service import open_database
+    from worker.observability import start_observability
     from worker.tasks import register_tasks
 
     app = create_celery(settings)
     register_tasks(app, settings)
+    # In the worker's main process (no TensorFlow here): counts come from the database.
+    start_observability(
+        make_session_factory(open_database(settings)), settings, settings.worker_metrics_port
+    )
     concurrency = args.concurrency or settings.worker_concurrency
     app.worker_main(
         [

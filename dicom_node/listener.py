@@ -398,5 +398,6 @@ class Listener:
             "eligible" if decision.eligible else "skipped",
             assoc_id,
             decision.reason,
+            extra={"study": study_uid},  # correlation id for structured logs
         )
         return SUCCESS

@@ -40,6 +40,7 @@ from worker.db.models import (
     utcnow,
 )
 from worker.decision import decide_study
+from worker.logs import study_context
 from worker.outputs import derived_uid, write_object
 from worker.settings import Settings
 
@@ -106,6 +107,13 @@ class Pipeline:
 
     def process(self, study_id: int, revision: int) -> Outcome:
         """Classify a study revision, build and store its SC and SR, and list what to send."""
+        with self.sessions() as s:
+            study = s.get(Study, study_id)
+            uid = study.study_instance_uid if study else f"study-id-{study_id}"
+        with study_context(uid):
+            return self._process_claimed(study_id, revision)
+
+    def _process_claimed(self, study_id: int, revision: int) -> Outcome:
         reason = claim(self.sessions, study_id, revision)
         if reason is not None:
             logger.info("study %d revision %d not processed: %s", study_id, revision, reason)

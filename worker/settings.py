@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(9111, ge=0, le=65535)
     # Logging
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("allowed_calling_aets", "destinations", mode="before")
     @classmethod

@@ -25,6 +25,7 @@ from worker.cli import (
     train,
     work,
 )
+from worker.logs import configure_logging
 from worker.settings import Settings, load_settings, unknown_environment_names
 
 SUBCOMMANDS = (run, demo, listen, work, echo, send, replay, audit, db, train, evaluate, predict)
@@ -50,17 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # pynetdicom logs every PDU at INFO; keep its chatter for DEBUG.
-    if logging.getLogger().level > logging.DEBUG:
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -69,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValidationError, FileNotFoundError, ValueError) as exc:
         print(f"cxr-triage: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
-    configure_logging(args.log_level or settings.log_level)
+    configure_logging(args.log_level or settings.log_level, settings.log_format)
     for name in unknown_environment_names():
         logging.getLogger("worker.settings").warning("ignoring %s: no such setting", name)
     try:

@@ -375,7 +375,12 @@ class NodeStore:
                 )
             queued += 1
             self._broker_failures = 0
-            logger.info("queued study %s as %s", study.study_instance_uid, task_id)
+            logger.info(
+                "queued study %s as %s",
+                study.study_instance_uid,
+                task_id,
+                extra={"study": study.study_instance_uid},
+            )
         return queued
 
 

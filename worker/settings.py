@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     metrics_bind: str = "127.0.0.1"
     metrics_port: int = Field(9110, ge=0, le=65535)
     worker_metrics_port: int = Field(9111, ge=0, le=65535)
+    # Audit API (cxr-triage api)
+    api_token: str | None = None
+    api_port: int = Field(8080, ge=0, le=65535)
     # Logging
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from worker import __version__
 from worker.cli import (
+    api,
     audit,
     db,
     demo,
@@ -28,7 +29,21 @@ from worker.cli import (
 from worker.logs import configure_logging
 from worker.settings import Settings, load_settings, unknown_environment_names
 
-SUBCOMMANDS = (run, demo, listen, work, echo, send, replay, audit, db, train, evaluate, predict)
+SUBCOMMANDS = (
+    run,
+    demo,
+    listen,
+    work,
+    echo,
+    send,
+    replay,
+    audit,
+    api,
+    db,
+    train,
+    evaluate,
+    predict,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,124 @@
+"""The audit API over real HTTP, and its page in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import rows
+from tests.services import free_port, require, wait_port
+from tests.test_audit import processed  # noqa: F401 - the fixture
+from worker.db.engine import make_session_factory
+from worker.db.models import Study
+
+TOKEN = "s3cret-token"
+
+
+def _get(port: int, path: str, token: str | None = TOKEN) -> tuple[int, bytes, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as rsp:
+            return rsp.status, rsp.read(), rsp.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), ""
+
+
+@pytest.fixture
+def api(processed) -> Iterator[tuple[int, Any]]:  # noqa: F811
+    import uvicorn
+
+    from worker.api import create_app
+
+    node = processed[0]
+    node.settings.api_token = TOKEN
+    app = create_app(node.settings, make_session_factory(node.engine))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_port(port)
+    yield port, processed
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_api_requires_a_token_and_paginates(api) -> None:  # type: ignore[no-untyped-def]
+    port, (_node, pa, ct, pending) = api
+    assert _get(port, "/api/studies", token=None)[0] == 401
+    assert _get(port, "/api/studies", token="wrong")[0] == 401
+    status, body, _ = _get(port, "/api/studies?page_size=2")
+    page1 = json.loads(body)
+    assert status == 200 and len(page1["items"]) == 2 and page1["has_next"]
+    page2 = json.loads(_get(port, "/api/studies?page_size=2&page=2")[1])
+    assert len(page2["items"]) == 1 and not page2["has_next"]
+    uids = {i["study_instance_uid"] for i in page1["items"] + page2["items"]}
+    assert uids == {pa.StudyInstanceUID, ct.StudyInstanceUID, pending.StudyInstanceUID}
+    done = json.loads(_get(port, "/api/studies?state=done")[1])["items"]
+    assert [d["study_instance_uid"] for d in done] == [pa.StudyInstanceUID]
+    story = json.loads(_get(port, f"/api/studies/{pa.StudyInstanceUID}")[1])
+    assert any(e["what"] == "study result" for e in story["events"])
+    assert _get(port, "/api/studies/1.2.3")[0] == 404
+    status, png, kind = _get(port, f"/api/studies/{pa.StudyInstanceUID}/heatmaps/0.png")
+    assert status == 200 and kind == "image/png" and png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _get(port, f"/api/studies/{pa.StudyInstanceUID}/heatmaps/5.png")[0] == 404
+    recon = json.loads(_get(port, "/api/reconcile?since=2000-01-01T00:00:00&grace_minutes=0")[1])
+    assert not recon["ok"] and recon["items"][0]["sop_instance_uid"] == pending.SOPInstanceUID
+    schema = json.loads(_get(port, "/openapi.json", token=None)[1])
+    assert {"/api/studies", "/api/studies/{study_uid}", "/api/reconcile"} <= set(schema["paths"])
+
+
+def test_api_refuses_to_run_without_a_token(processed) -> None:  # noqa: F811  # type: ignore[no-untyped-def]
+    from worker.api import create_app
+
+    node = processed[0]
+    node.settings.api_token = None
+    with pytest.raises(ValueError, match="CXR_API_TOKEN"):
+        create_app(node.settings, make_session_factory(node.engine))
+
+
+def test_page_in_headless_chromium(api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    require(shutil.which("chromium") is not None, "chromium is not installed")
+    port, (node, pa, _ct, pending) = api
+    url = f"http://127.0.0.1:{port}/#token={TOKEN}"
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=8000",
+    ]
+    dom = subprocess.run(
+        ["chromium", *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
+    )
+    assert pa.StudyInstanceUID[-24:] in dom.stdout  # the table was filled by the API
+    assert '<p id="status">3 studies</p>' in dom.stdout
+    # The newest study's timeline is opened: the one still queued, with its instance's decision.
+    assert f"Study {pending.StudyInstanceUID} — queued" in dom.stdout
+    assert "ELIGIBLE [view-position]" in dom.stdout
+    shot = tmp_path / "page.png"
+    subprocess.run(
+        ["chromium", *flags, "--window-size=1200,900", f"--screenshot={shot}", url],
+        capture_output=True,
+        timeout=120,
+    )
+    import numpy as np
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("L"))
+    assert img.shape == (900, 1200) and img.std() > 10  # a rendered page, not a blank one
+    assert rows(node.engine, Study)  # the node's database was read, not written

@@ -1,0 +1,133 @@
+"""Read-only audit HTTP API (FastAPI, OpenAPI at ``/openapi.json``) and the page over it.
+
+Every ``/api`` route needs ``Authorization: Bearer <CXR_API_TOKEN>``; patient identifiers never
+leave without it. The page at ``/`` is static and calls the API with the token the user enters.
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.audit import StudyFilter, list_studies, reconcile, timeline
+from worker.db.models import ProducedObject, Study
+from worker.settings import Settings
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """Times without a zone are taken as UTC, as the command line does."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
+    """Build the API app. Raises ValueError if no token is configured (it never runs open)."""
+    token = settings.api_token
+    if not token:
+        raise ValueError("set CXR_API_TOKEN: the audit API never runs without authentication")
+    app = FastAPI(
+        title="cxr-triage audit API", version="1", docs_url="/api/docs", openapi_url="/openapi.json"
+    )
+
+    def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, token):
+            raise HTTPException(
+                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    auth = [Depends(authorised)]
+
+    @app.get("/api/studies", dependencies=auth, summary="List studies, newest first")
+    def studies(
+        since: datetime | None = None,
+        until: datetime | None = None,
+        state: str | None = None,
+        label: str | None = None,
+        priority: str | None = None,
+        calling_ae: str | None = None,
+        accession_number: str | None = None,
+        patient_id: str | None = None,
+        model_version: str | None = None,
+        page: Annotated[int, Query(ge=1)] = 1,
+        page_size: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> dict[str, Any]:
+        f = StudyFilter(
+            since=since,
+            until=until,
+            state=state,
+            label=label,
+            priority=priority,
+            calling_ae=calling_ae,
+            accession_number=accession_number,
+            patient_id=patient_id,
+            model_version=model_version,
+            limit=page * page_size + 1,
+        )
+        with sessions() as s:
+            rows = list_studies(s, f)
+        start = (page - 1) * page_size
+        items = rows[start : start + page_size]
+        return {
+            "items": items,
+            "page": page,
+            "page_size": page_size,
+            "has_next": len(rows) > start + page_size,
+        }
+
+    @app.get("/api/studies/{study_uid}", dependencies=auth, summary="A study's timeline")
+    def show(study_uid: str) -> dict[str, Any]:
+        with sessions() as s:
+            story = timeline(s, study_uid)
+        if story is None:
+            raise HTTPException(404, f"no study {study_uid}")
+        return story
+
+    @app.get(
+        "/api/studies/{study_uid}/heatmaps/{index}.png",
+        dependencies=auth,
+        summary="The study's n-th Grad-CAM SC as PNG",
+        response_class=Response,
+    )
+    def heatmap(study_uid: str, index: int) -> Response:
+        import pydicom
+        from PIL import Image
+
+        with sessions() as s:
+            objects = s.scalars(
+                select(ProducedObject)
+                .join(Study, Study.id == ProducedObject.study_id)
+                .where(
+                    Study.study_instance_uid == study_uid,
+                    ProducedObject.kind == "sc",
+                    ProducedObject.revision == Study.revision,
+                )
+                .order_by(ProducedObject.id)
+            ).all()
+        if not 0 <= index < len(objects):
+            raise HTTPException(404, f"study {study_uid} has no heatmap {index}")
+        ds = pydicom.dcmread(settings.outputs_dir / objects[index].path)
+        buf = io.BytesIO()
+        Image.fromarray(ds.pixel_array).save(buf, format="PNG")
+        return Response(buf.getvalue(), media_type="image/png")
+
+    @app.get("/api/reconcile", dependencies=auth, summary="Instances never answered")
+    def unaccounted(since: datetime, grace_minutes: float = 15.0) -> dict[str, Any]:
+        with sessions() as s:
+            items = reconcile(s, _utc(since) or since, timedelta(minutes=grace_minutes))
+        return {"items": items, "ok": not items}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return resources.files("worker.web").joinpath("index.html").read_text()
+
+    return app

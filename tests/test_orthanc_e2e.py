@@ -53,7 +53,7 @@ def test_orthanc_pushes_a_study_and_gets_results_back(
         (study,) = rows(node.engine, Study, Study.study_instance_uid == uid)
         (result,) = rows(node.engine, StudyResult, StudyResult.study_id == study.id)
         objects = rows(node.engine, ProducedObject, ProducedObject.study_id == study.id)
-        deliveries = rows(node.engine, Delivery)
+        deliveries = [d for d in rows(node.engine, Delivery) if d.attempt > 0]
         assert {d.outcome for d in deliveries} == {"delivered"} and len(deliveries) == 2
         assert {d.destination for d in deliveries} == {orthanc.destination}
         assert result.label in ("normal", "covid", "viral_pneumonia")

@@ -107,7 +107,8 @@ def test_pipeline_classifies_builds_and_delivers(start_node, pacs) -> None:  # t
     assert result.model_name == "cxr-triage-default" and len(result.weights_sha256) == 64
     objects = rows(node.engine, ProducedObject, ProducedObject.study_id == study.id)
     assert sorted(o.kind for o in objects) == ["sc", "sr"]
-    assert {d.outcome for d in rows(node.engine, Delivery)} == {"delivered"}
+    attempts = rows(node.engine, Delivery)
+    assert sorted(d.outcome for d in attempts) == ["delivered", "delivered", "pending", "pending"]
     steps = {t.step for t in rows(node.engine, StepTiming, StepTiming.study_id == study.id)}
     assert {"load", "predict_gradcam", "build_sc", "build_sr", "store"} <= steps
     received = [pydicom.dcmread(p) for p in pacs.received()]
@@ -147,7 +148,7 @@ def test_end_to_end_with_celery_retries_dead_letter_and_replay(
             lambda: (s := _study(node, ds.StudyInstanceUID)).state == DEAD_LETTER and s, timeout=120
         )
     attempts = sorted((d.attempt, d.outcome) for d in rows(node.engine, Delivery))
-    assert attempts == [(1, "retry"), (1, "retry"), (2, "dead"), (2, "dead")]
+    assert attempts == [(0, "pending")] * 2 + [(1, "retry")] * 2 + [(2, "dead")] * 2
     pacs.start()
     try:
         env = {"CXR_DATA_DIR": str(node.settings.data_dir), "PATH": "/usr/bin:/bin"}

@@ -91,7 +91,7 @@ class DatabaseCollector:
         d = CounterMetricFamily(
             "cxr_deliveries", "Delivery attempts by outcome", labels=["outcome"]
         )
-        for outcome in ("delivered", "retry", "dead"):
+        for outcome in ("pending", "delivered", "retry", "dead"):
             d.add_metric([outcome], float(deliveries.get(outcome, 0)))
         yield d
         yield GaugeMetricFamily(

@@ -30,6 +30,7 @@ from worker.db.models import (
     PROCESSING,
     QUEUED,
     QUEUEING,
+    Delivery,
     ImageResult,
     Instance,
     ProducedObject,
@@ -263,6 +264,19 @@ class Pipeline:
                 row.source_sop_instance_uid = src
                 s.flush()
                 object_ids.append(row.id)
+            # The delivery plan: one pending row per object and destination, so the study is
+            # "done" only when every one of them has been delivered.
+            for object_id in object_ids:
+                for dest in destinations:
+                    s.add(
+                        Delivery(
+                            object_id=object_id,
+                            destination=dest,
+                            attempt=0,
+                            outcome="pending",
+                            at=utcnow(),
+                        )
+                    )
             for name, seconds in timer.steps:
                 s.add(StepTiming(study_id=study_id, revision=revision, step=name, seconds=seconds))
             detail = f"{decision.label} ({decision.priority}); {len(scs)} SC + 1 SR"

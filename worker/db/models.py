@@ -252,7 +252,9 @@ class Delivery(Base):
     destination: Mapped[str] = mapped_column(String(128))
     attempt: Mapped[int] = mapped_column(Integer)
     status: Mapped[int | None] = mapped_column(Integer)
-    outcome: Mapped[str] = mapped_column(String(16), index=True, doc="delivered, retry or dead")
+    outcome: Mapped[str] = mapped_column(
+        String(16), index=True, doc="pending (planned, attempt 0), delivered, retry or dead"
+    )
     error: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

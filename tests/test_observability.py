@@ -54,6 +54,21 @@ def test_metrics_follow_the_database(start_node) -> None:  # type: ignore[no-unt
     assert m[("cxr_dead_letter_studies", ())] == 0
     info = [k for k in m if k[0] == "cxr_model_info"]
     assert info and dict(info[0][1])["name"] == "cxr-triage-default"
+    # Step durations: the database counts the histogram buckets.
+    from sqlalchemy.orm import Session
+
+    from worker.db.models import StepTiming
+
+    study_id = rows(node.engine, Study, Study.study_instance_uid == pa.StudyInstanceUID)[0].id
+    with Session(node.engine) as s, s.begin():
+        for seconds in (0.02, 0.3, 4.0):
+            s.add(StepTiming(study_id=study_id, revision=1, step="predict", seconds=seconds))
+    m = _samples(port)
+    bucket = "cxr_step_duration_seconds_bucket"
+    assert m[(bucket, (("le", "0.025"), ("step", "predict")))] == 1
+    assert m[(bucket, (("le", "0.5"), ("step", "predict")))] == 2
+    assert m[(bucket, (("le", "+Inf"), ("step", "predict")))] == 3
+    assert m[("cxr_step_duration_seconds_sum", (("step", "predict"),))] == 4.32
     # Rejections show up too.
     send(node, [factories.radiograph()], called_ae="WRONG_AE")
     assert _samples(port)[("cxr_rejections_total", (("kind", "association"),))] == 1

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from celery import Celery
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -23,9 +24,10 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     InfoMetricFamily,
 )
-from sqlalchemy import func, select, text
+from sqlalchemy import case, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from worker.celery_app import create_celery
 from worker.db.models import (
     STUDY_STATES,
     Delivery,
@@ -41,21 +43,29 @@ logger = logging.getLogger(__name__)
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-def _histogram(name: str, doc: str, label: str, values: dict[str, list[float]]) -> Any:
-    family = HistogramMetricFamily(name, doc, labels=[label])
-    for key, samples in sorted(values.items()):
-        buckets = [(str(b), float(sum(v <= b for v in samples))) for b in BUCKETS]
-        buckets.append(("+Inf", float(len(samples))))
-        family.add_metric([key], buckets, sum_value=float(sum(samples)))
+def _step_histogram(s: Session) -> Any:
+    """Step durations as a Prometheus histogram, counted by the database (one grouped query)."""
+    cumulative = [func.sum(case((StepTiming.seconds <= b, 1), else_=0)) for b in BUCKETS]
+    query = select(StepTiming.step, func.count(), func.sum(StepTiming.seconds), *cumulative)
+    family = HistogramMetricFamily(
+        "cxr_step_duration_seconds", "Duration of each pipeline step", labels=["step"]
+    )
+    for step, count, total, *counts in s.execute(
+        query.group_by(StepTiming.step).order_by(StepTiming.step)
+    ):
+        buckets = [(str(b), float(n or 0)) for b, n in zip(BUCKETS, counts, strict=True)]
+        buckets.append(("+Inf", float(count)))
+        family.add_metric([step], buckets, sum_value=float(total or 0.0))
     return family
 
 
 class DatabaseCollector:
     """Collects the service's metrics from its database at scrape time."""
 
-    def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings, app: Celery) -> None:
         self.sessions = sessions
         self.settings = settings
+        self.app = app
 
     def collect(self) -> Iterator[Any]:
         with self.sessions() as s:
@@ -69,9 +79,7 @@ class DatabaseCollector:
             deliveries = dict(
                 s.execute(select(Delivery.outcome, func.count()).group_by(Delivery.outcome)).all()
             )
-            steps: dict[str, list[float]] = {}
-            for step, seconds in s.execute(select(StepTiming.step, StepTiming.seconds)):
-                steps.setdefault(step, []).append(seconds)
+            step_histogram = _step_histogram(s)
         g = GaugeMetricFamily("cxr_studies", "Studies by state", labels=["state"])
         for state in STUDY_STATES:
             g.add_metric([state], float(studies.get(state, 0)))
@@ -99,13 +107,11 @@ class DatabaseCollector:
             "Studies whose delivery gave up",
             value=float(studies.get("dead_letter", 0)),
         )
-        yield _histogram(
-            "cxr_step_duration_seconds", "Duration of each pipeline step", "step", steps
-        )
+        yield step_histogram
         yield GaugeMetricFamily(
             "cxr_queue_depth",
             "Messages waiting on the inference queue",
-            value=float(queue_depth(self.settings)),
+            value=float(queue_depth(self.app, self.settings.inference_queue)),
         )
         info = InfoMetricFamily("cxr_model", "The model the workers load")
         info.add_metric([], model_info(self.settings))
@@ -124,14 +130,12 @@ def model_info(settings: Settings) -> dict[str, str]:
     return {"name": card.name, "version": card.version, "weights_sha256": card.weights_sha256}
 
 
-def queue_depth(settings: Settings) -> int:
-    """Messages waiting on the inference queue; -1 if the broker cannot be asked."""
-    from worker.celery_app import create_celery
-
+def queue_depth(app: Celery, queue: str) -> int:
+    """Messages waiting on ``queue``; -1 if the broker cannot be asked."""
     try:
-        with create_celery(settings).connection_for_read() as conn:
+        with app.connection_for_read() as conn:
             conn.ensure_connection(max_retries=1)
-            _, count, _ = conn.default_channel.queue_declare(settings.inference_queue, passive=True)
+            _, count, _ = conn.default_channel.queue_declare(queue, passive=True)
             return int(count)
     except Exception as exc:
         logger.debug("queue depth unavailable: %s", exc)
@@ -158,11 +162,9 @@ def start_observability(
     return server
 
 
-def readiness(sessions: sessionmaker[Session], settings: Settings) -> dict[str, str]:
+def readiness(sessions: sessionmaker[Session], settings: Settings, app: Celery) -> dict[str, str]:
     """Each check's result: ``ok`` or the reason it failed."""
     import shutil
-
-    from worker.celery_app import create_celery
 
     checks: dict[str, str] = {}
     try:
@@ -172,7 +174,7 @@ def readiness(sessions: sessionmaker[Session], settings: Settings) -> dict[str, 
     except Exception as exc:
         checks["database"] = f"{type(exc).__name__}: {exc}"[:300]
     try:
-        with create_celery(settings).connection_for_write() as conn:
+        with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1)
         checks["broker"] = "ok"
     except Exception as exc:
@@ -195,7 +197,10 @@ class ObservabilityServer:
 
     def __init__(self, sessions: sessionmaker[Session], settings: Settings, port: int) -> None:
         registry = CollectorRegistry()
-        registry.register(DatabaseCollector(sessions, settings))
+        # One Celery app for the server's life: building one per scrape re-reads settings and
+        # sets up a new connection pool each time.
+        app = create_celery(settings)
+        registry.register(DatabaseCollector(sessions, settings, app))
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -204,7 +209,7 @@ class ObservabilityServer:
                 elif self.path == "/healthz":
                     self._send(200, b'{"status": "ok"}', "application/json")
                 elif self.path == "/readyz":
-                    checks = readiness(sessions, settings)
+                    checks = readiness(sessions, settings, app)
                     ok = all(v == "ok" for v in checks.values())
                     body = json.dumps({"ready": ok, "checks": checks}).encode()
                     self._send(200 if ok else 503, body, "application/json")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import html
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -54,8 +55,6 @@ def _samples(args: argparse.Namespace, out: Path) -> list[Path]:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -84,7 +83,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from dicom_node.sender import SenderOptions, send_files
     from worker.cli.processes import ProcessGroup, child_env, cli_command
     from worker.db.engine import make_engine, make_session_factory
-    from worker.db.models import ProducedObject, Study, StudyResult
+    from worker.db.models import ImageResult, ProducedObject, Study, StudyResult
     from worker.node_service import open_database
 
     out = args.out.resolve()
@@ -99,14 +98,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         CXR_QUIET_SECONDS="1",
         CXR_MONITOR_INTERVAL="0.3",
         CXR_MIN_FREE_MB="0",
-        CXR_DATABASE_URL="",
-        CXR_BROKER_URL="",
-        CXR_DESTINATIONS="",
         CXR_LOG_LEVEL="WARNING",
     )
+    # Always the embedded default, whatever the caller's environment points at.
     for key in ("CXR_DATABASE_URL", "CXR_BROKER_URL", "CXR_DESTINATIONS"):
-        env.pop(key)
-    demo_settings = Settings(data_dir=data, port=port)
+        env.pop(key, None)
+    demo_settings = Settings(
+        data_dir=data, port=port, database_url=None, broker_url=None, destinations=[]
+    )
     open_database(demo_settings).dispose()
     files = _samples(args, out)
     print(
@@ -118,8 +117,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         deadline = time.monotonic() + 60
         while True:
-            import socket
-
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
@@ -156,8 +153,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             result = s.scalars(select(StudyResult).where(StudyResult.study_id == study.id)).first()
             label = result.label if result else "-"
             prio = result.priority if result else "-"
-            from worker.db.models import ImageResult
-
             probs = [
                 r.probabilities
                 for r in s.scalars(select(ImageResult).where(ImageResult.study_id == study.id))

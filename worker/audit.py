@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from worker.db.models import (
@@ -218,24 +218,24 @@ def reconcile(s: Session, since: datetime, grace: timedelta) -> list[dict[str, A
     """Instances received since ``since`` that have neither a delivered (or stored) result, a
     recorded skip, nor an open error — once their study has had ``grace`` to finish."""
     cutoff = utcnow() - grace
+    # One query: each instance with whether it has a result for its study's current revision.
+    result_id = (
+        select(ImageResult.id)
+        .where(ImageResult.instance_id == Instance.id, ImageResult.revision == Study.revision)
+        .limit(1)
+        .scalar_subquery()
+    )
     rows = s.execute(
-        select(Instance, Study)
+        select(Instance, Study, result_id)
         .join(Study, Study.id == Instance.study_id)
         .where(Instance.received_at >= since, Instance.eligible)
     ).all()
     unaccounted = []
-    for inst, study in rows:
+    for inst, study, has_result in rows:
         if study.state in ERROR_STATES or study.state == SKIPPED:
             continue
         if study.state == DONE:
-            has_result = s.scalar(
-                select(func.count())
-                .select_from(ImageResult)
-                .where(
-                    and_(ImageResult.instance_id == inst.id, ImageResult.revision == study.revision)
-                )
-            )
-            if has_result:
+            if has_result is not None:
                 continue
             reason = "study done but this instance has no result"
         elif study.last_instance_at > cutoff:

@@ -54,11 +54,32 @@ def _patient_study(ds: Dataset, study_uid: str | None, patient_id: str) -> None:
 
 
 def _pixels(rows: int, columns: int, bits: int, seed: int) -> np.ndarray:
+    """A PA chest phantom: torso, two dark lung fields, mediastinum, spine, ribs, texture.
+
+    Plausible enough for the lung model's image check, so synthetic studies go through the
+    whole pipeline; the seed varies the anatomy slightly and the texture.
+    """
     rng = np.random.default_rng(seed)
-    coarse = rng.random((max(2, rows // 64), max(2, columns // 64)))
-    # Nearest-neighbour upsampling of a coarse field: cheap, and compressible like an image.
-    img = np.kron(coarse, np.ones((64, 64)))[:rows, :columns]
-    img = np.pad(img, ((0, rows - img.shape[0]), (0, columns - img.shape[1])), mode="edge")
+    y, x = np.mgrid[0:rows, 0:columns].astype(np.float32)
+    y, x = y / rows, x / columns  # 0..1 down and across
+    jitter = rng.uniform(-0.02, 0.02, 4)
+    img = np.full((rows, columns), 0.08, np.float32)  # air around the patient
+    torso = ((x - 0.5) / 0.46) ** 2 + ((y - 0.58) / 0.62) ** 2 < 1
+    img[torso] = 0.62
+    for side, cx in ((0, 0.31 + jitter[0]), (1, 0.69 + jitter[1])):
+        lung = ((x - cx) / (0.15 + jitter[2])) ** 2 + ((y - 0.47) / (0.30 + jitter[3])) ** 2 < 1
+        img[lung] = 0.22 + 0.06 * side
+    heart = ((x - 0.54) / 0.13) ** 2 + ((y - 0.66) / 0.13) ** 2 < 1
+    img[heart] = 0.58
+    img[(np.abs(x - 0.5) < 0.035) & (y > 0.12)] = 0.75  # spine and mediastinum
+    ribs = (np.sin((y * 9.0 + np.abs(x - 0.5) * 2.5) * np.pi) > 0.85) & torso
+    img[ribs] += 0.08
+    coarse = rng.random((max(2, rows // 32), max(2, columns // 32))).astype(np.float32)
+    texture = np.kron(coarse, np.ones((32, 32), np.float32))[:rows, :columns]
+    texture = np.pad(
+        texture, ((0, rows - texture.shape[0]), (0, columns - texture.shape[1])), mode="edge"
+    )
+    img = np.clip(img + 0.05 * (texture - 0.5), 0.0, 1.0)
     top = (1 << bits) - 1
     dtype = np.uint8 if bits <= 8 else np.uint16
     return (img * top).astype(dtype)

@@ -38,6 +38,10 @@ class ModelCard:
     normalisation: str
     gradcam_layer: str
     temperature: float = 1.0
+    # "lungs": the input is the lung box found by the lung model named in ``lung_model``
+    # (name, version, weights_sha256); "none": the whole image (models 1.x).
+    crop: str = "none"
+    lung_model: dict[str, str] = field(default_factory=dict)
     weights_file: str = WEIGHTS_FILE
     weights_sha256: str = ""
     preprocessing: str = (
@@ -93,6 +97,13 @@ def render_markdown(card: ModelCard) -> str:
         f"- Input: {card.input_size}×{card.input_size}×{card.channels}, "
         f"normalisation `{card.normalisation}`",
         f"- Grad-CAM layer: `{card.gradcam_layer}`",
+        f"- Input crop: `{card.crop}`"
+        + (
+            f" (lung model {card.lung_model.get('name')} {card.lung_model.get('version')}, "
+            f"SHA-256 `{card.lung_model.get('weights_sha256')}`)"
+            if card.lung_model
+            else ""
+        ),
         f"- Temperature (calibration on the validation split): {card.temperature:.3f}",
         f"- Weights: `{card.weights_file}`, SHA-256 `{card.weights_sha256}`",
         "",
@@ -109,7 +120,7 @@ def render_markdown(card: ModelCard) -> str:
     ]
     for key, value in card.training.items():
         lines.append(
-            f"- {key}: {_fmt(value) if not isinstance(value, dict) else json.dumps(value)}"
+            f"- {key}: {json.dumps(value) if isinstance(value, dict | list) else _fmt(value)}"
         )
     lines += ["", "## Metrics (internal test split)", ""]
     summary = card.metrics

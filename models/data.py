@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.labels import canonical
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
 
@@ -33,7 +35,8 @@ def list_dataset(root: Path, labels: tuple[str, ...] | None = None) -> list[Samp
     """List a folder-per-label dataset, joined with ``manifest.csv`` when present.
 
     The manifest's first two columns are ``file`` (relative to ``root``) and ``label``; any
-    further columns are kept per sample for the breakdowns in the evaluation.
+    further columns are kept per sample for the breakdowns in the evaluation. Old label names
+    (``viral_pneumonia``) are read as today's (``pneumonia``): see :data:`models.labels.ALIASES`.
 
     Raises
     ------
@@ -56,12 +59,12 @@ def list_dataset(root: Path, labels: tuple[str, ...] | None = None) -> list[Samp
                 path = root / row["file"]
                 if not path.is_file():
                     raise DatasetError(f"{manifest} names {row['file']}, which does not exist")
-                samples.append(Sample(path, row["label"], {c: row[c] for c in extra}))
+                samples.append(Sample(path, canonical(row["label"]), {c: row[c] for c in extra}))
     else:
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):
             for path in sorted(folder.iterdir()):
                 if path.suffix.lower() in IMAGE_SUFFIXES:
-                    samples.append(Sample(path, folder.name))
+                    samples.append(Sample(path, canonical(folder.name)))
     if not samples:
         raise DatasetError(f"{root} holds no images in label folders (e.g. {root}/normal/x.png)")
     if labels is not None:

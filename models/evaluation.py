@@ -11,7 +11,8 @@ import numpy as np
 from tqdm import tqdm
 
 from models.data import list_dataset
-from models.imaging import load_image, prepare
+from models.imaging import is_colour, load_image
+from models.labels import canonical
 from models.loader import LoadedModel
 from models.metrics import breakdown, classification_report, softmax
 
@@ -44,10 +45,16 @@ def write_report(
 def evaluate_folder(
     model: LoadedModel, data: Path, *, batch_size: int = 32, progress: bool = True
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Run ``model`` over a folder-per-label dataset; return (report, y, probs)."""
-    samples = list_dataset(data, tuple(model.labels))
-    size = model.card.input_size
-    logits = []
+    """Run ``model`` over a folder-per-label dataset; return (report, y, probs).
+
+    Every image takes the serving path: the image check (colour, lungs), the lung crop, the
+    classifier. Refused images are not scored; the report counts them by label under
+    ``refused_by_image_check`` (with up to 20 reasons), since serving would not classify them.
+    """
+    samples = list_dataset(data, tuple(canonical(x) for x in model.labels))
+    logits, kept = [], []
+    refused: dict[str, int] = {}
+    reasons: list[str] = []
     for i in tqdm(
         range(0, len(samples), batch_size),
         desc="evaluating",
@@ -56,15 +63,33 @@ def evaluate_folder(
         file=sys.stderr,
     ):
         chunk = samples[i : i + batch_size]
-        batch = np.stack([prepare(load_image(s.path), size)[0] for s in chunk])
-        logits.append(model.logits(batch))
+        images = [load_image(s.path) for s in chunk]
+        checks = model.check(images, [is_colour(s.path) for s in chunk])
+        good = [j for j, (reason, _) in enumerate(checks) if reason is None]
+        for j, (reason, _) in enumerate(checks):
+            if reason is not None:
+                refused[chunk[j].label] = refused.get(chunk[j].label, 0) + 1
+                if len(reasons) < 20:
+                    reasons.append(f"{chunk[j].key}: {reason}")
+        if good:
+            batch, _ = model._inputs([images[j] for j in good], [checks[j][1] for j in good])
+            logits.append(model.logits(batch))
+            kept += [chunk[j] for j in good]
+    if not kept:
+        raise ValueError(f"the image check refused all {len(samples)} images of {data}")
     probs = softmax(np.concatenate(logits), model.card.temperature)
-    y = np.array([model.labels.index(s.label) for s in samples])
+    labels = [canonical(x) for x in model.labels]
+    y = np.array([labels.index(s.label) for s in kept])
     columns = {
-        c: [s.columns.get(c, "") for s in samples]
-        for c in sorted({c for s in samples for c in s.columns})
+        c: [s.columns.get(c, "") for s in kept]
+        for c in sorted({c for s in kept for c in s.columns})
     }
-    report = evaluate_arrays(y, probs, model.labels, columns)
+    report = evaluate_arrays(y, probs, labels, columns)
+    report["refused_by_image_check"] = {
+        "n": sum(refused.values()),
+        "by_label": refused,
+        "examples": reasons,
+    }
     report["model"] = {
         "name": model.card.name,
         "version": model.card.version,

@@ -8,9 +8,10 @@ Steps, in order (documented in ``docs/model.md``):
    window. MONOCHROME1 is inverted so that bone is bright. PNG/JPEG: RGB becomes luminance; 8-bit
    is divided by 255; 16-bit gets the same percentile window as deep DICOM. So an 8-bit DICOM
    without a window and a PNG of its pixels give the same values.
-2. **Letterbox to a square**: the image is padded (not cropped) with black, centred, to keep the
-   whole chest and its aspect ratio; :class:`Letterbox` remembers the geometry so Grad-CAM maps
-   back to the source image.
+2. **Crop to the lungs, then letterbox to a square**: the lung model (``models.lungs``) gives
+   the two lungs' bounding box with a margin; that crop is padded with black, centred, to a
+   square (aspect ratio kept); :class:`Letterbox` remembers the geometry, crop included, so
+   Grad-CAM maps back to the whole source image.
 3. **Resize** to the model's input size: block-average decimation by an integer factor first
    (fast on 3000-pixel images), then bilinear.
 4. **Normalise** inside the model (its first layers, recorded in the card): ``unit`` keeps
@@ -115,6 +116,39 @@ def pil_to_image(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
+def colourful(rgb: np.ndarray) -> bool:
+    """True for a real colour picture (a heatmap, a photo), not grey stored as RGB.
+
+    A pixel is coloured when its channels differ by more than 10% of the range; a radiograph
+    saved as RGB has none, a Grad-CAM overlay has them everywhere the map is warm.
+    """
+    if rgb.ndim != 3 or rgb.shape[-1] < 3:
+        return False
+    step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 250_000)))
+    small = rgb[::step, ::step, :3].astype(np.float32)
+    top = 255.0 if small.max() <= 255 else float(small.max())
+    spread = (small.max(axis=-1) - small.min(axis=-1)) / top
+    return bool((spread > 0.1).mean() > 0.02)
+
+
+def is_colour(source: Path | Dataset) -> bool:
+    """Whether a DICOM dataset or an image file holds a colour picture (see :func:`colourful`)."""
+    try:
+        if isinstance(source, Dataset):
+            if int(source.get("SamplesPerPixel", 1)) < 3:
+                return False
+            return colourful(np.asarray(source.pixel_array))
+        path = Path(source)
+        if is_dicom(path) or path.suffix.lower() in (".dcm", ".dicom"):
+            return is_colour(pydicom.dcmread(path))
+        with Image.open(path) as img:
+            if img.mode not in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
+                return False
+            return colourful(np.asarray(img.convert("RGB")))
+    except Exception:
+        return False  # unreadable: load_image says why
+
+
 def is_dicom(path: Path) -> bool:
     with open(path, "rb") as fh:
         head = fh.read(132)
@@ -143,14 +177,37 @@ def load_image(path: Path) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class CropBox:
+    """A rectangle in source pixels: rows ``top:top+rows``, columns ``left:left+cols``."""
+
+    top: int
+    left: int
+    rows: int
+    cols: int
+
+    @classmethod
+    def whole(cls, shape: tuple[int, ...]) -> CropBox:
+        return cls(0, 0, int(shape[0]), int(shape[1]))
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        return image[self.top : self.top + self.rows, self.left : self.left + self.cols]
+
+
+@dataclass(frozen=True)
 class Letterbox:
-    """How a source image was padded to a square and scaled to the model input."""
+    """How a source image (or a crop of it) was padded to a square and scaled to the input.
+
+    ``source_shape`` is the shape of what was letterboxed; when that was a crop, ``crop`` says
+    where it lies in the whole image (``full_shape``), so maps go back to the whole image.
+    """
 
     source_shape: tuple[int, int]
     side: int  # side of the padded square, in source pixels
     top: int
     left: int
     size: int  # model input side
+    crop: CropBox | None = None
+    full_shape: tuple[int, int] | None = None
 
     @classmethod
     def for_shape(cls, shape: tuple[int, int], size: int) -> Letterbox:
@@ -162,14 +219,22 @@ class Letterbox:
         """Map an array over the padded square (any resolution) back to the source geometry.
 
         With ``shrink`` > 1 the result has the shape :func:`decimate` gives the source image for
-        the same factor, so the two overlay pixel for pixel.
+        the same factor, so the two overlay pixel for pixel. For a crop, the result covers the
+        whole image, zero outside the crop.
         """
         img = Image.fromarray(square.astype(np.float32), mode="F")
         side = -(-self.side // shrink)
         full = np.asarray(img.resize((side, side), Image.Resampling.BILINEAR))
         rows, cols = self.source_shape[0] // shrink, self.source_shape[1] // shrink
         top, left = self.top // shrink, self.left // shrink
-        return full[top : top + rows, left : left + cols]
+        region = full[top : top + rows, left : left + cols]
+        if self.crop is None or self.full_shape is None:
+            return region
+        out = np.zeros((self.full_shape[0] // shrink, self.full_shape[1] // shrink), np.float32)
+        r0, c0 = self.crop.top // shrink, self.crop.left // shrink
+        part = region[: out.shape[0] - r0, : out.shape[1] - c0]
+        out[r0 : r0 + part.shape[0], c0 : c0 + part.shape[1]] = part
+        return out
 
 
 def decimate(image: np.ndarray, factor: int) -> np.ndarray:
@@ -202,11 +267,19 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0), box
 
 
-def prepare(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
-    """Full path for one image: letterbox and resize. Returns ``(size, size, 1)`` in [0, 1].
+def prepare(
+    image: np.ndarray, size: int, crop: CropBox | None = None
+) -> tuple[np.ndarray, Letterbox]:
+    """Full path for one image: crop (the lung box), letterbox and resize.
 
+    Returns ``(size, size, 1)`` in [0, 1] and the geometry to map heatmaps back to ``image``.
     Normalisation and grey-to-RGB happen inside the model (its first layers), so training and
     serving feed it exactly this tensor.
     """
-    square, box = letterbox(image, size)
+    if crop is None:
+        square, box = letterbox(image, size)
+        return square[..., None], box
+    square, box = letterbox(crop.apply(image), size)
+    full = (int(image.shape[0]), int(image.shape[1]))
+    box = Letterbox(box.source_shape, box.side, box.top, box.left, size, crop, full)
     return square[..., None], box

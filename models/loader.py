@@ -11,7 +11,8 @@ import numpy as np
 
 from models.card import ModelCard, ModelCardError, sha256_of
 from models.gradcam import gradcam_function, to_source
-from models.imaging import Letterbox, prepare
+from models.imaging import CropBox, Letterbox, prepare
+from models.lungs import DEFAULT_LUNG_DIR, LungModel, load_lung_model
 from models.metrics import softmax
 
 logger = logging.getLogger(__name__)
@@ -20,13 +21,19 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default"
 
 
+#: The reason a colour picture is refused (a Grad-CAM overlay sent back in, a photo).
+COLOUR_IMAGE = "image check: colour image, not a radiograph"
+
+
 @dataclass
 class Prediction:
-    """One image's result."""
+    """One image's result, or why it was not classified (``refused``: label "" and no values)."""
 
     label: str
     probabilities: dict[str, float]
     heatmap: np.ndarray | None = None  # in the source image's geometry, [0, 1]
+    refused: str | None = None
+    crop: CropBox | None = None  # the lung box the model saw, in source pixels
 
 
 @dataclass
@@ -36,6 +43,7 @@ class LoadedModel:
     card: ModelCard
     keras_model: Any
     folder: Path
+    lungs: LungModel | None = None
     _predict_fn: Any = field(default=None, repr=False)
     _cam_fn: Any = field(default=None, repr=False)
 
@@ -43,9 +51,29 @@ class LoadedModel:
     def labels(self) -> list[str]:
         return list(self.card.labels)
 
-    def _inputs(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[Letterbox]]:
-        prepared = [prepare(img, self.card.input_size) for img in images]
+    def _inputs(
+        self, images: list[np.ndarray], crops: list[CropBox | None]
+    ) -> tuple[np.ndarray, list[Letterbox]]:
+        prepared = [
+            prepare(img, self.card.input_size, crop)
+            for img, crop in zip(images, crops, strict=True)
+        ]
         return np.stack([p[0] for p in prepared]), [p[1] for p in prepared]
+
+    def check(
+        self, images: list[np.ndarray], colour: list[bool] | None = None
+    ) -> list[tuple[str | None, CropBox | None]]:
+        """The image check: ``(refusal reason or None, lung crop or None)`` per image."""
+        colour = colour or [False] * len(images)
+        out: list[tuple[str | None, CropBox | None]] = [
+            (COLOUR_IMAGE, None) if c else (None, None) for c in colour
+        ]
+        if self.lungs is None:
+            return out
+        todo = [i for i, (reason, _) in enumerate(out) if reason is None]
+        for i, finding in zip(todo, self.lungs.find([images[i] for i in todo]), strict=True):
+            out[i] = (None, finding.box) if finding.ok else (finding.reason, None)
+        return out
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Logits for prepared inputs ``(N, size, size, 1)``, through one compiled function."""
@@ -59,15 +87,40 @@ class LoadedModel:
         return np.asarray(self._predict_fn(tf.constant(batch, tf.float32)))
 
     def predict(
-        self, images: list[np.ndarray], *, heatmaps: bool = False, heatmap_shrink: int = 1
+        self,
+        images: list[np.ndarray],
+        *,
+        heatmaps: bool = False,
+        heatmap_shrink: int = 1,
+        colour: list[bool] | None = None,
     ) -> list[Prediction]:
-        """Classify [0, 1] images (any size); optionally with Grad-CAM in source geometry.
+        """Check, then classify [0, 1] images (any size); optionally with Grad-CAM.
 
-        ``heatmap_shrink`` returns each heatmap at the source geometry decimated by that integer
-        factor (as :func:`models.imaging.decimate` shrinks the image), which is much cheaper for
+        Images that fail the image check (``colour`` flags from
+        :func:`models.imaging.is_colour`; no plausible pair of lungs) come back refused, with
+        the reason, and are never run through the classifier. ``heatmap_shrink`` returns each
+        heatmap at the source geometry decimated by that integer factor (as
+        :func:`models.imaging.decimate` shrinks the image), which is much cheaper for
         3000-pixel radiographs.
         """
-        batch, boxes = self._inputs(images)
+        checks = self.check(images, colour)
+        kept = [i for i, (reason, _) in enumerate(checks) if reason is None]
+        results: list[Prediction] = [Prediction("", {}, refused=reason) for reason, _ in checks]
+        if kept:
+            crops = [checks[i][1] for i in kept]
+            classified = self._classify([images[i] for i in kept], crops, heatmaps, heatmap_shrink)
+            for i, pred in zip(kept, classified, strict=True):
+                results[i] = pred
+        return results
+
+    def _classify(
+        self,
+        images: list[np.ndarray],
+        crops: list[CropBox | None],
+        heatmaps: bool,
+        heatmap_shrink: int,
+    ) -> list[Prediction]:
+        batch, boxes = self._inputs(images, crops)
         if heatmaps:
             if self._cam_fn is None:
                 self._cam_fn = gradcam_function(self.keras_model, self.card.gradcam_layer)
@@ -83,6 +136,7 @@ class LoadedModel:
                     self.labels[int(p.argmax())],
                     {lab: float(v) for lab, v in zip(self.labels, p, strict=True)},
                     heat,
+                    crop=crops[i],
                 )
             )
         return out
@@ -109,9 +163,7 @@ def load_model(folder: Path | None = None, *, verify: bool = True) -> LoadedMode
                 f"{weights}: SHA-256 {digest[:16]}... does not match the card's "
                 f"{card.weights_sha256[:16]}...: the weights were changed or the card is stale"
             )
-    import keras
-
-    model = keras.models.load_model(weights, compile=False)
+    model = _load_weights(card, weights)
     expected_in = (card.input_size, card.input_size, 1)
     if tuple(model.input_shape[1:]) != expected_in:
         raise ModelCardError(
@@ -128,5 +180,45 @@ def load_model(folder: Path | None = None, *, verify: bool = True) -> LoadedMode
         raise ModelCardError(
             f"{folder}: Grad-CAM layer {card.gradcam_layer!r} not in model"
         ) from exc
+    lungs = _lung_model_for(card, folder, verify) if card.crop == "lungs" else None
     logger.info("loaded model %s %s from %s", card.name, card.version, folder)
-    return LoadedModel(card, model, folder)
+    return LoadedModel(card, model, folder, lungs)
+
+
+def _load_weights(card: ModelCard, weights: Path) -> Any:
+    """A ``.keras`` file, or float16 ``.npz`` weights set into the graph the card names."""
+    import keras
+
+    if weights.suffix != ".npz":
+        return keras.models.load_model(weights, compile=False)
+    if card.architecture != "xception" or card.mode not in ("ec", "ft"):
+        raise ModelCardError(f"{weights}: .npz weights are for Xception ec/ft, not {card.mode}")
+    from models.transfer import full_model
+
+    model = full_model(card.mode, card.input_size)
+    with np.load(weights) as arrays:
+        values = [arrays[f"w{i:04d}"] for i in range(len(arrays.files))]
+    if len(values) != len(model.weights):
+        raise ModelCardError(
+            f"{weights}: {len(values)} arrays for a graph of {len(model.weights)} weights"
+        )
+    model.set_weights([v.astype(np.float32) for v in values])
+    return model
+
+
+def save_weights_npz(model: Any, path: Path) -> None:
+    """Every weight as float16, in graph order: half the size, the same predictions to ~1e-3."""
+    np.savez(path, **{f"w{i:04d}": w.astype(np.float16) for i, w in enumerate(model.get_weights())})
+
+
+def _lung_model_for(card: ModelCard, folder: Path, verify: bool) -> LungModel:
+    """The lung model the classifier was trained with: ``FOLDER/lungs`` or the shipped one."""
+    lung_dir = folder / "lungs" if (folder / "lungs").is_dir() else DEFAULT_LUNG_DIR
+    lungs = load_lung_model(lung_dir, verify=verify)
+    expected = card.lung_model.get("weights_sha256")
+    if expected and lungs.card.weights_sha256 != expected:
+        raise ModelCardError(
+            f"{folder}: trained on lung crops of lung model {expected[:16]}..., but "
+            f"{lung_dir} holds {lungs.card.weights_sha256[:16]}...: its crops would differ"
+        )
+    return lungs

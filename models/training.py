@@ -25,6 +25,7 @@ from models.card import WEIGHTS_FILE, ModelCard, sha256_of
 from models.data import Sample, list_dataset, read_split, split, summarise, write_split
 from models.imaging import load_image, prepare
 from models.labels import LABELS
+from models.lungs import LungModel, load_lung_model
 from models.metrics import fit_temperature, softmax
 
 logger = logging.getLogger(__name__)
@@ -52,16 +53,33 @@ class TrainConfig:
     limit_per_label: int | None = None
     resume: bool = False
     progress: bool = True
+    # Xception ec/ft train from cached lung-cropped features (models.features): where to keep them.
+    cache: Path = Path.home() / ".cache" / "cxr-triage" / "features"
+    lung_model: Path | None = None  # default: the shipped models/lungs
+    crop_lungs: bool = True  # scratch models: crop to the lungs (False: whole image, as 1.x)
 
 
-def load_arrays(samples: list[Sample], size: int, progress: bool, desc: str) -> np.ndarray:
-    """Preprocess every image once into ``(N, size, size, 1)`` float16 (the model's input)."""
+def load_arrays(
+    samples: list[Sample], size: int, progress: bool, desc: str, lungs: LungModel | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocess every image once into ``(N, size, size, 1)`` float16 (the model's input).
+
+    With a lung model, each image is cropped to its lungs as in serving; the second array says
+    which images passed the image check (the others stay zero and must be dropped).
+    """
     out = np.zeros((len(samples), size, size, 1), np.float16)
+    ok = np.ones(len(samples), bool)
     for i, s in enumerate(
         tqdm(samples, desc=desc, unit="img", disable=not progress, file=sys.stderr, leave=False)
     ):
-        out[i] = prepare(load_image(s.path), size)[0]
-    return out
+        image = load_image(s.path)
+        crop = None
+        if lungs is not None:
+            (finding,) = lungs.find([image])
+            ok[i], crop = finding.ok, finding.box
+        if ok[i]:
+            out[i] = prepare(image, size, crop)[0]
+    return out, ok
 
 
 def _label_ids(samples: list[Sample]) -> np.ndarray:
@@ -107,18 +125,8 @@ def _dataset(x: np.ndarray, y: np.ndarray, batch: int, *, train: bool, seed: int
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def train(cfg: TrainConfig) -> ModelCard:
-    """Train, calibrate, evaluate on the held-out split and write the model folder.
-
-    Checks the architecture, mode and weights before reading any image. With ``resume`` an
-    interrupted run in the same ``out`` folder continues from its last epoch and split.
-    """
-    check_request(cfg.arch, cfg.mode, cfg.imagenet_weights)
-    size = cfg.size or default_size(cfg.arch)
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(cfg.seed)
+def dataset_and_split(cfg: TrainConfig) -> tuple[list[Sample], dict[str, list[Sample]]]:
+    """The dataset (optionally limited per label) and its seeded split, saved in ``cfg.out``."""
     samples = list_dataset(cfg.data, LABELS)
     if cfg.limit_per_label:
         kept: dict[str, int] = {}
@@ -138,8 +146,31 @@ def train(cfg: TrainConfig) -> ModelCard:
         )
         write_split(parts, split_file)
     logger.info("split: %s", {k: len(v) for k, v in parts.items()})
+    return samples, parts
 
-    x = {k: load_arrays(v, size, cfg.progress, f"loading {k}") for k, v in parts.items()}
+
+def train(cfg: TrainConfig) -> ModelCard:
+    """Train, calibrate, evaluate on the held-out split and write the model folder.
+
+    Checks the architecture, mode and weights before reading any image. With ``resume`` an
+    interrupted run in the same ``out`` folder continues from its last epoch and split.
+    """
+    check_request(cfg.arch, cfg.mode, cfg.imagenet_weights)
+    if cfg.arch == "xception" and cfg.mode in ("ec", "ft"):
+        from models.transfer_training import train_transfer
+
+        return train_transfer(cfg)
+    size = cfg.size or default_size(cfg.arch)
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(cfg.seed)
+    _, parts = dataset_and_split(cfg)
+    lungs = load_lung_model(cfg.lung_model) if cfg.crop_lungs else None
+    x: dict[str, np.ndarray] = {}
+    for k, v in list(parts.items()):
+        arr, ok = load_arrays(v, size, cfg.progress, f"loading {k}", lungs)
+        x[k], parts[k] = arr[ok], [s for s, good in zip(v, ok, strict=True) if good]
     y = {k: _label_ids(v) for k, v in parts.items()}
 
     model = build_model(cfg.arch, cfg.mode, size, len(LABELS), cfg.imagenet_weights)
@@ -190,12 +221,26 @@ def train(cfg: TrainConfig) -> ModelCard:
         normalisation=normalisation(cfg.arch),
         gradcam_layer=gradcam_layer(cfg.arch),
         temperature=temperature,
+        crop="lungs" if lungs else "none",
+        lung_model=(
+            {
+                "name": lungs.card.name,
+                "version": lungs.card.version,
+                "weights_sha256": lungs.card.weights_sha256,
+            }
+            if lungs
+            else {}
+        ),
         weights_sha256=sha256_of(weights_path),
         training={
-            "data": str(cfg.data),
+            "data": Path(cfg.data).name,
             "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "epochs_run": len(history.history.get("loss", [])),
-            "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+            "config": {
+                k: Path(v).name if isinstance(v, Path) else v
+                for k, v in asdict(cfg).items()
+                if k not in ("out", "cache", "progress")
+            },
             "split": {k: summarise(v) for k, v in parts.items()},
         },
     )

@@ -39,7 +39,7 @@ def _blob_image(rng: np.random.Generator, size: int, where: tuple[int, int] | No
 def make_dataset(root: Path, per_label: int = 12, size: int = 96, seed: int = 0) -> Path:
     """Three labels told apart by where a bright square sits; a manifest with a source column."""
     rng = np.random.default_rng(seed)
-    spots = {"normal": None, "covid": (10, 10), "viral_pneumonia": (size - 30, size - 30)}
+    spots = {"normal": None, "covid": (10, 10), "pneumonia": (size - 30, size - 30)}
     rows = []
     for label, spot in spots.items():
         (root / label).mkdir(parents=True, exist_ok=True)

@@ -14,11 +14,22 @@ from tests import factories
 from tests.services import shared_file
 
 
-def test_monochrome1_copy_is_the_inverse_of_the_original() -> None:
+def test_true_monochrome1_encoding_displays_like_the_original() -> None:
+    # The shared MONOCHROME1 file stores inverted values of the same radiograph: displayed
+    # (inverted back), it must give the same image and the same model input as the JPEG one.
+    original_ds = pydicom.dcmread(shared_file("cr_pa_chest_jpeg_baseline.dcm"))
+    mono1_ds = pydicom.dcmread(shared_file("cr_pa_chest_monochrome1.dcm"))
+    assert mono1_ds.PhotometricInterpretation == "MONOCHROME1"
+    assert mono1_ds.SOPInstanceUID != original_ds.SOPInstanceUID
+    assert mono1_ds.StudyInstanceUID == original_ds.StudyInstanceUID
+    stored_1 = mono1_ds.pixel_array.astype(int)
+    stored_2 = original_ds.pixel_array.astype(int)
+    assert np.abs(stored_1 - (255 - stored_2)).mean() < 1  # stored values really are inverted
     original = load_image(shared_file("cr_pa_chest_jpeg_baseline.dcm"))
     mono1 = load_image(shared_file("cr_pa_chest_monochrome1.dcm"))
     assert original.shape == (1024, 1024)
-    np.testing.assert_allclose(mono1, 1.0 - original, atol=1e-6)
+    np.testing.assert_allclose(mono1, original, atol=1e-5)
+    np.testing.assert_allclose(prepare(mono1, 224)[0], prepare(original, 224)[0], atol=1e-5)
 
 
 def test_jpeg_baseline_and_implicit_files_decode() -> None:

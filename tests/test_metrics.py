@@ -21,7 +21,7 @@ from models.metrics import (
     softmax,
 )
 
-LABELS = ["normal", "covid", "viral_pneumonia"]
+LABELS = ["normal", "covid", "pneumonia"]
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def test_breakdown_reveals_a_shortcut() -> None:
     by = breakdown(y, probs, LABELS, groups, n_boot=0)["age_group"]
     assert by["adult"]["accuracy"] == 1.0
     assert by["pediatric"]["accuracy"] == 0.5
-    assert by["pediatric"]["per_class"]["viral_pneumonia"]["sensitivity"] == 0.0
+    assert by["pediatric"]["per_class"]["pneumonia"]["sensitivity"] == 0.0
 
 
 def test_temperature_scaling_recovers_the_temperature() -> None:

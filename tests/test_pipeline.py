@@ -30,17 +30,17 @@ from worker.decision import decide_study
 from worker.outputs import derived_uid
 
 CLI = [sys.executable, "-m", "worker.cli.main"]
-T = {"covid": 0.5, "viral_pneumonia": 0.5}
+T = {"covid": 0.5, "pneumonia": 0.5}
 
 
 def test_study_decision_takes_the_most_severe_class() -> None:
-    normal = {"normal": 0.9, "covid": 0.05, "viral_pneumonia": 0.05}
-    viral = {"normal": 0.2, "covid": 0.1, "viral_pneumonia": 0.7}
-    covid = {"normal": 0.3, "covid": 0.6, "viral_pneumonia": 0.1}
+    normal = {"normal": 0.9, "covid": 0.05, "pneumonia": 0.05}
+    viral = {"normal": 0.2, "covid": 0.1, "pneumonia": 0.7}
+    covid = {"normal": 0.3, "covid": 0.6, "pneumonia": 0.1}
     assert decide_study([normal], T).priority == "routine"
-    assert decide_study([normal, viral], T).label == "viral_pneumonia"
+    assert decide_study([normal, viral], T).label == "pneumonia"
     assert decide_study([viral, covid], T).priority == "urgent"
-    assert decide_study([covid], {"covid": 0.7, "viral_pneumonia": 0.5}).label == "normal"
+    assert decide_study([covid], {"covid": 0.7, "pneumonia": 0.5}).label == "normal"
     with pytest.raises(ValueError):
         decide_study([], T)
 

@@ -22,7 +22,7 @@ from dicom_node.uids import DEFAULT_UID_ROOT, new_uid
 from tests import factories
 from tests.services import require, shared_file
 
-PROBS = {"normal": 0.08, "covid": 0.86, "viral_pneumonia": 0.06}
+PROBS = {"normal": 0.08, "covid": 0.86, "pneumonia": 0.06}
 
 
 def _round_trip(ds: pydicom.Dataset) -> pydicom.Dataset:
@@ -59,7 +59,7 @@ def _sr(src: pydicom.Dataset, sc: pydicom.Dataset) -> hd.sr.ComprehensiveSR:
         warnings.simplefilter("ignore", UserWarning)
         return build_report(
             [ImageResult(src, "covid", PROBS)],
-            StudyResult("covid", "urgent", {"covid": 0.5, "viral_pneumonia": 0.5}),
+            StudyResult("covid", "urgent", {"covid": 0.5, "pneumonia": 0.5}),
             evidence=[src, sc],
             model_name="cxr-test",
             model_version="9.9",
@@ -166,7 +166,7 @@ def test_structured_report_content_tree(source: pydicom.Dataset) -> None:
     ]
     assert params == [
         "threshold covid=0.500",
-        "threshold viral_pneumonia=0.500",
+        "threshold pneumonia=0.500",
         f"weights sha256={'ab' * 32}",
     ]
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 #: Most severe first: a study is labelled with the most severe class any image reaches.
-SEVERITY = ("covid", "viral_pneumonia")
-PRIORITY = {"covid": "urgent", "viral_pneumonia": "soon", "normal": "routine"}
+SEVERITY = ("covid", "pneumonia")
+PRIORITY = {"covid": "urgent", "pneumonia": "soon", "normal": "routine"}
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ from worker.db.models import (
     PROCESSING,
     QUEUED,
     QUEUEING,
+    REFUSED,
+    SKIPPED,
     Delivery,
     ImageResult,
     Instance,
@@ -131,7 +133,7 @@ class Pipeline:
 
     def _process(self, study_id: int, revision: int) -> Outcome:
         from models.gradcam import overlay
-        from models.imaging import decimate, dicom_to_image, shrink_factor
+        from models.imaging import decimate, dicom_to_image, is_colour, shrink_factor
 
         timer = Timer()
         model = self.model
@@ -158,10 +160,24 @@ class Pipeline:
         # One shrink factor for the study: the SCs stay below CXR_SC_MAX_SIZE pixels a side.
         shrink = max(shrink_factor(img.shape, self.settings.sc_max_size) for img in images)
         with timer.step("predict_gradcam"):
-            predictions = model.predict(images, heatmaps=True, heatmap_shrink=shrink)  # type: ignore[attr-defined]
+            colour = [is_colour(ds) for ds in datasets]
+            checked = model.predict(  # type: ignore[attr-defined]
+                images, heatmaps=True, heatmap_shrink=shrink, colour=colour
+            )
+        # Images the image check refused are recorded and left out; the others go on.
+        refusals = [
+            (inst, p.refused) for inst, p in zip(instances, checked, strict=True) if p.refused
+        ]
+        kept = [i for i, p in enumerate(checked) if not p.refused]
+        if not kept:
+            return self._skip_refused(study_id, revision, refusals, timer)
+        instances = [instances[i] for i in kept]
+        datasets = [datasets[i] for i in kept]
+        images = [images[i] for i in kept]
+        predictions = [checked[i] for i in kept]
         thresholds = {
             "covid": self.settings.threshold_covid,
-            "viral_pneumonia": self.settings.threshold_viral_pneumonia,
+            "pneumonia": self.settings.threshold_pneumonia,
         }
         decision = decide_study([p.probabilities for p in predictions], thresholds)
 
@@ -223,6 +239,7 @@ class Pipeline:
                     StudyResult.study_id == study_id, StudyResult.revision == revision
                 )
             )
+            self._add_refusals(s, study_id, revision, refusals)
             for inst, pred in zip(instances, predictions, strict=True):
                 s.add(
                     ImageResult(
@@ -280,6 +297,8 @@ class Pipeline:
             for name, seconds in timer.steps:
                 s.add(StepTiming(study_id=study_id, revision=revision, step=name, seconds=seconds))
             detail = f"{decision.label} ({decision.priority}); {len(scs)} SC + 1 SR"
+            if refusals:
+                detail += f"; {len(refusals)} image(s) refused by the image check"
             _set_state(s, study, DELIVERING if destinations else DONE, detail)
         logger.info("study %s: %s, priority %s", study_uid, decision.label, decision.priority)
         return Outcome(
@@ -287,3 +306,46 @@ class Pipeline:
             decision.label,
             [(oid, d) for oid in object_ids for d in destinations],
         )
+
+    def _add_refusals(
+        self, s: Session, study_id: int, revision: int, refusals: list[tuple[Instance, str | None]]
+    ) -> None:
+        card = self.model.card  # type: ignore[attr-defined]
+        for inst, reason in refusals:
+            logger.warning("instance %s not classified: %s", inst.sop_instance_uid, reason)
+            s.add(
+                ImageResult(
+                    study_id=study_id,
+                    instance_id=inst.id,
+                    revision=revision,
+                    label=REFUSED,
+                    probabilities={},
+                    refusal=reason,
+                    model_name=card.name,
+                    model_version=card.version,
+                    weights_sha256=card.weights_sha256,
+                )
+            )
+
+    def _skip_refused(
+        self,
+        study_id: int,
+        revision: int,
+        refusals: list[tuple[Instance, str | None]],
+        timer: Timer,
+    ) -> Outcome:
+        """Every image failed the image check: record why, send nothing, end ``skipped``."""
+        with self.sessions.begin() as s:
+            study = s.get_one(Study, study_id, with_for_update=True)
+            s.execute(
+                delete(ImageResult).where(
+                    ImageResult.study_id == study_id, ImageResult.revision == revision
+                )
+            )
+            self._add_refusals(s, study_id, revision, refusals)
+            for name, seconds in timer.steps:
+                s.add(StepTiming(study_id=study_id, revision=revision, step=name, seconds=seconds))
+            reasons = sorted({r or "" for _, r in refusals})
+            _set_state(s, study, SKIPPED, "; ".join(reasons)[:2000])
+        logger.info("study %d skipped: no image passed the image check", study_id)
+        return Outcome(SKIPPED)

@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     destinations: CommaList = Field(default_factory=list)
     model_dir: Path | None = None
     threshold_covid: float = Field(0.5, ge=0, le=1)
-    threshold_viral_pneumonia: float = Field(0.5, ge=0, le=1)
+    threshold_pneumonia: float = Field(0.5, ge=0, le=1)
     delivery_retries: int = Field(5, ge=0)
     delivery_backoff: float = Field(10.0, ge=0)
     worker_concurrency: int = Field(1, ge=1)

@@ -17,14 +17,14 @@ FINDING = Code("121071", "DCM", "Finding")
 FINDING_CODES: dict[str, Code] = {
     "normal": Code("17621005", "SCT", "Normal"),
     "covid": Code("840539006", "SCT", "COVID-19"),
-    "viral_pneumonia": Code("75570004", "SCT", "Viral pneumonia"),
+    "pneumonia": Code("233604007", "SCT", "Pneumonia"),
 }
 
 #: "Probability of <finding>": no standard concept exists for a classifier's class probability.
 PROBABILITY_CODES: dict[str, Code] = {
     "normal": Code("P-NORMAL", PRIVATE_SCHEME, "Probability of normal"),
     "covid": Code("P-COVID", PRIVATE_SCHEME, "Probability of COVID-19"),
-    "viral_pneumonia": Code("P-VIRAL", PRIVATE_SCHEME, "Probability of other viral pneumonia"),
+    "pneumonia": Code("P-PNEUMONIA", PRIVATE_SCHEME, "Probability of non-COVID pneumonia"),
 }
 NO_UNITS = Code("1", "UCUM", "no units")
 

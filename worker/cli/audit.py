@@ -61,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="receiving, complete, queued, processing, delivering, done, "
         "failed, dead_letter or skipped",
     )
-    st.add_argument("--label", help="normal, covid or viral_pneumonia")
+    st.add_argument("--label", help="normal, covid or pneumonia")
     st.add_argument("--priority", help="urgent, soon or routine")
     st.add_argument("--calling-ae", help="studies sent by this AE title")
     st.add_argument("--accession", help="accession number")

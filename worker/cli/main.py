@@ -14,6 +14,7 @@ from worker import __version__
 from worker.cli import (
     api,
     audit,
+    crossval,
     db,
     demo,
     echo,
@@ -24,6 +25,7 @@ from worker.cli import (
     run,
     send,
     train,
+    train_lungs,
     work,
 )
 from worker.logs import configure_logging
@@ -41,6 +43,8 @@ SUBCOMMANDS = (
     api,
     db,
     train,
+    train_lungs,
+    crossval,
     evaluate,
     predict,
 )

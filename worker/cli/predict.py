@@ -16,8 +16,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="classify DICOM, PNG or JPEG files",
         description=(
             "Print the label, the calibrated probabilities and the model's name and version for "
-            "each file. --heatmap DIR writes a Grad-CAM overlay PNG per file. Not for "
-            "diagnostic use."
+            "each file. Images that fail the image check (colour pictures, no plausible pair of "
+            "lungs) are not classified: the reason is printed instead and the exit status is 1. "
+            "--heatmap DIR writes a Grad-CAM overlay PNG per file. Not for diagnostic use."
         ),
     )
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     from models.card import ModelCardError
     from models.gradcam import overlay
-    from models.imaging import UnreadableImageError, load_image
+    from models.imaging import UnreadableImageError, is_colour, load_image
     from models.loader import load_model
 
     try:
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if args.heatmap:
         args.heatmap.mkdir(parents=True, exist_ok=True)
-    failed = 0
+    failed = refused = 0
     for path in args.files:
         try:
             image = load_image(path)
@@ -50,7 +51,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"cxr-triage predict: {exc}", file=sys.stderr)
             failed += 1
             continue
-        (pred,) = model.predict([image], heatmaps=bool(args.heatmap))
+        (pred,) = model.predict([image], heatmaps=bool(args.heatmap), colour=[is_colour(path)])
+        if pred.refused:
+            # Not an answer: the image is not something the model may classify.
+            refusal = {"file": str(path), "refused": pred.refused, "model": model.card.name}
+            print(json.dumps(refusal) if args.json else f"{path}: not classified: {pred.refused}")
+            refused += 1
+            continue
         record = {
             "file": str(path),
             "label": pred.label,
@@ -67,4 +74,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         else:
             probs = "  ".join(f"{k} {v:.3f}" for k, v in pred.probabilities.items())
             print(f"{path}: {pred.label}  ({probs})  [{model.card.name} {model.card.version}]")
-    return 1 if failed else 0
+    if refused:
+        print(f"{refused} of {len(args.files)} images refused by the image check", file=sys.stderr)
+    return 1 if failed or refused else 0

@@ -55,12 +55,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="cxr-triage-cnn")
     p.add_argument("--version", dest="model_version", default="1.0.0")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    add_transfer_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
+def add_transfer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=Path.home() / ".cache" / "cxr-triage" / "features",
+        metavar="DIR",
+        help="Xception ec/ft: where lung-cropped features are cached (computed once, resumable)",
+    )
+    p.add_argument(
+        "--lung-model", type=Path, metavar="DIR", help="lung model folder (default: shipped)"
+    )
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from models.architectures import MissingWeightsError
+    from models.card import ModelCardError
     from models.data import DatasetError
     from models.imaging import UnreadableImageError
     from models.training import TrainConfig, train
@@ -84,10 +99,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         limit_per_label=args.limit_per_label,
         resume=args.resume,
         progress=not args.quiet,
+        cache=args.cache,
+        lung_model=args.lung_model,
     )
     try:
         card = train(cfg)
-    except (MissingWeightsError, DatasetError, UnreadableImageError, ValueError) as exc:
+    except (
+        MissingWeightsError,
+        ModelCardError,
+        DatasetError,
+        UnreadableImageError,
+        ValueError,
+    ) as exc:
         print(f"cxr-triage train: {exc}", file=sys.stderr)
         return 2
     m = card.metrics

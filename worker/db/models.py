@@ -217,12 +217,19 @@ class ImageResult(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"))
     revision: Mapped[int] = mapped_column(Integer)
-    label: Mapped[str] = mapped_column(String(32))
+    label: Mapped[str] = mapped_column(String(32), doc="a class, or 'refused' by the image check")
     probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
     model_name: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str] = mapped_column(String(32))
     weights_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    refusal: Mapped[str | None] = mapped_column(
+        Text, doc="why the image check refused to classify the image (label 'refused')"
+    )
+
+
+#: ImageResult.label of an image the image check refused (colour, no plausible lungs).
+REFUSED = "refused"
 
 
 class ProducedObject(Base):

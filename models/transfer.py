@@ -1,0 +1,298 @@
+"""The thesis's transfer learning on cached features: Xception EC and FT, and their evaluation.
+
+* **EC** (extract and classify): the whole ImageNet base is frozen; its pooled 2048-feature
+  output feeds a dense head (256 ReLU, dropout, 3 logits).
+* **FT** (fine-tune): the last block (``block14``, two separable convolutions) is trained with
+  the head, starting from ImageNet weights; everything below stays frozen. Its BatchNorm
+  statistics stay those of ImageNet (inference mode), as is usual with small batches.
+
+Both train from :mod:`models.features`' cache, so an epoch takes seconds (EC) or about a minute
+(FT) on two cores. The trained layers are then copied into the full servable model (grey input
+→ lung-cropped letterbox → Xception → head), whose Grad-CAM layer is ``block14_sepconv2_act``.
+
+:func:`leave_one_out` trains one model per value of a manifest column (``source``, ``age_group``)
+without that value and tests on it: the selection criterion for the default model.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.data import Sample
+from models.features import FeatureCache
+from models.labels import LABELS
+from models.metrics import _auroc, classification_report, fit_temperature, softmax
+
+logger = logging.getLogger(__name__)
+
+BLOCK14 = [
+    "block14_sepconv1",
+    "block14_sepconv1_bn",
+    "block14_sepconv1_act",
+    "block14_sepconv2",
+    "block14_sepconv2_bn",
+    "block14_sepconv2_act",
+]
+HEAD = {"ec": ["pool", "head_dense", "dropout", "logits"], "ft": ["pool", "dropout", "logits"]}
+
+
+@dataclass
+class TopConfig:
+    mode: str = "ft"  # "ec" or "ft"
+    epochs: int = 12
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    patience: int = 3
+    seed: int = 0
+    progress: bool = True
+
+
+def full_model(mode: str, size: int, imagenet_weights: Path | None = None) -> Any:
+    """The servable EC/FT model; the base gets ImageNet weights when a file is given (training).
+
+    Loading a model folder builds the same graph without them and sets the folder's weights.
+    """
+    import keras
+    from keras import layers
+
+    from models.architectures import _normalise
+
+    if mode not in HEAD:
+        raise ValueError(f"transfer mode must be ec or ft, not {mode!r}")
+    inputs = keras.Input((size, size, 1), name="image")
+    base = keras.applications.Xception(
+        include_top=False, weights=None, input_tensor=_normalise(inputs, "tf")
+    )
+    if imagenet_weights is not None:
+        base.load_weights(str(imagenet_weights))
+    x = layers.GlobalAveragePooling2D(name="pool")(base.output)
+    if mode == "ec":
+        x = layers.Dense(256, activation="relu", name="head_dense")(x)
+    x = layers.Dropout(0.3, name="dropout")(x)
+    logits = layers.Dense(len(LABELS), name="logits")(x)
+    model = keras.Model(inputs, logits, name=f"xception_{mode}")
+    _freeze_below_top(model, mode)
+    return model
+
+
+def _freeze_below_top(model: Any, mode: str) -> None:
+    trainable = set(HEAD[mode]) | (set(BLOCK14) if mode == "ft" else set())
+    for layer in model.layers:
+        layer.trainable = layer.name in trainable and not layer.name.endswith("_bn")
+
+
+def _top(model: Any, mode: str, input_shape: tuple[int, ...]) -> Any:
+    """A model over cached inputs that shares its layers (and weights) with ``model``."""
+    import keras
+
+    inputs = keras.Input(input_shape, name="cached")
+    x = inputs
+    for name in (BLOCK14 if mode == "ft" else []) + HEAD[mode]:
+        x = model.get_layer(name)(x)
+    return keras.Model(inputs, x, name=f"top_{mode}")
+
+
+def pooled_block14(model: Any, features: np.ndarray, batch: int = 256) -> np.ndarray:
+    """EC's input: the frozen ``block14`` then global average pooling, over cached features."""
+    import keras
+    import tensorflow as tf
+
+    inputs = keras.Input(features.shape[1:])
+    x = inputs
+    for name in [*BLOCK14, "pool"]:
+        x = model.get_layer(name)(x)
+    fn = tf.function(keras.Model(inputs, x), reduce_retracing=True)
+    return np.concatenate(
+        [
+            np.asarray(fn(tf.constant(features[i : i + batch], tf.float32)))
+            for i in range(0, len(features), batch)
+        ]
+    ).astype(np.float32)
+
+
+def _class_weights(y: np.ndarray) -> dict[int, float]:
+    counts = np.bincount(y, minlength=len(LABELS)).astype(float)
+    return {k: float(counts.sum() / (len(LABELS) * max(c, 1))) for k, c in enumerate(counts)}
+
+
+def train_top(
+    model: Any,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    cfg: TopConfig,
+) -> tuple[dict[str, list[float]], float]:
+    """Train the top of ``model`` in place on cached inputs; return (history, temperature)."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(cfg.seed)
+    top = _top(model, cfg.mode, x_train.shape[1:])
+    top.compile(
+        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+    def ds(x: np.ndarray, y: np.ndarray, train: bool) -> Any:
+        d = tf.data.Dataset.from_tensor_slices((x, y))
+        if train:
+            d = d.shuffle(len(x), seed=cfg.seed)
+        return d.batch(cfg.batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b))
+
+    history = top.fit(
+        ds(x_train, y_train, True),
+        validation_data=ds(x_val, y_val, False),
+        epochs=cfg.epochs,
+        class_weight=_class_weights(y_train),
+        callbacks=[
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=cfg.patience, restore_best_weights=True
+            ),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1),
+        ],
+        verbose=1 if cfg.progress and sys.stderr.isatty() else 2,
+    )
+    temperature = fit_temperature(logits_of(top, x_val), y_val)
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}, temperature
+
+
+def logits_of(top: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    import tensorflow as tf
+
+    fn = tf.function(lambda a: top(a, training=False), reduce_retracing=True)
+    return np.concatenate(
+        [np.asarray(fn(tf.constant(x[i : i + batch], tf.float32))) for i in range(0, len(x), batch)]
+    )
+
+
+def inputs_for(model: Any, cache: FeatureCache, idx: np.ndarray, mode: str) -> np.ndarray:
+    """What the top trains on: cached block13 output (FT) or pooled frozen block14 (EC)."""
+    feats = np.asarray(cache.features[np.sort(idx)])[np.argsort(np.argsort(idx))]
+    return pooled_block14(model, feats) if mode == "ec" else feats
+
+
+# --------------------------------------------------------------------------- leave one out
+
+
+def _held_out_aurocs(
+    y: np.ndarray, probs: np.ndarray, held: np.ndarray, rng: np.random.Generator
+) -> dict[str, Any]:
+    """Per class present in the held-out group: its held-out positives vs every test negative."""
+    out: dict[str, Any] = {}
+    for k, label in enumerate(LABELS):
+        pos = held & (y == k)
+        if not pos.any():
+            continue
+        use = pos | (y != k)
+        yy, pp = (y[use] == k).astype(int), probs[use, k]
+        value = _auroc(yy, pp)
+        ci = None
+        if value is not None:
+            boots = []
+            for _ in range(300):
+                i = rng.integers(0, len(yy), len(yy))
+                v = _auroc(yy[i], pp[i])
+                if v is not None:
+                    boots.append(v)
+            ci = tuple(float(v) for v in np.percentile(boots, [2.5, 97.5]))
+        out[label] = {
+            "n_held_out": int(pos.sum()),
+            "auroc": value,
+            "auroc_ci95": ci,
+            "sensitivity": float((probs[pos].argmax(1) == k).mean()),
+        }
+    return out
+
+
+def leave_one_out(
+    samples: list[Sample],
+    parts: dict[str, list[Sample]],
+    cache: FeatureCache,
+    column: str,
+    make_model: Callable[[], Any],
+    cfg: TopConfig,
+) -> dict[str, Any]:
+    """Train without each value of ``column``; test on it (plus the other values' test split).
+
+    The test set of a fold is every checked image of the held-out group **and** the internal
+    test split of the other groups (never trained on): a group rarely holds all three classes,
+    and an AUROC needs negatives. The fold's headline numbers are the held-out group's own:
+    for each class it holds, the AUROC of its images against every test image of another class,
+    and the share it gets right. A fold whose training would lack a class is reported as not
+    estimable instead of being run.
+    """
+    key_part = {s.key: name for name, items in parts.items() for s in items}
+    usable = [s for s in samples if cache.ok[cache.index_of([s])[0]]]
+    groups = sorted({s.columns.get(column, "") for s in usable})
+    rng = np.random.default_rng(cfg.seed)
+    folds: dict[str, Any] = {}
+    for group in groups:
+        train = [s for s in usable if s.columns.get(column) != group and key_part[s.key] != "test"]
+        test = [s for s in usable if s.columns.get(column) == group or key_part[s.key] == "test"]
+        missing = sorted(set(LABELS) - {s.label for s in train})
+        if missing:
+            folds[group] = {
+                "estimable": False,
+                "reason": f"without {column}={group} no training image is {', '.join(missing)}",
+                "n_held_out": sum(s.columns.get(column) == group for s in usable),
+            }
+            continue
+        order = rng.permutation(len(train))
+        n_val = max(len(LABELS), len(train) // 10)
+        val = [train[i] for i in order[:n_val]]
+        fit = [train[i] for i in order[n_val:]]
+        model = make_model()
+        y = {
+            name: np.array([LABELS.index(s.label) for s in v])
+            for name, v in (("fit", fit), ("val", val), ("test", test))
+        }
+        x = {
+            name: inputs_for(model, cache, cache.index_of(v), cfg.mode)
+            for name, v in (("fit", fit), ("val", val), ("test", test))
+        }
+        logger.info(
+            "fold %s=%s: train %d, val %d, test %d", column, group, len(fit), len(val), len(test)
+        )
+        _, temperature = train_top(model, x["fit"], y["fit"], x["val"], y["val"], cfg)
+        probs = softmax(
+            logits_of(_top(model, cfg.mode, x["test"].shape[1:]), x["test"]), temperature
+        )
+        held = np.array([s.columns.get(column) == group for s in test])
+        report = classification_report(y["test"], probs, list(LABELS), n_boot=300)
+        held_labels = sorted({s.label for s in test if s.columns.get(column) == group})
+        folds[group] = {
+            "estimable": True,
+            "n_train": len(fit),
+            "n_test": len(test),
+            "n_held_out": int(held.sum()),
+            "held_out_labels": held_labels,
+            "held_out": _held_out_aurocs(y["test"], probs, held, rng),
+            "held_out_accuracy": float((probs[held].argmax(1) == y["test"][held]).mean()),
+            "test_macro_auroc": report["macro_auroc"],
+            "test_macro_auroc_ci95": report["macro_auroc_ci95"],
+            "test_per_class_auroc": {k: v["auroc"] for k, v in report["per_class"].items()},
+        }
+    estimable = [f for f in folds.values() if f["estimable"]]
+    held_aurocs = [
+        c["auroc"] for f in estimable for c in f["held_out"].values() if c["auroc"] is not None
+    ]
+    return {
+        "column": column,
+        "mode": cfg.mode,
+        "folds": folds,
+        # The selection figure: the mean, over folds and the classes each holds, of the held-out
+        # images' AUROC. Macro over what exists, since no group holds every class.
+        "mean_held_out_auroc": float(np.mean(held_aurocs)) if held_aurocs else None,
+        "mean_test_macro_auroc": (
+            float(np.mean([f["test_macro_auroc"] for f in estimable])) if estimable else None
+        ),
+    }

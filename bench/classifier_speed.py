@@ -71,7 +71,7 @@ def main() -> int:
 
     from dicom_node import synthetic
     from models.architectures import build_model, gradcam_layer
-    from models.imaging import dicom_to_image
+    from models.imaging import dicom_to_image, load_image
     from models.loader import load_model
 
     print(
@@ -105,6 +105,16 @@ def main() -> int:
     for name, model, size, layer in candidates:
         for label, ms in time_model(name, model, size, layer, image, args.repeat):
             print(f"{label:44} {ms:>9.1f}", flush=True)
+    # What a worker does per image: image check (lung model), lung crop, classifier, Grad-CAM
+    # mapped back to the source at the SC's size (shrink 2 for a 2500x3000 film at 1280 px).
+    full = median_ms(lambda: default.predict([image], heatmaps=True, heatmap_shrink=3), args.repeat)
+    print(f"{'default: check + crop + predict + Grad-CAM':44} {full:>9.1f}", flush=True)
+    for name in ("cr_pa_chest_jpeg_baseline.dcm", "dx_chest_no_view_tags.dcm"):
+        path = ROOT.parent / "shared" / "data" / "dicom" / name
+        if path.is_file():
+            real = load_image(path)
+            ms = median_ms(lambda real=real: default.predict([real], heatmaps=True), args.repeat)
+            print(f"{'  same, ' + name[:34]:44} {ms:>9.1f}", flush=True)
     return 0
 
 

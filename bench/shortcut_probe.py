@@ -3,10 +3,11 @@
     .venv/bin/python bench/shortcut_probe.py --model models/default --data ../shared/data/cxr3
 
 On the model's own held-out test split (``split.csv``), among **normal** radiographs only, it
-asks how well the model's probability of "viral pneumonia" (every such training image is a child)
-and of "COVID-19" (every such image is an adult) tells children from adults. An AUROC near 0.5
-means the outputs carry no age information within one true class; near 1.0 means they do, i.e.
-the model has learned what a child's chest looks like as part of the diagnosis.
+asks how well each output (e.g. P(pneumonia): in cxr3 half of the pneumonia images are
+children's; P(COVID-19): every COVID image is an adult's) tells children from adults. An AUROC
+near 0.5 means the outputs carry no age information within one true class; near 1.0 (or 0.0)
+means they do, i.e. the model has learned what a child's chest looks like as part of the
+diagnosis. Images go through the serving path: image check, lung crop, classifier.
 """
 
 from __future__ import annotations
@@ -26,30 +27,37 @@ def main() -> int:
     args = parser.parse_args()
 
     import numpy as np
-    from sklearn.metrics import roc_auc_score
 
     from models.data import list_dataset, read_split
-    from models.imaging import load_image, prepare
+    from models.imaging import load_image
+    from models.labels import canonical
     from models.loader import load_model
     from models.metrics import softmax
+    from models.transfer_training import shortcut_probe
 
     model = load_model(args.model)
-    samples = list_dataset(args.data, tuple(model.labels))
+    samples = list_dataset(args.data, tuple(canonical(x) for x in model.labels))
     test = [s for s in read_split(args.model / "split.csv", samples)["test"] if s.label == "normal"]
-    batch = np.stack([prepare(load_image(s.path), model.card.input_size)[0] for s in test])
+    images = [load_image(s.path) for s in test]
+    checks = model.check(images)
+    kept = [i for i, (reason, _) in enumerate(checks) if reason is None]
+    batch, _ = model._inputs([images[i] for i in kept], [checks[i][1] for i in kept])
     probs = softmax(
         np.concatenate([model.logits(batch[i : i + 64]) for i in range(0, len(batch), 64)]),
         model.card.temperature,
     )
-    child = np.array([s.columns.get("age_group") == "pediatric" for s in test])
-    print(f"normal test images: {len(test)} ({child.sum()} pediatric, {(~child).sum()} adult)")
+    probe = shortcut_probe(probs, [test[i] for i in kept])
+    print(
+        f"normal test images: {len(kept)} of {len(test)} passed the image check "
+        f"({probe['n_children']} pediatric, {probe['n_adults']} adult)"
+    )
     for label in model.labels:
-        k = model.labels.index(label)
-        auc = roc_auc_score(child, probs[:, k])
+        lab = canonical(label)
         print(
-            f"P({label}) separates children from adults among normals: AUROC {auc:.3f}; "
-            f"mean {probs[child, k].mean():.3f} (children) "
-            f"vs {probs[~child, k].mean():.3f} (adults)"
+            f"P({lab}) separates children from adults among normals: AUROC "
+            f"{probe[f'auroc_child_from_p_{lab}']:.3f}; mean "
+            f"{probe[f'mean_p_{lab}_children']:.3f} (children) vs "
+            f"{probe[f'mean_p_{lab}_adults']:.3f} (adults)"
         )
     return 0
 

@@ -200,7 +200,7 @@ class LungCard:
         "the classifier's display values in [0, 1], letterboxed (black padding, centred) to a "
         "square and resized; output: one lung logit per pixel of the letterbox"
     )
-    rules: dict[str, float] = field(default_factory=lambda: asdict(PlausibilityRules()))
+    rules: dict[str, Any] = field(default_factory=lambda: asdict(PlausibilityRules()))
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     intended_use: str = (

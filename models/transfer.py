@@ -94,7 +94,9 @@ def _top(model: Any, mode: str, input_shape: tuple[int, ...]) -> Any:
 
     inputs = keras.Input(input_shape, name="cached")
     x = inputs
-    for name in (BLOCK14 if mode == "ft" else []) + HEAD[mode]:
+    # FT trains block14 on the cached block13 output; EC's input is already pooled.
+    names = [*BLOCK14, *HEAD["ft"]] if mode == "ft" else [n for n in HEAD["ec"] if n != "pool"]
+    for name in names:
         x = model.get_layer(name)(x)
     return keras.Model(inputs, x, name=f"top_{mode}")
 

@@ -68,6 +68,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
             progress=False,
             name="tiny",
             version="0.0.1",
+            crop_lungs=False,  # squares on noise have no lungs: the whole image, as 1.x did
         )
     )
     return out
@@ -259,12 +260,65 @@ def test_predict_and_evaluate_commands(trained: Path, tmp_path: Path) -> None:
 def test_shipped_default_model() -> None:
     if not (DEFAULT_MODEL_DIR / "card.json").is_file():
         pytest.fail("the default model folder models/default is missing")
-    model = load_model()  # verifies SHA-256, input shape, labels, Grad-CAM layer
+    model = load_model()  # verifies SHA-256, input shape, labels, Grad-CAM layer, lung model
+    card = model.card
+    assert card.version == "2.0.0" and card.labels == list(LABELS)
+    assert card.architecture == "xception" and card.mode in ("ec", "ft")
+    assert card.crop == "lungs" and model.lungs is not None
+    assert card.lung_model["weights_sha256"] == model.lungs.card.weights_sha256
+    text = (DEFAULT_MODEL_DIR / "card.json").read_text()
+    assert "/work/" not in text and "/home/" not in text and "/root/" not in text
+    assert "pneumonia-model-package" in card.training["imagenet_weights"]
+    size = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file())
+    assert size <= 50 * 1024 * 1024, f"models/default is {size / 2**20:.1f} MB"
     report = json.loads((DEFAULT_MODEL_DIR / "evaluation" / "evaluation.json").read_text())
     assert {"source", "age_group"} <= set(report["by_column"])
+    assert "shortcut_probe" in report
     rng = np.random.default_rng(0)
-    (pred,) = model.predict([rng.random((300, 250)).astype(np.float32)], heatmaps=True)
-    assert pred.heatmap is not None and pred.heatmap.shape == (300, 250)
+    (noise,) = model.predict([rng.random((300, 250)).astype(np.float32)], heatmaps=True)
+    assert noise.refused and noise.label == "" and noise.heatmap is None
+
+
+def test_default_model_reads_both_encodings_of_a_chest_alike() -> None:
+    """MONOCHROME1 stored inverted, displayed the same: the same crop, the same answer."""
+    model = load_model()
+    from models.imaging import load_image
+
+    images = [
+        load_image(shared_file("cr_pa_chest_jpeg_baseline.dcm")),
+        load_image(shared_file("cr_pa_chest_monochrome1.dcm")),
+    ]
+    a, b = model.predict(images, heatmaps=True)
+    assert not a.refused and not b.refused
+    assert a.crop == b.crop and a.label == b.label
+    assert a.probabilities == pytest.approx(b.probabilities, abs=1e-4)
+    assert a.heatmap is not None and a.heatmap.shape == images[0].shape
+    # The heat lies inside the lung crop: nothing is mapped onto the padding or the edges.
+    assert a.crop is not None
+    outside = a.heatmap.copy()
+    outside[a.crop.top : a.crop.top + a.crop.rows, a.crop.left : a.crop.left + a.crop.cols] = 0
+    assert outside.max() == 0
+
+
+def test_float16_npz_weights_predict_like_float32(tmp_path: Path) -> None:
+    """The shipped weights are float16: set into the graph they must give the same answers."""
+    from models.loader import save_weights_npz
+    from models.transfer import full_model
+
+    model = full_model("ec", 96)
+    rng = np.random.default_rng(4)
+    model.set_weights(
+        [(rng.normal(size=w.shape) * 0.05).astype(np.float32) for w in model.get_weights()]
+    )
+    save_weights_npz(model, tmp_path / "w.npz")
+    again = full_model("ec", 96)
+    with np.load(tmp_path / "w.npz") as arrays:
+        again.set_weights(
+            [arrays[f"w{i:04d}"].astype(np.float32) for i in range(len(arrays.files))]
+        )
+    x = rng.random((2, 96, 96, 1)).astype(np.float32)
+    a, b = np.asarray(model(x, training=False)), np.asarray(again(x, training=False))
+    assert np.abs(a - b).max() < 0.05 * (np.abs(a).max() + 1e-6)
 
 
 def test_ec_mode_loads_local_weights_and_freezes_the_base(tmp_path: Path) -> None:

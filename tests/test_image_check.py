@@ -45,7 +45,7 @@ def test_a_plausible_pair_of_lungs_passes_and_gives_a_crop_in_source_pixels() ->
     assert crop.top == pytest.approx((30 - 0.08 * 70) * scale, abs=2)
     assert crop.rows == pytest.approx((70 * 1.16) * scale, abs=3)
     assert crop.left == pytest.approx((20 - 0.08 * 88) * scale - 100, abs=2)
-    assert 0 <= crop.left and crop.left + crop.cols <= 800
+    assert crop.left >= 0 and crop.left + crop.cols <= 800
 
 
 @pytest.mark.parametrize(

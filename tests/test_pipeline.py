@@ -274,3 +274,59 @@ def test_demo_writes_results_to_open(tmp_path: Path) -> None:
 
     assert Image.open(pngs[0]).size == (400, 500)
     assert "NOT FOR DIAGNOSTIC USE" in pages[0].read_text()
+
+
+def _dog_as_pa_chest(tmp_path: Path, study_uid: str | None = None) -> Path:
+    ds = pydicom.dcmread(shared_file("dx_canine_lateral_thorax.dcm"))
+    ds.BodyPartExamined, ds.ViewPosition = "CHEST", "PA"  # tags lie
+    if study_uid:
+        ds.StudyInstanceUID = study_uid
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    path = tmp_path / "dog_as_pa.dcm"
+    ds.save_as(path)
+    return path
+
+
+def test_image_check_refuses_a_dog_tagged_chest_pa(start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from worker.audit import timeline
+
+    node = start_node()
+    dog = _dog_as_pa_chest(tmp_path)
+    assert send(node, [dog]).results[0].ok
+    uid = pydicom.dcmread(dog, stop_before_pixels=True).StudyInstanceUID
+    wait_for(lambda: _study(node, uid).state in ("complete", "queued", "queueing"))
+    study = _study(node, uid)
+    assert study.state != "skipped"  # the tags passed the node's eligibility rules
+    outcome = _pipeline(node).process(study.id, study.revision)
+    assert outcome.state == "skipped" and not outcome.to_deliver
+    study = _study(node, uid)
+    assert study.state == "skipped"
+    (image,) = rows(node.engine, ImageResult, ImageResult.study_id == study.id)
+    assert image.label == "refused" and image.probabilities == {}
+    assert image.refusal is not None
+    assert image.refusal.startswith("image check: no frontal chest found")
+    assert not rows(node.engine, StudyResult, StudyResult.study_id == study.id)
+    assert not rows(node.engine, ProducedObject, ProducedObject.study_id == study.id)
+    with make_session_factory(node.engine)() as s:
+        trail = timeline(s, uid)
+    assert "not classified: image check: no frontal chest found" in str(trail)
+
+
+def test_a_refused_image_does_not_stop_the_chest_beside_it(start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    node = start_node()
+    chest = shared_file("cr_pa_chest_jpeg_baseline.dcm")
+    uid = pydicom.dcmread(chest, stop_before_pixels=True).StudyInstanceUID
+    dog = _dog_as_pa_chest(tmp_path, study_uid=uid)
+    assert all(r.ok for r in send(node, [chest, dog]).results)
+    wait_for(lambda: _study(node, uid).state in ("complete", "queued", "queueing"))
+    study = _study(node, uid)
+    outcome = _pipeline(node).process(study.id, study.revision)
+    assert outcome.state == "done" and outcome.label in ("normal", "covid", "pneumonia")
+    labels = sorted(
+        r.label for r in rows(node.engine, ImageResult, ImageResult.study_id == study.id)
+    )
+    assert labels[-1] == "refused" and labels[0] != "refused"
+    kinds = sorted(
+        o.kind for o in rows(node.engine, ProducedObject, ProducedObject.study_id == study.id)
+    )
+    assert kinds == ["sc", "sr"]  # one SC for the chest only

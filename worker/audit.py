@@ -162,11 +162,12 @@ def timeline(s: Session, study_uid: str) -> dict[str, Any] | None:
         )
     for ir in s.scalars(select(ImageResult).where(ImageResult.study_id == study.id)):
         probs = ", ".join(f"{k} {v:.3f}" for k, v in ir.probabilities.items())
+        outcome = f"not classified: {ir.refusal}" if ir.refusal else f"{ir.label} ({probs})"
         events.append(
             {
                 "at": _iso(ir.created_at),
                 "what": "image result",
-                "detail": f"revision {ir.revision}: {ir.label} ({probs}) by {ir.model_name} "
+                "detail": f"revision {ir.revision}: {outcome} by {ir.model_name} "
                 f"{ir.model_version}",
             }
         )

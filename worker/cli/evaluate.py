@@ -43,7 +43,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         model = load_model(args.model)
         report, y, probs = evaluate_folder(model, args.data, progress=not args.quiet)
-    except (ModelCardError, DatasetError, UnreadableImageError) as exc:
+    except (ModelCardError, DatasetError, UnreadableImageError, ValueError) as exc:
         print(f"cxr-triage evaluate: {exc}", file=sys.stderr)
         return 2
     if args.json:
@@ -52,6 +52,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         write_report(report, y, probs, model.labels, args.plots)
     ci = report["macro_auroc_ci95"]
     print(f"{model.card.name} {model.card.version} on {args.data}: n={report['n']}")
+    refused = report.get("refused_by_image_check", {})
+    if refused.get("n"):
+        print(
+            f"not scored: {refused['n']} images refused by the image check "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(refused['by_label'].items()))})"
+        )
     print(
         f"accuracy {_fmt(report['accuracy'])}  macro AUROC {_fmt(report['macro_auroc'])}"
         + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")

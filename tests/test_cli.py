@@ -50,7 +50,7 @@ def test_invalid_configuration_is_explained(tmp_path: Path) -> None:
 def test_db_upgrade_on_the_embedded_default(tmp_path: Path) -> None:
     proc = _run(["db", "upgrade"], _env(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    assert "database at 0002" in proc.stdout
+    assert "database at 0003" in proc.stdout
     assert (tmp_path / "data" / "cxr-triage.sqlite").is_file()
     assert "current: 0002" in _run(["db", "current"], _env(tmp_path)).stdout
 

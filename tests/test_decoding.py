@@ -42,7 +42,10 @@ def test_jpeg2000_lossy_decodes(tmp_path: Path) -> None:
     ds.compress(JPEG2000, j2k_cr=[20])
     back = pydicom.dcmread(factories.write(ds, tmp_path / "j2k.dcm"))
     assert back.pixel_array.shape == original.shape
-    assert np.abs(back.pixel_array.astype(int) - original).mean() < 64
+    # Lossy at 20:1: close to the original (the chest phantom's edges cost ~1.6% of the range).
+    top = (1 << int(ds.BitsStored)) - 1
+    assert np.abs(back.pixel_array.astype(int) - original).mean() < 0.025 * top
+    assert np.corrcoef(back.pixel_array.ravel(), original.ravel())[0, 1] > 0.98
 
 
 @pytest.mark.parametrize("flag, syntax", [("+e1", JPEGLosslessSV1), ("+eb", JPEGBaseline8Bit)])

@@ -278,10 +278,14 @@ def test_demo_writes_results_to_open(tmp_path: Path) -> None:
 
 def _dog_as_pa_chest(tmp_path: Path, study_uid: str | None = None) -> Path:
     ds = pydicom.dcmread(shared_file("dx_canine_lateral_thorax.dcm"))
-    ds.BodyPartExamined, ds.ViewPosition = "CHEST", "PA"  # tags lie
+    ds.BodyPartExamined, ds.ViewPosition = "CHEST", "PA"  # tags lie ...
+    # ... and nothing else gives the dog away (the node's non-human rule reads these).
+    del ds.AcquisitionDeviceProcessingDescription
+    ds.InstitutionName = "General Hospital"
     if study_uid:
         ds.StudyInstanceUID = study_uid
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     path = tmp_path / "dog_as_pa.dcm"
     ds.save_as(path)
     return path

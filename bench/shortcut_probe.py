@@ -24,6 +24,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cxr3")
+    parser.add_argument(
+        "--split",
+        type=Path,
+        help="split.csv whose test normals to use (default: the model's own; give another "
+        "model's to compare two models on the same images)",
+    )
     args = parser.parse_args()
 
     import numpy as np
@@ -37,15 +43,15 @@ def main() -> int:
 
     model = load_model(args.model)
     samples = list_dataset(args.data, tuple(canonical(x) for x in model.labels))
-    test = [s for s in read_split(args.model / "split.csv", samples)["test"] if s.label == "normal"]
-    images = [load_image(s.path) for s in test]
-    checks = model.check(images)
-    kept = [i for i, (reason, _) in enumerate(checks) if reason is None]
-    batch, _ = model._inputs([images[i] for i in kept], [checks[i][1] for i in kept])
-    probs = softmax(
-        np.concatenate([model.logits(batch[i : i + 64]) for i in range(0, len(batch), 64)]),
-        model.card.temperature,
-    )
+    split = args.split or args.model / "split.csv"
+    test = [s for s in read_split(split, samples)["test"] if s.label == "normal"]
+    refusals, logits = [], []
+    for i in range(0, len(test), 64):
+        reasons, chunk = model.checked_logits([load_image(s.path) for s in test[i : i + 64]])
+        refusals += reasons
+        logits.append(chunk)
+    kept = [i for i, reason in enumerate(refusals) if reason is None]
+    probs = softmax(np.concatenate(logits), model.card.temperature)
     probe = shortcut_probe(probs, [test[i] for i in kept])
     print(
         f"normal test images: {len(kept)} of {len(test)} passed the image check "

@@ -163,14 +163,25 @@ def build_model(
     n_classes: int,
     imagenet_weights: Path | None = None,
 ) -> Any:
-    """Build an uncompiled Keras model that outputs logits.
+    """Build an uncompiled Keras model that outputs logits, after :func:`check_request`."""
+    check_request(arch, mode, imagenet_weights)
+    return build_graph(arch, mode, size, n_classes, imagenet_weights)
 
-    Call :func:`check_request` first; this function assumes the request is valid.
+
+def build_graph(
+    arch: str,
+    mode: str,
+    size: int,
+    n_classes: int,
+    imagenet_weights: Path | None = None,
+) -> Any:
+    """The graph of ``arch``/``mode``; ImageNet weights loaded into the base when a file is given.
+
+    Without weights an ``ec``/``ft`` graph is what a saved model folder's weights are set into.
     """
     import keras
     from keras import layers
 
-    check_request(arch, mode, imagenet_weights)
     if arch == "residual_dense":
         return build_residual_dense(size, n_classes)
     spec = APPLICATIONS[arch]

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from models.data import list_dataset
+from models.data import list_dataset, read_split
 from models.imaging import is_colour, load_image
 from models.labels import canonical
 from models.loader import LoadedModel
@@ -43,15 +43,24 @@ def write_report(
 
 
 def evaluate_folder(
-    model: LoadedModel, data: Path, *, batch_size: int = 32, progress: bool = True
+    model: LoadedModel,
+    data: Path,
+    *,
+    split: Path | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Run ``model`` over a folder-per-label dataset; return (report, y, probs).
 
-    Every image takes the serving path: the image check (colour, lungs), the lung crop, the
-    classifier. Refused images are not scored; the report counts them by label under
-    ``refused_by_image_check`` (with up to 20 reasons), since serving would not classify them.
+    With ``split`` (a model folder's ``split.csv``) only that split's test images are used, so
+    two models can be compared on the same held-out images. Every image takes the serving path:
+    the image check (colour, lungs), the lung crop, the classifier. Refused images are not
+    scored; the report counts them by label under ``refused_by_image_check`` (with up to 20
+    reasons), since serving would not classify them.
     """
     samples = list_dataset(data, tuple(canonical(x) for x in model.labels))
+    if split is not None:
+        samples = read_split(split, samples)["test"]
     logits, kept = [], []
     refused: dict[str, int] = {}
     reasons: list[str] = []
@@ -63,18 +72,17 @@ def evaluate_folder(
         file=sys.stderr,
     ):
         chunk = samples[i : i + batch_size]
-        images = [load_image(s.path) for s in chunk]
-        checks = model.check(images, [is_colour(s.path) for s in chunk])
-        good = [j for j, (reason, _) in enumerate(checks) if reason is None]
-        for j, (reason, _) in enumerate(checks):
-            if reason is not None:
-                refused[chunk[j].label] = refused.get(chunk[j].label, 0) + 1
-                if len(reasons) < 20:
-                    reasons.append(f"{chunk[j].key}: {reason}")
-        if good:
-            batch, _ = model._inputs([images[j] for j in good], [checks[j][1] for j in good])
-            logits.append(model.logits(batch))
-            kept += [chunk[j] for j in good]
+        refusals, chunk_logits = model.checked_logits(
+            [load_image(s.path) for s in chunk], [is_colour(s.path) for s in chunk]
+        )
+        for sample, reason in zip(chunk, refusals, strict=True):
+            if reason is None:
+                kept.append(sample)
+                continue
+            refused[sample.label] = refused.get(sample.label, 0) + 1
+            if len(reasons) < 20:
+                reasons.append(f"{sample.key}: {reason}")
+        logits.append(chunk_logits)
     if not kept:
         raise ValueError(f"the image check refused all {len(samples)} images of {data}")
     probs = softmax(np.concatenate(logits), model.card.temperature)

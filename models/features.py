@@ -90,8 +90,8 @@ def build_cache(
     folder = _cache_folder(cache_root, samples, size, lungs.card.weights_sha256, imagenet_weights)
     folder.mkdir(parents=True, exist_ok=True)
     n = len(samples)
-    trunk = trunk_model(size, imagenet_weights)
-    shape = tuple(int(d) for d in trunk.output_shape[1:])
+    # Built only when there is work: a complete cache opens without building Xception.
+    trunk = None
     feat_path, done_path, meta_path = (
         folder / "features.npy",
         folder / "done.npy",
@@ -102,6 +102,8 @@ def build_cache(
         done = np.load(done_path)
         meta = json.loads(meta_path.read_text())
     else:
+        trunk = trunk_model(size, imagenet_weights)
+        shape = tuple(int(d) for d in trunk.output_shape[1:])
         features = np.lib.format.open_memmap(feat_path, "w+", np.float16, (n, *shape))
         done = np.zeros(n, bool)
         meta = {
@@ -114,6 +116,7 @@ def build_cache(
     todo = np.flatnonzero(~done)
     if len(todo):
         logger.info("feature cache %s: %d of %d images to compute", folder, len(todo), n)
+        trunk = trunk or trunk_model(size, imagenet_weights)
         run = tf.function(lambda x: trunk(x, training=False), reduce_retracing=True)
         bar = tqdm(
             total=n,

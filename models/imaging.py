@@ -132,7 +132,11 @@ def colourful(rgb: np.ndarray) -> bool:
 
 
 def is_colour(source: Path | Dataset) -> bool:
-    """Whether a DICOM dataset or an image file holds a colour picture (see :func:`colourful`)."""
+    """Whether a DICOM dataset or an image file holds a colour picture (see :func:`colourful`).
+
+    Grey images are told from their header alone (SamplesPerPixel, PIL's mode): only a file that
+    says it is colour has its pixels read to see whether they really are.
+    """
     try:
         if isinstance(source, Dataset):
             if int(source.get("SamplesPerPixel", 1)) < 3:
@@ -140,8 +144,11 @@ def is_colour(source: Path | Dataset) -> bool:
             return colourful(np.asarray(source.pixel_array))
         path = Path(source)
         if is_dicom(path) or path.suffix.lower() in (".dcm", ".dicom"):
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+            if int(header.get("SamplesPerPixel", 1)) < 3:
+                return False
             return is_colour(pydicom.dcmread(path))
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # lazy: the mode comes from the header
             if img.mode not in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
                 return False
             return colourful(np.asarray(img.convert("RGB")))

@@ -86,6 +86,20 @@ class LoadedModel:
             )
         return np.asarray(self._predict_fn(tf.constant(batch, tf.float32)))
 
+    def checked_logits(
+        self, images: list[np.ndarray], colour: list[bool] | None = None
+    ) -> tuple[list[str | None], np.ndarray]:
+        """Batch evaluation: the check's refusal (or None) per image, and the kept ones' logits.
+
+        The same check and crop as :meth:`predict`, without Grad-CAM or probabilities.
+        """
+        checks = self.check(images, colour)
+        kept = [i for i, (reason, _) in enumerate(checks) if reason is None]
+        if not kept:
+            return [reason for reason, _ in checks], np.zeros((0, len(self.labels)), np.float32)
+        batch, _ = self._inputs([images[i] for i in kept], [checks[i][1] for i in kept])
+        return [reason for reason, _ in checks], self.logits(batch)
+
     def predict(
         self,
         images: list[np.ndarray],

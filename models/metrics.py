@@ -63,23 +63,38 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 10)
     return {"ece": float(ece), "bins": rows}
 
 
-def _auroc(y_bin: np.ndarray, score: np.ndarray) -> float | None:
-    if y_bin.min() == y_bin.max():
+def auroc(y_bin: np.ndarray, score: np.ndarray) -> float | None:
+    """AUROC of ``score`` for the binary labels ``y_bin``; None when only one class is present."""
+    if len(y_bin) == 0 or y_bin.min() == y_bin.max():
         return None  # one class only: undefined
     return float(roc_auc_score(y_bin, score))
+
+
+def auroc_ci(
+    y_bin: np.ndarray, score: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> tuple[float, float] | None:
+    """95% percentile-bootstrap CI of :func:`auroc` over cases (None if mostly undefined)."""
+    values = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y_bin), len(y_bin))
+        v = auroc(y_bin[idx], score[idx])
+        if v is not None:
+            values.append(v)
+    if len(values) < n_boot // 2:
+        return None
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def _bootstrap_ci(
     y: np.ndarray, probs: np.ndarray, k: int, n_boot: int, rng: np.random.Generator
 ) -> tuple[float, float] | None:
+    if k >= 0:
+        return auroc_ci((y == k).astype(int), probs[:, k], n_boot, rng)
     values = []
     for _ in range(n_boot):
         idx = rng.integers(0, len(y), len(y))
-        v = (
-            _auroc((y[idx] == k).astype(int), probs[idx, k])
-            if k >= 0
-            else _macro(y[idx], probs[idx])
-        )
+        v = _macro(y[idx], probs[idx])
         if v is not None:
             values.append(v)
     if len(values) < n_boot // 2:
@@ -89,7 +104,7 @@ def _bootstrap_ci(
 
 
 def _macro(y: np.ndarray, probs: np.ndarray) -> float | None:
-    scores = [_auroc((y == k).astype(int), probs[:, k]) for k in range(probs.shape[1])]
+    scores = [auroc((y == k).astype(int), probs[:, k]) for k in range(probs.shape[1])]
     defined = [s for s in scores if s is not None]
     return float(np.mean(defined)) if len(defined) == probs.shape[1] else None
 
@@ -126,7 +141,7 @@ def classification_report(
             "ppv": ppv,
             "npv": ratio(tn, tn + fn),
             "f1": f1,
-            "auroc": _auroc((y == k).astype(int), probs[:, k]),
+            "auroc": auroc((y == k).astype(int), probs[:, k]),
             "auroc_ci95": _bootstrap_ci(y, probs, k, n_boot, rng) if n_boot else None,
         }
     calibration = expected_calibration_error(probs, y)

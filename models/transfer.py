@@ -28,7 +28,7 @@ import numpy as np
 from models.data import Sample
 from models.features import FeatureCache
 from models.labels import LABELS
-from models.metrics import _auroc, classification_report, fit_temperature, softmax
+from models.metrics import auroc, auroc_ci, classification_report, fit_temperature, softmax
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ BLOCK14 = [
     "block14_sepconv2_bn",
     "block14_sepconv2_act",
 ]
-HEAD = {"ec": ["pool", "head_dense", "dropout", "logits"], "ft": ["pool", "dropout", "logits"]}
+#: The head's layers after global average pooling (``pool``, which has no weights).
+HEAD = {"ec": ["head_dense", "dropout", "logits"], "ft": ["dropout", "logits"]}
 
 
 @dataclass
@@ -55,29 +56,12 @@ class TopConfig:
 
 
 def full_model(mode: str, size: int, imagenet_weights: Path | None = None) -> Any:
-    """The servable EC/FT model; the base gets ImageNet weights when a file is given (training).
-
-    Loading a model folder builds the same graph without them and sets the folder's weights.
-    """
-    import keras
-    from keras import layers
-
-    from models.architectures import _normalise
+    """The servable Xception EC/FT model with only the top trainable (see :func:`_top`)."""
+    from models.architectures import build_graph
 
     if mode not in HEAD:
         raise ValueError(f"transfer mode must be ec or ft, not {mode!r}")
-    inputs = keras.Input((size, size, 1), name="image")
-    base = keras.applications.Xception(
-        include_top=False, weights=None, input_tensor=_normalise(inputs, "tf")
-    )
-    if imagenet_weights is not None:
-        base.load_weights(str(imagenet_weights))
-    x = layers.GlobalAveragePooling2D(name="pool")(base.output)
-    if mode == "ec":
-        x = layers.Dense(256, activation="relu", name="head_dense")(x)
-    x = layers.Dropout(0.3, name="dropout")(x)
-    logits = layers.Dense(len(LABELS), name="logits")(x)
-    model = keras.Model(inputs, logits, name=f"xception_{mode}")
+    model = build_graph("xception", mode, size, len(LABELS), imagenet_weights)
     _freeze_below_top(model, mode)
     return model
 
@@ -95,7 +79,7 @@ def _top(model: Any, mode: str, input_shape: tuple[int, ...]) -> Any:
     inputs = keras.Input(input_shape, name="cached")
     x = inputs
     # FT trains block14 on the cached block13 output; EC's input is already pooled.
-    names = [*BLOCK14, *HEAD["ft"]] if mode == "ft" else [n for n in HEAD["ec"] if n != "pool"]
+    names = [*BLOCK14, "pool", *HEAD["ft"]] if mode == "ft" else HEAD["ec"]
     for name in names:
         x = model.get_layer(name)(x)
     return keras.Model(inputs, x, name=f"top_{mode}")
@@ -196,20 +180,10 @@ def _held_out_aurocs(
             continue
         use = pos | (y != k)
         yy, pp = (y[use] == k).astype(int), probs[use, k]
-        value = _auroc(yy, pp)
-        ci = None
-        if value is not None:
-            boots = []
-            for _ in range(300):
-                i = rng.integers(0, len(yy), len(yy))
-                v = _auroc(yy[i], pp[i])
-                if v is not None:
-                    boots.append(v)
-            ci = tuple(float(v) for v in np.percentile(boots, [2.5, 97.5]))
         out[label] = {
             "n_held_out": int(pos.sum()),
-            "auroc": value,
-            "auroc_ci95": ci,
+            "auroc": auroc(yy, pp),
+            "auroc_ci95": auroc_ci(yy, pp, 300, rng),
             "sensitivity": float((probs[pos].argmax(1) == k).mean()),
         }
     return out
@@ -233,7 +207,10 @@ def leave_one_out(
     estimable instead of being run.
     """
     key_part = {s.key: name for name, items in parts.items() for s in items}
-    usable = [s for s in samples if cache.ok[cache.index_of([s])[0]]]
+    usable = [s for s, ok in zip(samples, cache.ok[cache.index_of(samples)], strict=True) if ok]
+    # Read (and for EC, pool through the frozen ImageNet block14) once: the same in every fold.
+    row = {s.key: i for i, s in enumerate(usable)}
+    x_all = inputs_for(make_model(), cache, cache.index_of(usable), cfg.mode)
     groups = sorted({s.columns.get(column, "") for s in usable})
     rng = np.random.default_rng(cfg.seed)
     folds: dict[str, Any] = {}
@@ -253,14 +230,9 @@ def leave_one_out(
         val = [train[i] for i in order[:n_val]]
         fit = [train[i] for i in order[n_val:]]
         model = make_model()
-        y = {
-            name: np.array([LABELS.index(s.label) for s in v])
-            for name, v in (("fit", fit), ("val", val), ("test", test))
-        }
-        x = {
-            name: inputs_for(model, cache, cache.index_of(v), cfg.mode)
-            for name, v in (("fit", fit), ("val", val), ("test", test))
-        }
+        parts_of = (("fit", fit), ("val", val), ("test", test))
+        y = {name: np.array([LABELS.index(s.label) for s in v]) for name, v in parts_of}
+        x = {name: x_all[[row[s.key] for s in v]] for name, v in parts_of}
         logger.info(
             "fold %s=%s: train %d, val %d, test %d", column, group, len(fit), len(val), len(test)
         )

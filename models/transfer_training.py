@@ -12,6 +12,7 @@ import csv
 import json
 import logging
 import shutil
+from collections import Counter
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ from models.data import Sample, summarise
 from models.features import FeatureCache, build_cache
 from models.labels import LABELS
 from models.lungs import load_lung_model
-from models.metrics import _auroc, softmax
+from models.metrics import auroc, softmax
 from models.training import TrainConfig, dataset_and_split
 from models.transfer import TopConfig, _top, full_model, inputs_for, logits_of, train_top
 
@@ -49,12 +50,24 @@ def shortcut_probe(
         "n_adults": int((normal & ~child).sum()),
     }
     for k, label in enumerate(LABELS):
-        auc = _auroc(child[normal].astype(int), probs[normal, k]) if normal.any() else None
+        auc = auroc(child[normal].astype(int), probs[normal, k]) if normal.any() else None
         out[f"auroc_child_from_p_{label}"] = auc
         if normal.any() and (normal & child).any() and (normal & ~child).any():
             out[f"mean_p_{label}_children"] = float(probs[normal & child, k].mean())
             out[f"mean_p_{label}_adults"] = float(probs[normal & ~child, k].mean())
     return out
+
+
+def _top_config(cfg: TrainConfig) -> TopConfig:
+    return TopConfig(
+        mode=cfg.mode,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        patience=cfg.patience,
+        seed=cfg.seed,
+        progress=cfg.progress,
+    )
 
 
 def usable(
@@ -66,10 +79,13 @@ def usable(
     for name, items in parts.items():
         ok = cache.ok[cache.index_of(items)] if items else np.zeros(0, bool)
         kept[name] = [s for s, good in zip(items, ok, strict=True) if good]
-        for s, good in zip(items, ok, strict=True):
-            if not good:
-                key = f"{s.columns.get('source', '')}/{s.label}"
-                refused.setdefault(name, {})[key] = refused.setdefault(name, {}).get(key, 0) + 1
+        counts = Counter(
+            f"{s.columns.get('source', '')}/{s.label}"
+            for s, good in zip(items, ok, strict=True)
+            if not good
+        )
+        if counts:
+            refused[name] = dict(counts)
     return kept, refused
 
 
@@ -90,15 +106,7 @@ def train_transfer(cfg: TrainConfig) -> ModelCard:
     samples, all_parts = dataset_and_split(cfg)
     cache, lungs = open_cache(cfg, samples)
     parts, refused = usable(all_parts, cache)
-    top_cfg = TopConfig(
-        mode=cfg.mode,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        patience=cfg.patience,
-        seed=cfg.seed,
-        progress=cfg.progress,
-    )
+    top_cfg = _top_config(cfg)
     model = full_model(cfg.mode, SIZE, cfg.imagenet_weights)
     x = {k: inputs_for(model, cache, cache.index_of(v), cfg.mode) for k, v in parts.items()}
     y = {k: np.array([LABELS.index(s.label) for s in v]) for k, v in parts.items()}
@@ -191,22 +199,13 @@ def crossval(cfg: TrainConfig, column: str) -> dict[str, Any]:
 
     samples, parts = dataset_and_split(cfg)
     cache, _ = open_cache(cfg, samples)
-    top_cfg = TopConfig(
-        mode=cfg.mode,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        patience=cfg.patience,
-        seed=cfg.seed,
-        progress=cfg.progress,
-    )
     result = leave_one_out(
         samples,
         parts,
         cache,
         column,
         lambda: full_model(cfg.mode, SIZE, cfg.imagenet_weights),
-        top_cfg,
+        _top_config(cfg),
     )
     result["arch"] = "xception"
     return result

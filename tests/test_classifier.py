@@ -344,3 +344,73 @@ def test_ec_mode_loads_local_weights_and_freezes_the_base(tmp_path: Path) -> Non
     ft = build_model("densenet121", "ft", 32, 3, weights)
     assert ft.get_layer("conv1_conv").trainable
     assert len(ft.trainable_weights) > len(ec.trainable_weights)
+
+
+def test_transfer_training_and_leave_one_source_out(tmp_path: Path) -> None:
+    """Xception FT from the lung-cropped feature cache, its model folder, and crossval folds."""
+    import shutil
+
+    import keras
+
+    from models.imaging import load_image
+    from models.loader import load_model
+    from models.training import TrainConfig, train
+    from models.transfer_training import crossval
+
+    cxr3 = shared_file("cr_pa_chest_jpeg_baseline.dcm").parents[1] / "cxr3"
+    if not (cxr3 / "manifest.csv").is_file():
+        pytest.skip("../shared/data/cxr3 is not here")
+    # 8 images of every label/source group, the old label name (viral_pneumonia) kept as it is.
+    data = tmp_path / "cxr3-small"
+    with open(cxr3 / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    taken: dict[tuple[str, str], int] = {}
+    kept = []
+    for row in rows:
+        group = (row["label"], row["source"])
+        if taken.get(group, 0) < 8:
+            taken[group] = taken.get(group, 0) + 1
+            (data / row["file"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(cxr3 / row["file"], data / row["file"])
+            kept.append(row)
+    with open(data / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+    # A local "ImageNet" file with random weights: the same code path, no download.
+    base = keras.applications.Xception(include_top=False, weights=None, input_shape=(96, 96, 3))
+    weights = tmp_path / "xception_notop.weights.h5"
+    base.save_weights(weights)
+    cfg = TrainConfig(
+        data=data,
+        out=tmp_path / "ft",
+        arch="xception",
+        mode="ft",
+        epochs=1,
+        batch_size=16,
+        imagenet_weights=weights,
+        cache=tmp_path / "cache",
+        progress=False,
+        name="tiny-ft",
+        version="0.0.1",
+    )
+    card = train(cfg)
+    assert card.crop == "lungs" and card.weights_file == "weights.npz"
+    assert card.metrics["n"] >= 6 and "shortcut_probe" in card.metrics
+    assert card.labels == list(LABELS)  # viral_pneumonia rows were read as pneumonia
+    model = load_model(cfg.out)
+    (pred,) = model.predict([load_image(shared_file("cr_pa_chest_jpeg_baseline.dcm"))])
+    assert pred.label in LABELS and pred.crop is not None
+    # The same cache serves the folds: nothing is computed again.
+    cached = sorted((tmp_path / "cache").rglob("features.npy"))
+    assert len(cached) == 1
+    before = cached[0].stat().st_mtime_ns
+    result = crossval(cfg, "source")
+    assert cached[0].stat().st_mtime_ns == before
+    folds = result["folds"]
+    assert set(folds) == {"kaggle", "kermany", "quex"}
+    assert not folds["kaggle"]["estimable"] and "normal" in folds["kaggle"]["reason"]
+    kermany = folds["kermany"]
+    assert kermany["estimable"] and set(kermany["held_out"]) == {"pneumonia"}
+    assert kermany["held_out"]["pneumonia"]["n_held_out"] == kermany["n_held_out"]
+    assert result["mean_held_out_auroc"] is not None

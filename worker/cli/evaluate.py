@@ -23,6 +23,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
     p.add_argument("--data", type=Path, required=True, metavar="DIR")
+    p.add_argument(
+        "--split",
+        type=Path,
+        metavar="FILE",
+        help="a model folder's split.csv: evaluate on its test images only (compare two models "
+        "on the same held-out images)",
+    )
     p.add_argument("--json", type=Path, metavar="FILE", help="write the full report as JSON")
     p.add_argument("--plots", type=Path, metavar="DIR", help="write PNG plots here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -42,7 +49,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         model = load_model(args.model)
-        report, y, probs = evaluate_folder(model, args.data, progress=not args.quiet)
+        report, y, probs = evaluate_folder(
+            model, args.data, split=args.split, progress=not args.quiet
+        )
     except (ModelCardError, DatasetError, UnreadableImageError, ValueError) as exc:
         print(f"cxr-triage evaluate: {exc}", file=sys.stderr)
         return 2

@@ -73,11 +73,44 @@ def read_header_checked(path: Path) -> Dataset:
             )
             if pixel_bytes is not None and not ts.is_compressed:
                 _check_native_pixel_length(ds, pixel_bytes)
+            # pydicom converts values when first read: convert all now, so that a value it
+            # cannot understand (an unknown VR, a bad number) is found here and not later.
+            for elem in ds.iterall():
+                _ = elem.value
             return ds
     except MalformedDatasetError:
         raise
-    except (InvalidDicomError, OSError, EOFError, ValueError, struct.error, AttributeError) as exc:
+    except RecursionError as exc:
+        raise MalformedDatasetError("sequences nested too deeply to read") from exc
+    except (InvalidDicomError, OSError, EOFError, struct.error) as exc:
         raise MalformedDatasetError(f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # pydicom raises many types on hostile bytes; all mean "cannot read"
+        raise MalformedDatasetError(f"{type(exc).__name__}: {_short(exc)}") from exc
+
+
+def _short(exc: Exception, limit: int = 200) -> str:
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def recorded_text(ds: Dataset, keyword: str, max_length: int) -> str:
+    """The value of a string attribute as it will be recorded, or a clear refusal.
+
+    Raises
+    ------
+    MalformedDatasetError
+        If the value holds control characters (a NUL byte cannot be stored in PostgreSQL, and
+        none belongs in a DICOM string) or is longer than its VR allows.
+    """
+    value = ds.get(keyword, "")
+    text = "" if value is None else str(value)
+    # Trailing NUL is legitimate padding for UIDs; anything else is not.
+    text = text.rstrip("\x00 ")
+    if any(ord(c) < 0x20 and c not in "\t\n\r\x1b" for c in text):
+        raise MalformedDatasetError(f"{keyword} contains control characters")
+    if len(text) > max_length:
+        raise MalformedDatasetError(f"{keyword} is {len(text)} characters long (max {max_length})")
+    return text
 
 
 def _check_native_pixel_length(ds: Dataset, actual: int) -> None:

@@ -13,6 +13,10 @@ from typing import Protocol
 from dicom_node.eligibility import Decision
 
 
+class RecordRefusedError(ValueError):
+    """The database refuses this instance's values for good (a retry would fail the same way)."""
+
+
 @dataclass(frozen=True)
 class PeerInfo:
     """Who is on the other end of an association."""
@@ -62,7 +66,11 @@ class NodeRecorder(Protocol):
         ...
 
     def instance_received(self, instance: ReceivedInstance) -> None:
-        """Record an instance; raise if it could not be committed."""
+        """Record an instance; raise if it could not be committed.
+
+        Raise :class:`RecordRefusedError` when the values themselves can never be stored, so
+        the peer is told not to retry; any other exception is taken as transient.
+        """
         ...
 
     def instance_failed(

@@ -17,20 +17,22 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from pynetdicom import AE, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.eligibility import decide
-from dicom_node.integrity import MalformedDatasetError, read_header_checked
-from dicom_node.interfaces import NodeRecorder, PeerInfo, ReceivedInstance
-from dicom_node.sockets import tune_socket
+from dicom_node.incoming import PartialDataset, discard_partial_datasets, sweep_stale
+from dicom_node.integrity import MalformedDatasetError, read_header_checked, recorded_text
+from dicom_node.interfaces import NodeRecorder, PeerInfo, ReceivedInstance, RecordRefusedError
+from dicom_node.pdu_reader import PduLimits, install_reader
+from dicom_node.server import GuardedAssociationServer, make_handler
+from dicom_node.sockets import no_delay
 from dicom_node.spool import LowDiskSpaceError, Spool
 from dicom_node.statuses import (
     CANNOT_UNDERSTAND,
@@ -45,8 +47,8 @@ from dicom_node.uids import DEFAULT_UID_ROOT, InvalidUIDError, validate_uid
 
 logger = logging.getLogger(__name__)
 
-# Files left in incoming/ by a crashed process are removed at start once older than this.
-_STALE_INCOMING_SECONDS = 3600
+# How often the accept loop looks for incoming/ files nobody is writing any more.
+_SWEEP_INTERVAL = 30.0
 # Requested receive buffer per association (the kernel caps it at net.core.rmem_max * 2).
 _RCVBUF = 8 * 2**20
 
@@ -60,6 +62,9 @@ class ListenerConfig:
     port: int = 11112
     max_pdu: int = 1_048_576
     max_associations: int = 16
+    max_connections: int = 128
+    pdu_timeout: float = 30.0
+    handshake_timeout: float = 10.0
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 120.0
@@ -72,8 +77,8 @@ class ListenerConfig:
     ssl_context: ssl.SSLContext | None = None
 
 
-class _Server(ThreadedAssociationServer):
-    """pynetdicom's threaded server, plus SO_REUSEPORT and a record of failed TLS handshakes."""
+class _Server(GuardedAssociationServer):
+    """The guarded server plus SO_REUSEPORT, a large receive buffer and incoming/ housekeeping."""
 
     listener: Listener
 
@@ -86,13 +91,9 @@ class _Server(ThreadedAssociationServer):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
         super().server_bind()
 
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        try:
-            return super().get_request()
-        except ssl.SSLError as exc:
-            # The handshake failed before any association existed: record who and why.
-            self.listener._record_tls_failure(exc)
-            raise
+    def service_actions(self) -> None:
+        super().service_actions()
+        self.listener._housekeeping()
 
 
 def storage_contexts(
@@ -129,6 +130,10 @@ class Listener:
         self._lock = threading.Lock()
         self._associations: dict[int, int] = {}  # id(Association) -> association row id
         self._open: set[int] = set()  # id(Association) of accepted, not yet closed ones
+        self._live: dict[int, Any] = {}  # id(Association) -> Association, for stop()
+        self._connections = 0
+        self._next_sweep = 0.0
+        self._limits = PduLimits(max_pdata=config.max_pdu, timeout=config.pdu_timeout)
 
     # -- life cycle ---------------------------------------------------------------------------
     @property
@@ -138,11 +143,24 @@ class Listener:
             raise RuntimeError("listener is not running")
         return int(self._server.server_address[1])
 
+    @property
+    def open_associations(self) -> int:
+        """Accepted associations not yet ended."""
+        with self._lock:
+            return len(self._open)
+
+    @property
+    def open_connections(self) -> int:
+        """TCP connections held, associated or not."""
+        with self._lock:
+            return self._connections
+
     def _make_ae(self) -> AE:
         ae = AE(ae_title=self.config.ae_title)
         ae.maximum_pdu_size = self.config.max_pdu
-        # Our own EVT_REQUESTED check enforces and records the limit; pynetdicom's is a backstop.
-        ae.maximum_associations = self.config.max_associations + 1
+        # pynetdicom counts every connection, associated or not; our EVT_REQUESTED check counts
+        # associations, and admit_connection counts connections.
+        ae.maximum_associations = self.config.max_connections
         ae.acse_timeout = self.config.acse_timeout
         ae.dimse_timeout = self.config.dimse_timeout
         ae.network_timeout = self.config.network_timeout
@@ -157,22 +175,31 @@ class Listener:
         # keeping it is an fsync and a rename, never a decode-and-rewrite.
         _config.STORE_RECV_CHUNKED_DATASET = True
         tempfile.tempdir = str(self.spool.incoming)
-        self._clean_incoming()
+        self._housekeeping()
         handlers = [
-            (evt.EVT_CONN_OPEN, tune_socket),
+            (evt.EVT_CONN_OPEN, no_delay),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
-            (evt.EVT_CONN_CLOSE, self._on_closed),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
         ae = self._make_ae()
+        server_class = type(
+            "BoundServer",
+            (_Server,),
+            {
+                "listener": self,
+                "owner": self,
+                "tls_context": self.config.ssl_context,
+                "handshake_timeout": self.config.handshake_timeout,
+            },
+        )
         server = ae.make_server(
             (self.config.bind, self.config.port),
             ae_title=self.config.ae_title,
-            ssl_context=self.config.ssl_context,
             evt_handlers=handlers,  # type: ignore[arg-type]
-            server_class=type("BoundServer", (_Server,), {"listener": self}),
+            server_class=server_class,
+            request_handler=make_handler(),
         )
         thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
         thread.start()
@@ -187,20 +214,95 @@ class Listener:
         )
 
     def stop(self) -> None:
-        """Stop accepting and close the server."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        """Stop accepting, abort open associations and close the server."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        self._server = None
+        with self._lock:
+            live = list(self._live.values())
+        for assoc in live:
+            assoc.abort(block=False)
+        for assoc in live:
+            assoc.join(timeout=5)
 
-    def _clean_incoming(self) -> None:
-        cutoff = time.time() - _STALE_INCOMING_SECONDS
-        for path in self.spool.incoming.iterdir():
-            try:
-                if path.stat().st_mtime < cutoff:
-                    path.unlink()
-            except OSError:
-                continue
+    def _housekeeping(self) -> None:
+        """Remove incoming/ files that no association has written to for a long time."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + _SWEEP_INTERVAL
+        # A live transfer writes each P-DATA as it arrives, and an association idle for longer
+        # than the network timeout is aborted, so such a file has no writer left.
+        idle = 2 * max(self.config.network_timeout, self.config.dimse_timeout) + 60
+        for path in sweep_stale(self.spool.incoming, older_than=idle):
+            logger.warning("removed %s from incoming/: no writer for %.0f s", path.name, idle)
+
+    # -- connections (called by the server, see dicom_node.server) ----------------------------
+    def admit_connection(self, address: tuple[str, int]) -> bool:
+        with self._lock:
+            self._connections += 1
+            held = self._connections
+        if held <= self.config.max_connections:
+            return True
+        peer = PeerInfo("", self.config.ae_title, str(address[0]), int(address[1]))
+        self._refuse(
+            peer, f"{held - 1} connections already open (limit {self.config.max_connections})"
+        )
+        return False
+
+    def handshake_failed(self, address: tuple[str, int], reason: str) -> None:
+        peer = PeerInfo("", self.config.ae_title, str(address[0]), int(address[1]), tls=True)
+        self._refuse(peer, f"TLS handshake failed: {reason}")
+
+    def connection_opened(self, assoc: Any) -> None:
+        address = assoc.requestor.address_info
+        install_reader(
+            assoc.dul,
+            self._limits,
+            on_pdata=self._check_space_in_flight,
+            peer=f"{address.address}:{address.port}",
+        )
+        with self._lock:
+            self._live[id(assoc)] = assoc
+
+    def connection_finished(self, assoc: Any | None, address: tuple[str, int]) -> None:
+        with self._lock:
+            self._connections -= 1
+        if assoc is None:
+            return
+        with self._lock:
+            self._live.pop(id(assoc), None)
+            assoc_id = self._associations.pop(id(assoc), None)
+            self._open.discard(id(assoc))
+        for path in discard_partial_datasets(assoc, self.spool.incoming):
+            logger.warning(
+                "association from %s:%s ended mid-transfer; removed %s",
+                address[0],
+                address[1],
+                path.name,
+            )
+        if assoc_id is None:
+            return
+        outcome = "released" if assoc.is_released else "aborted" if assoc.is_aborted else "closed"
+        try:
+            self.recorder.association_ended(assoc_id, outcome)
+        except Exception:
+            logger.exception("could not record the end of association %d", assoc_id)
+
+    def _check_space_in_flight(self, dul: Any, length: int) -> None:
+        """Before a P-DATA-TF is written into incoming/: would it cross the watermark?"""
+        message = getattr(dul.assoc.dimse, "message", None)
+        target = getattr(message, "_data_set_file", None)
+        if message is None or target is None or isinstance(target, PartialDataset):
+            return
+        try:
+            self.spool.check_space(length)
+        except LowDiskSpaceError as exc:
+            # Stop writing; the C-STORE is answered 0xA700 once the rest has arrived.
+            message._data_set_file = PartialDataset.discard(target, str(exc))
+            logger.warning("stopped receiving a dataset into incoming/: %s", exc)
 
     # -- associations -------------------------------------------------------------------------
     def _peer(self, event: evt.Event) -> PeerInfo:
@@ -241,6 +343,13 @@ class Listener:
             return f"low disk space: {exc}", (0x02, 0x03, 0x01)
         return None
 
+    def _refuse(self, peer: PeerInfo, reason: str) -> None:
+        logger.warning("refused %s@%s:%d: %s", peer.calling_ae or "?", peer.host, peer.port, reason)
+        try:
+            self.recorder.association_rejected(peer, reason)
+        except Exception:
+            logger.exception("could not record the refusal of %s:%d", peer.host, peer.port)
+
     def _on_requested(self, event: evt.Event) -> None:
         # pynetdicom sets the acceptor's AE title from the request before this event.
         peer = self._peer(event)
@@ -248,13 +357,7 @@ class Listener:
         if verdict is None:
             return
         reason, (result, source, diagnostic) = verdict
-        logger.warning(
-            "rejected association from %s@%s:%d: %s", peer.calling_ae, peer.host, peer.port, reason
-        )
-        try:
-            self.recorder.association_rejected(peer, reason)
-        except Exception:
-            logger.exception("could not record the rejection of %s", peer.calling_ae)
+        self._refuse(peer, reason)
         event.assoc.acse.send_reject(result, source, diagnostic)
         # As pynetdicom does after its own rejections: let the DUL flush the A-ASSOCIATE-RJ
         # before the server closes the socket, or the peer sees an abort instead.
@@ -279,27 +382,6 @@ class Listener:
         except Exception:
             # The first C-STORE retries, and fails with 0xA700 if the database is still down.
             logger.exception("could not record association from %s", event.assoc.requestor.address)
-
-    def _on_closed(self, event: evt.Event) -> None:
-        assoc = event.assoc
-        with self._lock:
-            assoc_id = self._associations.pop(id(assoc), None)
-            self._open.discard(id(assoc))
-        if assoc_id is None:
-            return
-        outcome = "released" if assoc.is_released else "aborted" if assoc.is_aborted else "closed"
-        try:
-            self.recorder.association_ended(assoc_id, outcome)
-        except Exception:
-            logger.exception("could not record the end of association %d", assoc_id)
-
-    def _record_tls_failure(self, exc: ssl.SSLError) -> None:
-        peer = PeerInfo(calling_ae="", called_ae=self.config.ae_title, host="", port=0, tls=True)
-        logger.warning("TLS handshake failed: %s", exc)
-        try:
-            self.recorder.association_rejected(peer, f"TLS handshake failed: {exc.reason or exc}")
-        except Exception:
-            logger.exception("could not record a failed TLS handshake")
 
     # -- DIMSE ----------------------------------------------------------------------------------
     def _on_echo(self, event: evt.Event) -> int:
@@ -328,6 +410,9 @@ class Listener:
             return self._fail(assoc_id, sop_uid, status, f"internal error: {exc}", exc=True)
 
     def _store(self, event: evt.Event, assoc_id: int, command_sop_uid: str) -> int:
+        partial = getattr(event.request, "_dataset_file", None)
+        if isinstance(partial, PartialDataset):
+            return self._fail(assoc_id, command_sop_uid, OUT_OF_RESOURCES, partial.reason)
         received: Path = event.dataset_path
         size = received.stat().st_size
         try:
@@ -352,6 +437,24 @@ class Listener:
         decision = decide(
             ds, uid_root=self.config.uid_root, assume_pa_chest=self.config.assume_pa_chest
         )
+        try:
+            record = ReceivedInstance(
+                association_id=assoc_id,
+                study_instance_uid=study_uid,
+                series_instance_uid=series_uid,
+                sop_instance_uid=sop_uid,
+                sop_class_uid=recorded_text(ds, "SOPClassUID", 64),
+                transfer_syntax_uid=recorded_text(ds.file_meta, "TransferSyntaxUID", 64),
+                modality=recorded_text(ds, "Modality", 16),
+                accession_number=recorded_text(ds, "AccessionNumber", 16),
+                patient_id=recorded_text(ds, "PatientID", 64),
+                spool_path=None,
+                size_bytes=size,
+                decision=decision,
+            )
+        except MalformedDatasetError as exc:
+            return self._fail(assoc_id, sop_uid, CANNOT_UNDERSTAND, str(exc))
+
         location = None
         existed = False
         if decision.eligible or self.config.keep_ineligible:
@@ -368,23 +471,15 @@ class Listener:
                 size = self.spool.commit(source, location)
             except OSError as exc:
                 return self._fail(assoc_id, sop_uid, OUT_OF_RESOURCES, f"spool write failed: {exc}")
+            record = replace(record, spool_path=location.relative, size_bytes=size)
 
-        record = ReceivedInstance(
-            association_id=assoc_id,
-            study_instance_uid=study_uid,
-            series_instance_uid=series_uid,
-            sop_instance_uid=sop_uid,
-            sop_class_uid=str(ds.get("SOPClassUID", "")),
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-            modality=str(ds.get("Modality", "")),
-            accession_number=str(ds.get("AccessionNumber", "") or ""),
-            patient_id=str(ds.get("PatientID", "") or ""),
-            spool_path=location.relative if location else None,
-            size_bytes=size,
-            decision=decision,
-        )
         try:
             self.recorder.instance_received(record)
+        except RecordRefusedError as exc:
+            # The database will never take this dataset as it is: a retry cannot help.
+            if location is not None and not existed:
+                self.spool.remove(location)
+            return self._fail(assoc_id, sop_uid, CANNOT_UNDERSTAND, f"not recordable: {exc}")
         except Exception as exc:
             # Not recorded, so not acknowledged: the peer keeps its copy and retries later.
             if location is not None and not existed:

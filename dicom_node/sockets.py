@@ -1,4 +1,4 @@
-"""Socket tuning shared by the listener and the sender."""
+"""Socket tuning for associations (TCP_NODELAY, one-buffer reads)."""
 
 from __future__ import annotations
 
@@ -35,19 +35,27 @@ def _recv_exactly(self: Any, nr_bytes: int) -> bytearray:
     return buf
 
 
-def tune_socket(event: evt.Event) -> None:
-    """``EVT_CONN_OPEN`` handler for every association we take part in.
+def no_delay(event: evt.Event) -> None:
+    """``EVT_CONN_OPEN`` handler: turn Nagle's algorithm off.
 
-    Turns Nagle's algorithm off (pynetdicom leaves it on, which stalls each small DIMSE message
-    about 40 ms behind the peer's delayed ACK) and gives this association's socket wrapper a
-    reader that takes each PDU in one buffer.
+    pynetdicom leaves it on, which stalls each small DIMSE message about 40 ms behind the peer's
+    delayed ACK.
     """
-    wrapper = getattr(event.assoc.dul, "socket", None)
-    sock = getattr(wrapper, "socket", None)
-    if wrapper is None or sock is None:
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is None:
         return
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError as exc:  # e.g. a socket already closed by the peer
         logger.debug("could not set TCP_NODELAY: %s", exc)
-    wrapper.recv = MethodType(_recv_exactly, wrapper)
+
+
+def tune_socket(event: evt.Event) -> None:
+    """``EVT_CONN_OPEN`` handler for associations we request: no delay, one-buffer reads.
+
+    (The listener reads PDUs with :mod:`dicom_node.pdu_reader`, which also bounds them.)
+    """
+    no_delay(event)
+    wrapper = getattr(event.assoc.dul, "socket", None)
+    if wrapper is not None and getattr(wrapper, "socket", None) is not None:
+        wrapper.recv = MethodType(_recv_exactly, wrapper)

@@ -21,16 +21,19 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def make_engine(url: str, *, timeout: float = 30.0) -> Engine:
     """Create an engine with the settings this application needs on each backend.
 
+    Statement parameters never appear in exceptions or logs: they hold patient data.
     ``timeout`` bounds how long a write waits: SQLite's busy timeout, PostgreSQL's connect
     timeout. A write that cannot finish in time fails, and the listener answers 0xA700.
     """
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": timeout})
+        engine = create_engine(url, connect_args={"timeout": timeout}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(
         url,
         pool_pre_ping=True,
+        # Errors and logs must not carry patient IDs and accession numbers.
+        hide_parameters=True,
         pool_size=10,
         max_overflow=20,
         pool_timeout=timeout,

@@ -10,11 +10,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import case, distinct, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.completion import CompletionPolicy
-from dicom_node.interfaces import PeerInfo, ReceivedInstance
+from dicom_node.interfaces import PeerInfo, ReceivedInstance, RecordRefusedError
 from worker.db.models import (
     COMPLETE,
     QUEUED,
@@ -37,6 +37,17 @@ Enqueue = Callable[[Study], str]
 _QUEUEING_STALE = timedelta(seconds=60)
 # Longest wait between attempts to reach a broker that is down, in seconds.
 _MAX_BACKOFF = 30.0
+
+
+def _text(value: str, limit: int | None = None) -> str:
+    """Peer-supplied text as the database can store it (no NUL or other control bytes)."""
+    cleaned = "".join(c if c >= " " or c in "\t\n" else "?" for c in value)
+    return cleaned[:limit] if limit else cleaned
+
+
+def _permanent(exc: StatementError) -> bool:
+    """Errors a retry of the same values cannot cure (too long, NUL byte, bad number)."""
+    return isinstance(exc, DataError) or isinstance(exc.orig, ValueError)
 
 
 def node_name() -> str:
@@ -79,9 +90,9 @@ class NodeStore:
     def association_started(self, peer: PeerInfo) -> int:
         with self.sessions.begin() as s:
             row = Association(
-                calling_ae=peer.calling_ae[:16],
-                called_ae=peer.called_ae[:16],
-                peer_host=peer.host,
+                calling_ae=_text(peer.calling_ae, 16),
+                called_ae=_text(peer.called_ae, 16),
+                peer_host=_text(peer.host, 255),
                 peer_port=peer.port,
                 tls=peer.tls,
                 node=self.node,
@@ -105,11 +116,11 @@ class NodeStore:
                 Rejection(
                     at=_now(),
                     kind="association",
-                    calling_ae=peer.calling_ae[:16],
-                    called_ae=peer.called_ae[:16],
-                    peer_host=peer.host,
+                    calling_ae=_text(peer.calling_ae, 16),
+                    called_ae=_text(peer.called_ae, 16),
+                    peer_host=_text(peer.host, 255),
                     peer_port=peer.port,
-                    reason=reason,
+                    reason=_text(reason),
                 )
             )
 
@@ -122,9 +133,9 @@ class NodeStore:
                     at=_now(),
                     kind="instance",
                     association_id=association_id,
-                    sop_instance_uid=sop_instance_uid[:64] or None,
+                    sop_instance_uid=_text(sop_instance_uid, 64) or None,
                     status=status,
-                    reason=reason,
+                    reason=_text(reason),
                 )
             )
 
@@ -136,12 +147,15 @@ class NodeStore:
                 with self.sessions.begin() as s:
                     self._record_instance(s, instance)
                 return
-            except IntegrityError:
-                if attempt == 2:
-                    raise
-                logger.debug(
-                    "concurrent insert for study %s; retrying", instance.study_instance_uid
-                )
+            except StatementError as exc:
+                if isinstance(exc, IntegrityError) and attempt == 1:
+                    logger.debug(
+                        "concurrent insert for study %s; retrying", instance.study_instance_uid
+                    )
+                    continue
+                if _permanent(exc):
+                    raise RecordRefusedError(type(exc.orig or exc).__name__) from exc
+                raise
 
     def _record_instance(self, s: Session, rec: ReceivedInstance) -> None:
         now = _now()

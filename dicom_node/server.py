@@ -1,0 +1,152 @@
+"""The association server: one thread per connection, which owns that connection to its end.
+
+pynetdicom's ``ThreadedAssociationServer`` hands each socket to an Association thread and forgets
+it. Three things then go wrong with a hostile or buggy peer:
+
+- the TLS handshake runs in the accept loop without a timeout, so one silent client stalls
+  everyone (here it runs in the connection's thread, bounded by ``handshake_timeout``);
+- an exception in the DUL's state machine (a garbage command set, an unnegotiated presentation
+  context ID) kills the DUL thread without sending an A-ABORT or closing the socket, and no
+  ``EVT_CONN_CLOSE`` ever fires (here the exception becomes an A-ABORT and a close);
+- every connection, associated or not, counts against ``AE.maximum_associations``, so a few
+  silent connections lock out real senders (here connections have their own, larger bound and
+  only associations count against the association limit).
+
+:class:`ConnectionOwner` is what the server reports to; the listener implements it. Its
+``connection_finished`` is called exactly once per admitted connection, after the association
+thread has ended, whatever the way it ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+from typing import Any, Protocol, cast
+
+from pynetdicom import evt
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+logger = logging.getLogger(__name__)
+
+
+class ConnectionOwner(Protocol):
+    """Callbacks the server makes for each connection (implemented by the listener)."""
+
+    def admit_connection(self, address: tuple[str, int]) -> bool:
+        """Return False to close a new connection at once (e.g. too many are open)."""
+        ...
+
+    def handshake_failed(self, address: tuple[str, int], reason: str) -> None:
+        """A TLS handshake failed or timed out."""
+        ...
+
+    def connection_opened(self, assoc: Any) -> None:
+        """An Association object exists for the connection; its thread is about to start."""
+        ...
+
+    def connection_finished(self, assoc: Any | None, address: tuple[str, int]) -> None:
+        """The connection is over (its association thread has ended, its socket is closed)."""
+        ...
+
+
+def _guard_state_machine(assoc: Any) -> None:
+    """Turn an exception in the DUL's state machine into an A-ABORT and a closed socket."""
+    fsm = assoc.dul.state_machine
+    do_action = fsm.do_action
+
+    def guarded(event: str) -> None:
+        try:
+            do_action(event)
+        except Exception as exc:  # pynetdicom has already logged it and stopped the DUL
+            logger.warning("protocol error from the peer (%s); aborting the association", exc)
+            wrapper = assoc.dul.socket
+            if wrapper is not None and wrapper.socket is not None:
+                abort = A_ABORT_RQ()
+                abort.source = 0x02  # service provider
+                abort.reason_diagnostic = 0x00
+                wrapper.send(abort.encode())
+                wrapper.close()
+            assoc.is_aborted = True
+            assoc.is_established = False
+            assoc.dul.kill_dul()
+
+    fsm.do_action = guarded
+
+
+class _ConnectionHandler(RequestHandler):
+    """Runs in the connection's own thread, from accept to close."""
+
+    server: GuardedAssociationServer
+
+    def handle(self) -> None:
+        owner = self.server.owner
+        address = self.client_address
+        assoc = None
+        try:
+            if not owner.admit_connection(address):
+                return
+            if self.server.tls_context is not None and not self._handshake():
+                return
+            assoc = self._create_association()
+            _guard_state_machine(assoc)
+            owner.connection_opened(assoc)
+            evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": address})
+            assoc.start()
+            assoc.join()
+        except Exception:
+            logger.exception("connection from %s:%s failed", *address[:2])
+        finally:
+            self._close(assoc)
+            owner.connection_finished(assoc, address)
+
+    def _handshake(self) -> bool:
+        ctx = self.server.tls_context
+        assert ctx is not None
+        raw = cast(socket.socket, self.request)
+        raw.settimeout(self.server.handshake_timeout)
+        try:
+            self.request = ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            if isinstance(exc, TimeoutError):
+                reason = f"no handshake within {self.server.handshake_timeout:g} s"
+            self.server.owner.handshake_failed(self.client_address, str(reason))
+            return False
+        return True
+
+    def _close(self, assoc: Any | None) -> None:
+        wrapper = getattr(getattr(assoc, "dul", None), "socket", None)
+        if wrapper is not None and wrapper.socket is not None:
+            wrapper.close()
+        with contextlib.suppress(OSError):
+            self.request.close()
+
+
+class GuardedAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with the connection life cycle described above.
+
+    Set ``owner``, ``tls_context`` and ``handshake_timeout`` on a subclass or instance before
+    serving. ``ssl_context`` stays None so that pynetdicom never handshakes in the accept loop.
+    """
+
+    owner: ConnectionOwner
+    tls_context: ssl.SSLContext | None = None
+    handshake_timeout: float = 10.0
+    # Connection threads live as long as their association; never wait for them on close.
+    daemon_threads = True
+    block_on_close = False
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            logger.exception("connection thread failed")
+            self.shutdown_request(request)
+
+
+def make_handler() -> type[RequestHandler]:
+    """The request handler class to pass to ``AE.make_server(request_handler=...)``."""
+    return _ConnectionHandler

@@ -76,6 +76,24 @@ def _guard_state_machine(assoc: Any) -> None:
     fsm.do_action = guarded
 
 
+def _wait(assoc: Any) -> None:
+    """Wait for the association thread; wake it if the connection dies before an A-ASSOCIATE-RQ.
+
+    The acceptor waits up to the ACSE timeout for the request even when the DUL has already
+    closed the connection (garbage, a PDU that never finished): that would hold the connection
+    for 30 s after the peer has gone.
+    """
+    woken = False
+    while assoc.is_alive():
+        assoc.join(0.2)
+        if woken or assoc.requestor.primitive is not None:
+            continue
+        wrapper = assoc.dul.socket
+        if wrapper is None or wrapper.socket is None or not assoc.dul.is_alive():
+            assoc.dul.to_user_queue.put(None)  # read by the acceptor as "no request came"
+            woken = True
+
+
 class _ConnectionHandler(RequestHandler):
     """Runs in the connection's own thread, from accept to close."""
 
@@ -95,7 +113,7 @@ class _ConnectionHandler(RequestHandler):
             owner.connection_opened(assoc)
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": address})
             assoc.start()
-            assoc.join()
+            _wait(assoc)
         except Exception:
             logger.exception("connection from %s:%s failed", *address[:2])
         finally:

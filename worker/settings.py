@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     require_called_ae: bool = True
     max_pdu: int = Field(1_048_576, ge=0)
     max_associations: int = Field(16, ge=1)
+    max_connections: int = Field(128, ge=1)
+    pdu_timeout: float = Field(30.0, gt=0)
+    handshake_timeout: float = Field(10.0, gt=0)
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(60.0, gt=0)
     network_timeout: float = Field(120.0, gt=0)

@@ -12,7 +12,6 @@ import logging
 import os
 import queue
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,41 +47,71 @@ class PartialDataset:
         return None
 
 
-def _paths_of(message: Any) -> Iterator[Path]:
+def _file_of(message: Any) -> Path | None:
     handle = getattr(message, "_data_set_file", None) or getattr(message, "_dataset_file", None)
-    if handle is not None:
-        with contextlib.suppress(OSError):
-            handle.close()
-        yield Path(handle.name)
+    return None if handle is None else Path(handle.name)
 
 
-def discard_partial_datasets(assoc: Any, incoming: Path) -> list[Path]:
-    """Remove the files of C-STOREs this (ended) association never handed to the handler.
+def watch_datasets(assoc: Any) -> set[Path]:
+    """Note every incoming/ file this association's DIMSE layer opens; return the live set.
 
-    That is the message being received when it ended and any complete request still queued.
-    Only files inside ``incoming`` are touched. Returns the paths removed.
+    A file is opened when a C-STORE command has been decoded. It is handed to our handler, or it
+    is not: the association ends mid-dataset, or pynetdicom refuses the request before calling
+    the handler (a command with a bad value). The set lets the owner remove what is left.
+    """
+    dimse = assoc.dimse
+    files: set[Path] = set()
+    receive, get_msg = dimse.receive_primitive, dimse.get_msg
+
+    def receive_primitive(primitive: Any) -> None:
+        receive(primitive)  # runs in the DUL thread
+        path = _file_of(dimse.message)
+        if path is not None:
+            files.add(path)
+
+    def get_message(block: bool = False) -> Any:
+        context_id, msg = get_msg(block=block)  # runs in the association thread
+        path = _file_of(msg)
+        if path is not None:
+            files.add(path)
+        return context_id, msg
+
+    dimse.receive_primitive = receive_primitive
+    dimse.get_msg = get_message
+    return files
+
+
+def discard_partial_datasets(assoc: Any, files: set[Path], incoming: Path) -> list[Path]:
+    """Remove the incoming/ files an ended association opened and no handler took.
+
+    ``files`` is what :func:`watch_datasets` collected; the message being received when the
+    association ended and any request still queued are added. Only files directly inside
+    ``incoming`` are touched. Returns the paths removed.
     """
     dimse = getattr(assoc, "dimse", None)
-    if dimse is None:
-        return []
     messages = [getattr(dimse, "message", None)]
-    while True:
+    while dimse is not None:
         try:
             _context, primitive = dimse.msg_queue.get_nowait()
         except queue.Empty:
             break
         messages.append(primitive)
+    for message in messages:
+        handle = getattr(message, "_data_set_file", None) or getattr(message, "_dataset_file", None)
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                handle.close()
+            files.add(Path(handle.name))
     removed = []
     root = incoming.resolve()
-    for message in messages:
-        for path in _paths_of(message):
-            if path.resolve().parent != root:
-                continue
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                continue
-            removed.append(path)
+    for path in files:
+        if path.resolve().parent != root:
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue  # committed to the spool, or removed by pynetdicom after our handler
+        removed.append(path)
     return removed
 
 

@@ -41,6 +41,13 @@ _LONG_VRS = {
 }
 
 
+# Every VR an explicit-VR element header may carry.
+_KNOWN_VRS = _LONG_VRS | {
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO",
+    b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
+}  # fmt: skip
+
+
 class MalformedDatasetError(ValueError):
     """A received file that is not a readable, completely encoded DICOM dataset."""
 
@@ -68,6 +75,8 @@ def read_header_checked(path: Path) -> Dataset:
                 dcmread(fh)
                 return ds
             start = 132 + 12 + int(ds.file_meta.FileMetaInformationGroupLength)
+            if not ts.is_implicit_VR:
+                _check_explicit_vr(fh, start, end)
             pixel_bytes = check_encoding_complete(
                 fh, start, end, implicit_vr=ts.is_implicit_VR, little_endian=ts.is_little_endian
             )
@@ -111,6 +120,19 @@ def recorded_text(ds: Dataset, keyword: str, max_length: int) -> str:
     if len(text) > max_length:
         raise MalformedDatasetError(f"{keyword} is {len(text)} characters long (max {max_length})")
     return text
+
+
+def _check_explicit_vr(fh: BinaryIO, start: int, end: int) -> None:
+    """The first element of an explicit-VR dataset must name a VR (pydicom would guess)."""
+    if end - start < 6:
+        return
+    fh.seek(start + 4)
+    vr = fh.read(2)
+    if vr not in _KNOWN_VRS:
+        raise MalformedDatasetError(
+            "the dataset is not encoded in the negotiated explicit VR transfer syntax "
+            f"(first element has no VR, found {vr!r})"
+        )
 
 
 def _check_native_pixel_length(ds: Dataset, actual: int) -> None:

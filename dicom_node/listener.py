@@ -27,7 +27,12 @@ from pynetdicom.presentation import AllStoragePresentationContexts, Presentation
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.eligibility import decide
-from dicom_node.incoming import PartialDataset, discard_partial_datasets, sweep_stale
+from dicom_node.incoming import (
+    PartialDataset,
+    discard_partial_datasets,
+    sweep_stale,
+    watch_datasets,
+)
 from dicom_node.integrity import MalformedDatasetError, read_header_checked, recorded_text
 from dicom_node.interfaces import NodeRecorder, PeerInfo, ReceivedInstance, RecordRefusedError
 from dicom_node.pdu_reader import PduLimits, install_reader
@@ -131,6 +136,7 @@ class Listener:
         self._associations: dict[int, int] = {}  # id(Association) -> association row id
         self._open: set[int] = set()  # id(Association) of accepted, not yet closed ones
         self._live: dict[int, Any] = {}  # id(Association) -> Association, for stop()
+        self._files: dict[int, set[Path]] = {}  # id(Association) -> incoming/ files it opened
         self._connections = 0
         self._next_sweep = 0.0
         self._limits = PduLimits(max_pdata=config.max_pdu, timeout=config.pdu_timeout)
@@ -264,8 +270,10 @@ class Listener:
             on_pdata=self._check_space_in_flight,
             peer=f"{address.address}:{address.port}",
         )
+        files = watch_datasets(assoc)
         with self._lock:
             self._live[id(assoc)] = assoc
+            self._files[id(assoc)] = files
 
     def connection_finished(self, assoc: Any | None, address: tuple[str, int]) -> None:
         with self._lock:
@@ -274,9 +282,10 @@ class Listener:
             return
         with self._lock:
             self._live.pop(id(assoc), None)
+            files = self._files.pop(id(assoc), set())
             assoc_id = self._associations.pop(id(assoc), None)
             self._open.discard(id(assoc))
-        for path in discard_partial_datasets(assoc, self.spool.incoming):
+        for path in discard_partial_datasets(assoc, files, self.spool.incoming):
             logger.warning(
                 "association from %s:%s ended mid-transfer; removed %s",
                 address[0],
@@ -408,6 +417,11 @@ class Listener:
         except Exception as exc:
             status = OUT_OF_RESOURCES if assoc_id is None else PROCESSING_FAILURE
             return self._fail(assoc_id, sop_uid, status, f"internal error: {exc}", exc=True)
+        finally:
+            # The file is now committed or pynetdicom deletes it: stop watching it.
+            received = getattr(request, "_dataset_file", None)
+            if received is not None:
+                self._files.get(id(event.assoc), set()).discard(Path(received.name))
 
     def _store(self, event: evt.Event, assoc_id: int, command_sop_uid: str) -> int:
         partial = getattr(event.request, "_dataset_file", None)

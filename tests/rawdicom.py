@@ -6,6 +6,7 @@ encoders) so that tests and the fuzzer can then cut, flip or replace any byte of
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import time
@@ -158,10 +159,8 @@ class RawPeer:
         return False
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
 
 def dimse_response_status(received: Received) -> int | None:

@@ -1,4 +1,4 @@
-"""Peers that misbehave on purpose: the node stays up, answers others and keeps nothing it should not.
+"""Peers that misbehave on purpose: the node stays up, serves others, keeps nothing it should not.
 
 Every test starts a real node on 127.0.0.1 and talks to it over TCP with :mod:`tests.rawdicom`.
 Loops are bounded in count and time.
@@ -6,6 +6,7 @@ Loops are bounded in count and time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -196,10 +197,8 @@ def test_watermark_is_checked_as_bytes_arrive(start_node) -> None:  # type: igno
         nonlocal peak
         while not stop.is_set():
             for path in _incoming(node):
-                try:
+                with contextlib.suppress(OSError):
                     peak = max(peak, path.stat().st_size)
-                except OSError:
-                    pass
             time.sleep(0.002)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -232,7 +231,7 @@ def test_nul_in_patient_id_is_a_permanent_error_without_phi_in_logs(
 ) -> None:  # type: ignore[no-untyped-def]
     overrides = {"database_url": request.getfixturevalue("pg_url")} if backend == "postgres" else {}
     node = start_node(**overrides)
-    path, ds = _nul_patient_file(tmp_path)
+    path, _ds = _nul_patient_file(tmp_path)
     caplog.set_level(logging.DEBUG)
     statuses = [send(node, [path]).results[0].status for _ in range(2)]
     assert statuses == [CANNOT_UNDERSTAND, CANNOT_UNDERSTAND]

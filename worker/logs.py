@@ -66,6 +66,10 @@ def configure_logging(level: str, fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # pynetdicom logs every PDU at INFO; keep its chatter for DEBUG.
+    # pynetdicom logs every PDU at INFO; keep its chatter for DEBUG. Its state machine and
+    # decoders log a traceback for every malformed PDU a peer sends; the listener says the same
+    # in one line, so a hostile peer cannot fill the disk with them.
     if root.level > logging.DEBUG:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        for name in ("fsm", "dul", "dimse", "utils", "events"):
+            logging.getLogger(f"pynetdicom.{name}").setLevel(logging.CRITICAL)

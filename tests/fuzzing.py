@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sqlite3
 import struct
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from sqlalchemy import create_engine, text
 
 from dicom_node.addresses import Destination
 from dicom_node.sender import AssociationFailed, SenderOptions, echo
@@ -298,6 +298,9 @@ class NodeProcess:
     def __init__(self, data_dir: Path, port: int, **env: str) -> None:
         self.data_dir = data_dir
         self.port = port
+        self.database_url = env.get(
+            "CXR_DATABASE_URL", f"sqlite:///{data_dir / 'cxr-triage.sqlite'}"
+        )
         environ = dict(os.environ)
         environ.update(
             {
@@ -434,20 +437,20 @@ class Campaign:
     def _check_successes(self) -> None:
         if not self._successes:
             return
-        db = self.node.data_dir / "cxr-triage.sqlite"
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
-            for outcome in self._successes:
-                row = conn.execute(
-                    "SELECT spool_path FROM instances WHERE sop_instance_uid = ?",
-                    (outcome.sop_uid,),
-                ).fetchone()
-                if row is None:
-                    self.report.unmatched_successes.append(f"{outcome.sop_uid}: no row")
-                    continue
-                if row[0] is None:
-                    continue  # acknowledged, recorded, not kept (ineligible)
-                path = self.node.data_dir / "spool" / "studies" / row[0]
-                if not path.exists() or not path.read_bytes().endswith(outcome.dataset):
-                    self.report.unmatched_successes.append(f"{outcome.sop_uid}: file differs")
-        conn.close()
+        engine = create_engine(self.node.database_url)
+        query = text("SELECT spool_path FROM instances WHERE sop_instance_uid = :uid")
+        try:
+            with engine.connect() as conn:
+                for outcome in self._successes:
+                    row = conn.execute(query, {"uid": outcome.sop_uid}).first()
+                    if row is None:
+                        self.report.unmatched_successes.append(f"{outcome.sop_uid}: no row")
+                        continue
+                    if row[0] is None:
+                        continue  # acknowledged, recorded, not kept (ineligible)
+                    path = self.node.data_dir / "spool" / "studies" / row[0]
+                    if not path.exists() or not path.read_bytes().endswith(outcome.dataset):
+                        self.report.unmatched_successes.append(f"{outcome.sop_uid}: file differs")
+        finally:
+            engine.dispose()
         self._successes.clear()

@@ -119,3 +119,47 @@ def test_page_in_headless_chromium(api, tmp_path: Path) -> None:  # type: ignore
 
     img = np.asarray(Image.open(shot).convert("L"))
     assert img.shape == (900, 1200) and img.std() > 10  # a rendered page, not a blank one
+
+
+@pytest.fixture
+def pg_api(pg_url: str, make_settings) -> Iterator[int]:  # type: ignore[no-untyped-def]
+    """The API over an empty PostgreSQL database (NUL bytes are errors only there)."""
+    import uvicorn
+
+    from worker.api import create_app
+    from worker.db.engine import make_engine
+    from worker.db.migrate import ensure_schema
+
+    settings = make_settings(database_url=pg_url, api_token=TOKEN)
+    engine = make_engine(pg_url)
+    ensure_schema(engine, auto_migrate=True)
+    app = create_app(settings, make_session_factory(engine))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_port(port)
+    yield port
+    server.should_exit = True
+    thread.join(10)
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/studies?patient_id=%00",
+        "/api/studies?calling_ae=A%00B",
+        "/api/studies?page=100000000000000000",
+        "/api/studies?page=10001",
+        "/api/studies?accession_number=" + "9" * 65,
+        "/api/reconcile?since=2000-01-01T00:00:00&grace_minutes=1e308",
+        "/api/reconcile?since=2000-01-01T00:00:00&grace_minutes=-1e308",
+        "/api/reconcile?since=2000-01-01T00:00:00&grace_minutes=nan",
+        "/api/studies/1.2%003",
+        "/api/studies/1.2.3/heatmaps/99999999999999999999.png",
+    ],
+)
+def test_out_of_range_parameters_are_422_not_500(pg_api: int, path: str) -> None:
+    status, body, _ = _get(pg_api, path)
+    assert status == 422, body

@@ -13,6 +13,7 @@ from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,6 +21,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker.audit import StudyFilter, list_studies, reconcile, timeline
 from worker.db.models import ProducedObject, Study
 from worker.settings import Settings
+
+# Filters are matched against stored DICOM strings: printable, at most 64 characters (LO/UI).
+# Anything else (a NUL byte would be a PostgreSQL error) is refused with 422, not a 500.
+Text = Annotated[str | None, Query(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")]
+StudyUID = Annotated[str, PathParam(max_length=64, pattern=r"^[0-9.]+$")]
+# Deep pages cost a scan of everything before them; 10,000 x 500 rows is past any audit.
+MAX_PAGE = 10_000
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -51,14 +59,14 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
     def studies(
         since: datetime | None = None,
         until: datetime | None = None,
-        state: str | None = None,
-        label: str | None = None,
-        priority: str | None = None,
-        calling_ae: str | None = None,
-        accession_number: str | None = None,
-        patient_id: str | None = None,
-        model_version: str | None = None,
-        page: Annotated[int, Query(ge=1)] = 1,
+        state: Text = None,
+        label: Text = None,
+        priority: Text = None,
+        calling_ae: Text = None,
+        accession_number: Text = None,
+        patient_id: Text = None,
+        model_version: Text = None,
+        page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
         page_size: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> dict[str, Any]:
         f = StudyFilter(
@@ -85,7 +93,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
         }
 
     @app.get("/api/studies/{study_uid}", dependencies=auth, summary="A study's timeline")
-    def show(study_uid: str) -> dict[str, Any]:
+    def show(study_uid: StudyUID) -> dict[str, Any]:
         with sessions() as s:
             story = timeline(s, study_uid)
         if story is None:
@@ -98,7 +106,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
         summary="The study's n-th Grad-CAM SC as PNG",
         response_class=Response,
     )
-    def heatmap(study_uid: str, index: int) -> Response:
+    def heatmap(study_uid: StudyUID, index: Annotated[int, PathParam(ge=0, le=10_000)]) -> Response:
         import pydicom
         from PIL import Image
 
@@ -121,7 +129,10 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
         return Response(buf.getvalue(), media_type="image/png")
 
     @app.get("/api/reconcile", dependencies=auth, summary="Instances never answered")
-    def unaccounted(since: datetime, grace_minutes: float = 15.0) -> dict[str, Any]:
+    def unaccounted(
+        since: datetime,
+        grace_minutes: Annotated[float, Query(ge=0, le=527_040, allow_inf_nan=False)] = 15.0,
+    ) -> dict[str, Any]:
         with sessions() as s:
             items = reconcile(s, _utc(since) or since, timedelta(minutes=grace_minutes))
         return {"items": items, "ok": not items}

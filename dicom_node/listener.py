@@ -229,9 +229,15 @@ class Listener:
         with self._lock:
             live = list(self._live.values())
         for assoc in live:
-            assoc.abort(block=False)
+            if assoc.is_established:
+                assoc.abort(block=False)
+            else:  # not associated yet: nothing to abort, just hang up
+                wrapper = assoc.dul.socket
+                if wrapper is not None and wrapper.socket is not None:
+                    wrapper.close()
+        deadline = time.monotonic() + 5
         for assoc in live:
-            assoc.join(timeout=5)
+            assoc.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _housekeeping(self) -> None:
         """Remove incoming/ files that no association has written to for a long time."""

@@ -347,3 +347,18 @@ def test_stale_incoming_files_are_swept(start_node) -> None:  # type: ignore[no-
     os.utime(stale, (old, old))
     node.listener._next_sweep = 0.0  # the accept loop sweeps every 30 s; do not wait for it
     wait_for(lambda: not stale.exists(), timeout=5)
+
+
+def test_stop_does_not_wait_for_silent_connections(start_node) -> None:  # type: ignore[no-untyped-def]
+    node = start_node()
+    peers = [RawPeer(node.listener.port) for _ in range(5)]
+    with RawPeer(node.listener.port) as associated:
+        associated.associate()
+        wait_for(lambda: node.listener.open_connections == 6, timeout=5)
+        start = time.monotonic()
+        node.listener.stop()
+        assert time.monotonic() - start < 7
+        assert associated.closed_by_node(5)
+    for peer in peers:
+        assert peer.closed_by_node(5)
+        peer.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.fuzzing import Campaign, NodeProcess, Report  # noqa: E402
+from tests.fuzzing import KINDS, Campaign, NodeProcess, Report  # noqa: E402
 from tests.services import free_port  # noqa: E402
 
 
@@ -56,7 +57,8 @@ def _table(report: Report) -> str:
         "",
         f"crashes {report.crashes}, wedges {report.wedges}, files left in incoming/ "
         f"{report.leftovers}, 0x0000 without a matching row and file "
-        f"{len(report.unmatched_successes)}, peak RSS {report.peak_rss / 2**20:.0f} MiB",
+        f"{len(report.unmatched_successes)}, internal errors (0xC211) "
+        f"{len(report.internal_errors)}, peak RSS {report.peak_rss / 2**20:.0f} MiB",
     ]
     return "\n".join(lines)
 
@@ -69,22 +71,36 @@ def main() -> int:
     parser.add_argument("--rss-limit-mb", type=int, default=1536, help="RSS counted as a wedge")
     parser.add_argument("--database-url", help="run the node on this database (default SQLite)")
     parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument(
+        "--kinds", help=f"comma-separated kinds to draw from (default all: {', '.join(KINDS)})"
+    )
+    parser.add_argument("--log", type=Path, help="keep the node's log here")
     args = parser.parse_args()
     if args.count < 1 or args.batch < 1:
         parser.error("--count and --batch must be positive")
+    kinds = args.kinds.split(",") if args.kinds else None
+    unknown = sorted(set(kinds or []) - set(KINDS))
+    if unknown:
+        parser.error(f"unknown kinds: {', '.join(unknown)}")
 
     with tempfile.TemporaryDirectory(prefix="cxr-fuzz-") as tmp:
         env = {"CXR_DATABASE_URL": args.database_url} if args.database_url else {}
         node = NodeProcess(Path(tmp) / "data", free_port(), **env)
         try:
-            campaign = Campaign(node, seed=args.seed, rss_limit=args.rss_limit_mb * 2**20)
+            campaign = Campaign(
+                node, seed=args.seed, rss_limit=args.rss_limit_mb * 2**20, kinds=kinds
+            )
             report = campaign.run(args.count, batch=args.batch, progress=_progress(args.count))
         finally:
             node.stop()
+            if args.log:
+                shutil.copyfile(Path(tmp) / "node.log", args.log)
     print(file=sys.stderr)
     print(_table(report))
     if report.unmatched_successes:
         print("unmatched:", *report.unmatched_successes[:20], sep="\n  ")
+    if report.internal_errors:
+        print("internal errors:", *report.internal_errors[:20], sep="\n  ")
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -98,6 +114,7 @@ def main() -> int:
                     "wedges": report.wedges,
                     "leftovers": report.leftovers,
                     "unmatched_successes": report.unmatched_successes,
+                    "internal_errors": report.internal_errors,
                     "peak_rss_bytes": report.peak_rss,
                 },
                 indent=2,

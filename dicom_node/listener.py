@@ -433,6 +433,10 @@ class Listener:
         partial = getattr(event.request, "_dataset_file", None)
         if isinstance(partial, PartialDataset):
             return self._fail(assoc_id, command_sop_uid, OUT_OF_RESOURCES, partial.reason)
+        if getattr(event.request, "_dataset_path", None) is None:
+            # The command said no dataset follows (CommandDataSetType 0x0101).
+            reason = "the C-STORE request carries no dataset"
+            return self._fail(assoc_id, command_sop_uid, CANNOT_UNDERSTAND, reason)
         received: Path = event.dataset_path
         size = received.stat().st_size
         try:

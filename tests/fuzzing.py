@@ -234,8 +234,8 @@ KINDS: dict[str, Callable[[str, random.Random], Case]] = {
 }
 
 
-def make_case(rng: random.Random) -> Case:
-    kind = rng.choice(sorted(KINDS))
+def make_case(rng: random.Random, kinds: list[str] | None = None) -> Case:
+    kind = rng.choice(sorted(kinds or KINDS))
     return KINDS[kind](kind, rng)
 
 
@@ -372,19 +372,33 @@ class Report:
     wedges: int = 0
     leftovers: int = 0
     unmatched_successes: list[str] = field(default_factory=list)
+    internal_errors: list[str] = field(default_factory=list)  # 0xC211: a bug in the node
     peak_rss: int = 0
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return not (self.crashes or self.wedges or self.leftovers or self.unmatched_successes)
+        return not (
+            self.crashes
+            or self.wedges
+            or self.leftovers
+            or self.unmatched_successes
+            or self.internal_errors
+        )
 
 
 class Campaign:
     """Send ``count`` seeded cases to a node in batches, checking it after each batch."""
 
-    def __init__(self, node: NodeProcess, seed: int, rss_limit: int = 1536 * 2**20) -> None:
+    def __init__(
+        self,
+        node: NodeProcess,
+        seed: int,
+        rss_limit: int = 1536 * 2**20,
+        kinds: list[str] | None = None,
+    ) -> None:
         self.node = node
+        self.kinds = kinds
         self.rng = random.Random(seed)
         self.report = Report(seed)
         self.rss_limit = rss_limit
@@ -397,9 +411,11 @@ class Campaign:
         while self.report.sent < count:
             n = min(batch, count - self.report.sent)
             for _ in range(n):
-                case = make_case(self.rng)
+                case = make_case(self.rng, self.kinds)
                 outcome = send_case(case, self.node.port)
                 self.report.sent += 1
+                if outcome.result == "0xC211":
+                    self.report.internal_errors.append(f"input {self.report.sent}: {case.kind}")
                 self.report.kinds[case.kind] += 1
                 self.report.results[outcome.result] += 1
                 if outcome.result == "0x0000":

@@ -28,6 +28,7 @@ def test_seeded_fuzz_run_keeps_every_invariant(tmp_path: Path) -> None:
     assert report.wedges == 0, log[-4000:]
     assert report.leftovers == 0
     assert report.unmatched_successes == []
+    assert report.internal_errors == []  # 0xC211 means a bug in the node
     assert set(report.kinds) == set(KINDS)  # every kind was drawn
     # Both outcomes occur: valid inputs are stored, malformed ones are refused.
     assert report.results["0x0000"] > 0 and report.results["0xC210"] > 0

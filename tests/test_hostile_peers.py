@@ -31,6 +31,7 @@ from tests.rawdicom import (
     CR_IMAGE_STORAGE,
     RawPeer,
     command_bytes,
+    dimse_response_status,
     echo_rq,
     pdata,
     pdu,
@@ -363,3 +364,19 @@ def test_stop_does_not_wait_for_silent_connections(start_node) -> None:  # type:
     for peer in peers:
         assert peer.closed_by_node(5)
         peer.close()
+
+
+def test_store_request_without_dataset_is_cannot_understand(start_node) -> None:  # type: ignore[no-untyped-def]
+    node = start_node()
+    command = Dataset()
+    command.CommandGroupLength = 0
+    command.AffectedSOPClassUID = CR_IMAGE_STORAGE
+    command.CommandField = 0x0001
+    command.MessageID = 1
+    command.Priority = 0
+    command.CommandDataSetType = 0x0101  # "no dataset follows"
+    command.AffectedSOPInstanceUID = "1.2.3.4"
+    with RawPeer(node.listener.port) as peer:
+        assert peer.associate().pdu_type == A_ASSOCIATE_AC
+        peer.send(pdata((3, 0x03, command_bytes(command))))
+        assert dimse_response_status(peer.receive()) == CANNOT_UNDERSTAND

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -98,14 +99,19 @@ def _ae(options: SenderOptions) -> AE:
 
 def _associate(ae: AE, dest: Destination, options: SenderOptions) -> Association:
     tls = (options.ssl_context, None) if options.ssl_context else None
-    assoc = ae.associate(
-        dest.host,
-        dest.port,
-        ae_title=dest.ae_title,
-        max_pdu=options.max_pdu,
-        tls_args=tls,  # type: ignore[arg-type]  # None: no SNI; peers are addressed by IP
-        evt_handlers=[(evt.EVT_CONN_OPEN, tune_socket)],
-    )
+    try:
+        assoc = ae.associate(
+            dest.host,
+            dest.port,
+            ae_title=dest.ae_title,
+            max_pdu=options.max_pdu,
+            tls_args=tls,  # type: ignore[arg-type]  # None: no SNI; peers are addressed by IP
+            evt_handlers=[(evt.EVT_CONN_OPEN, tune_socket)],
+        )
+    except socket.gaierror as exc:
+        raise AssociationFailed(f"host {dest.host!r} not found ({exc.strerror})") from exc
+    except (OSError, ValueError) as exc:
+        raise AssociationFailed(f"could not connect to {dest}: {exc}") from exc
     if assoc.is_established:
         return assoc
     if assoc.is_rejected and assoc.acceptor.primitive is not None:

@@ -334,3 +334,39 @@ def test_a_refused_image_does_not_stop_the_chest_beside_it(start_node, tmp_path)
         o.kind for o in rows(node.engine, ProducedObject, ProducedObject.study_id == study.id)
     )
     assert kinds == ["sc", "sr"]  # one SC for the chest only
+
+
+def test_a_destination_that_cannot_be_reached_fails_alone(start_node, pacs) -> None:  # type: ignore[no-untyped-def]
+    """A host that cannot even be looked up costs its own attempts; the PACS still gets all."""
+    from dicom_node.addresses import Destination
+    from dicom_node.sender import SenderOptions
+    from worker.delivery import attempt_delivery
+
+    # A 64-character label fails in the resolver library, before any packet leaves this host.
+    bad = "BAD@" + "x" * 64 + ".invalid:104"
+    node = start_node(destinations=[bad, pacs.address])
+    cr = shared_file("cr_pa_chest_jpeg_baseline.dcm")
+    assert send(node, [cr]).results[0].ok
+    uid = pydicom.dcmread(cr, stop_before_pixels=True).StudyInstanceUID
+    wait_for(lambda: _study(node, uid).state in ("complete", "queued", "queueing"))
+    study = _study(node, uid)
+    pipeline = _pipeline(node)
+    outcome = pipeline.process(study.id, study.revision)
+    assert len(outcome.to_deliver) == 4
+    delivered = [
+        attempt_delivery(
+            pipeline.sessions,
+            node.settings.outputs_dir,
+            object_id,
+            Destination.parse(dest),
+            1,
+            SenderOptions(),
+            final=True,
+        )
+        for object_id, dest in outcome.to_deliver
+    ]
+    assert sorted(delivered) == [False, False, True, True]
+    assert len(pacs.received()) == 2
+    failed = [d for d in rows(node.engine, Delivery) if d.outcome == "dead"]
+    assert len(failed) == 2 and all("could not connect" in (d.error or "") for d in failed)
+    assert _study(node, uid).state == "dead_letter"  # not stuck in "delivering"

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.addresses import Destination
-from dicom_node.sender import SenderOptions, send_files
+from dicom_node.sender import SenderOptions, SendResult, send_files
 from worker.db.models import (
     DEAD_LETTER,
     DELIVERING,
@@ -42,7 +42,12 @@ def attempt_delivery(
     with sessions() as s:
         obj = s.get_one(ProducedObject, object_id)
         path = outputs / obj.path
-    result = send_files([path], destination, options).results[0]
+    try:
+        result = send_files([path], destination, options).results[0]
+    except Exception as exc:
+        # Whatever went wrong is one failed attempt for this destination only.
+        logger.exception("delivery of %s to %s raised", path.name, destination)
+        result = SendResult(str(path), "", None, f"{type(exc).__name__}: {exc}")
     outcome = "delivered" if result.ok else ("dead" if final else "retry")
     with sessions.begin() as s:
         s.add(

@@ -46,6 +46,10 @@ def test_metrics_follow_the_database(start_node) -> None:  # type: ignore[no-unt
         lambda: state(pa.StudyInstanceUID) == "queued" and state(ct.StudyInstanceUID) == "skipped"
     )
     m = _samples(port)
+    from worker.db.models import StudyState
+
+    exported = {dict(k[1])["state"] for k in m if k[0] == "cxr_studies"}
+    assert exported == {str(state) for state in StudyState}  # delivering included
     assert m[("cxr_studies", (("state", "queued"),))] == 1
     assert m[("cxr_studies", (("state", "skipped"),))] == 1
     assert m[("cxr_instances_received_total", (("eligible", "true"),))] == 1

@@ -17,7 +17,7 @@ from tests.helpers import dest, rows, send, wait_for
 from worker.celery_app import create_celery
 from worker.db.engine import make_engine, make_session_factory
 from worker.db.migrate import upgrade
-from worker.db.models import COMPLETE, QUEUED, RECEIVING, SKIPPED, Study, StudyEvent
+from worker.db.models import COMPLETE, QUEUED, QUEUEING, RECEIVING, SKIPPED, Study, StudyEvent
 from worker.db.node_store import NodeStore
 
 
@@ -91,7 +91,12 @@ def test_complete_study_reaches_a_real_celery_worker(start_node, redis_server) -
         (e.from_state, e.to_state)
         for e in rows(node.engine, StudyEvent, StudyEvent.study_id == study.id)
     ]
-    assert events == [(None, RECEIVING), (RECEIVING, COMPLETE), (COMPLETE, QUEUED)]
+    assert events == [
+        (None, RECEIVING),
+        (RECEIVING, COMPLETE),
+        (COMPLETE, QUEUEING),
+        (QUEUEING, QUEUED),
+    ]
 
 
 def test_study_waits_for_its_association_then_forced(start_node, redis_server) -> None:  # type: ignore[no-untyped-def]

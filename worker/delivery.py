@@ -14,12 +14,13 @@ from worker.db.models import (
     DEAD_LETTER,
     DELIVERING,
     DONE,
+    TRANSITIONS,
     Delivery,
     ProducedObject,
     Study,
-    StudyEvent,
     utcnow,
 )
+from worker.db.transitions import move
 
 logger = logging.getLogger(__name__)
 
@@ -101,20 +102,10 @@ def update_study_state(sessions: sessionmaker[Session], study_id: int) -> str | 
     new = DONE if outcomes == {"delivered"} else DEAD_LETTER if "dead" in outcomes else None
     if new is None:
         return None
+    detail = "all results delivered" if new == DONE else "a delivery gave up after its last retry"
     with sessions.begin() as s:
-        study = s.get_one(Study, study_id, with_for_update=True)
-        if study.state != new and study.state in (DELIVERING, DEAD_LETTER, DONE):
-            s.add(
-                StudyEvent(
-                    study_id=study_id,
-                    from_state=study.state,
-                    to_state=new,
-                    detail="all results delivered"
-                    if new == DONE
-                    else "a delivery gave up after its last retry",
-                )
-            )
-            study.state = new
+        from_states = [st for st in (DELIVERING, DEAD_LETTER, DONE) if new in TRANSITIONS[st]]
+        move(s, study_id, new, detail, expect=from_states)
     return new
 
 

@@ -38,10 +38,10 @@ from worker.db.models import (
     ProducedObject,
     StepTiming,
     Study,
-    StudyEvent,
     StudyResult,
     utcnow,
 )
+from worker.db.transitions import move
 from worker.decision import decide_study
 from worker.logs import study_context
 from worker.outputs import derived_uid, write_object
@@ -74,15 +74,6 @@ class Timer:
             self.steps.append((name, time.perf_counter() - start))
 
 
-def _set_state(s: Session, study: Study, state: str, detail: str) -> None:
-    s.add(
-        StudyEvent(
-            study_id=study.id, at=utcnow(), from_state=study.state, to_state=state, detail=detail
-        )
-    )
-    study.state = state
-
-
 def claim(sessions: sessionmaker[Session], study_id: int, revision: int) -> str | None:
     """Move the study to ``processing``; return why not (duplicate, superseded ...) or None."""
     with sessions.begin() as s:
@@ -95,7 +86,8 @@ def claim(sessions: sessionmaker[Session], study_id: int, revision: int) -> str 
             return "duplicate"
         if study.state not in _CLAIMABLE:
             return f"state {study.state}"
-        _set_state(s, study, PROCESSING, f"revision {revision}")
+        if not move(s, study_id, PROCESSING, f"revision {revision}"):
+            return "taken by another worker"
     return None
 
 
@@ -126,9 +118,8 @@ class Pipeline:
         except Exception as exc:
             logger.exception("study %d failed", study_id)
             with self.sessions.begin() as s:
-                _set_state(
-                    s, s.get_one(Study, study_id), FAILED, f"{type(exc).__name__}: {exc}"[:2000]
-                )
+                detail = f"{type(exc).__name__}: {exc}"[:2000]
+                move(s, study_id, FAILED, detail, expect=[PROCESSING])
             raise
 
     def _process(self, study_id: int, revision: int) -> Outcome:
@@ -228,7 +219,6 @@ class Pipeline:
             ]
         destinations = [str(d) for d in self.settings.destination_list()]
         with self.sessions.begin() as s:
-            study = s.get_one(Study, study_id, with_for_update=True)
             s.execute(
                 delete(ImageResult).where(
                     ImageResult.study_id == study_id, ImageResult.revision == revision
@@ -299,7 +289,10 @@ class Pipeline:
             detail = f"{decision.label} ({decision.priority}); {len(scs)} SC + 1 SR"
             if refusals:
                 detail += f"; {len(refusals)} image(s) refused by the image check"
-            _set_state(s, study, DELIVERING if destinations else DONE, detail)
+            if not move(
+                s, study_id, DELIVERING if destinations else DONE, detail, expect=[PROCESSING]
+            ):
+                raise RuntimeError(f"study {study_uid} left processing while it was processed")
         logger.info("study %s: %s, priority %s", study_uid, decision.label, decision.priority)
         return Outcome(
             DELIVERING if destinations else DONE,
@@ -336,7 +329,6 @@ class Pipeline:
     ) -> Outcome:
         """Every image failed the image check: record why, send nothing, end ``skipped``."""
         with self.sessions.begin() as s:
-            study = s.get_one(Study, study_id, with_for_update=True)
             s.execute(
                 delete(ImageResult).where(
                     ImageResult.study_id == study_id, ImageResult.revision == revision
@@ -346,6 +338,6 @@ class Pipeline:
             for name, seconds in timer.steps:
                 s.add(StepTiming(study_id=study_id, revision=revision, step=name, seconds=seconds))
             reasons = sorted({r or "" for _, r in refusals})
-            _set_state(s, study, SKIPPED, "; ".join(reasons)[:2000])
+            move(s, study_id, SKIPPED, "; ".join(reasons)[:2000], expect=[PROCESSING])
         logger.info("study %d skipped: no image passed the image check", study_id)
         return Outcome(SKIPPED)

@@ -10,6 +10,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from worker.db.models import StudyState
 from worker.settings import Settings
 
 COLUMNS = (
@@ -56,11 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     st.add_argument("--since", type=when, help="received at or after (date or 30m/12h/7d)")
     st.add_argument("--until", type=when, help="received before")
-    st.add_argument(
-        "--state",
-        help="receiving, complete, queued, processing, delivering, done, "
-        "failed, dead_letter or skipped",
-    )
+    st.add_argument("--state", choices=[str(state) for state in StudyState])
     st.add_argument("--label", help="normal, covid or pneumonia")
     st.add_argument("--priority", help="urgent, soon or routine")
     st.add_argument("--calling-ae", help="studies sent by this AE title")

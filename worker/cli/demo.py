@@ -11,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+from worker.db.models import StudyState
 from worker.settings import Settings
 
-TERMINAL = {"done", "skipped", "failed", "dead_letter"}
+# The demo stops waiting at a terminal state, or at failed (which needs a person).
+TERMINAL = {str(state) for state in StudyState if state.terminal} | {str(StudyState.FAILED)}
 _SHARED_SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dicom"
 
 

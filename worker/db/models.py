@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -57,25 +58,63 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-# Study states. receiving -> complete -> queueing -> queued -> (processing -> done | failed);
-# receiving -> skipped when no instance is eligible. An eligible instance arriving for a study
-# past "receiving" reopens it (revision + 1).
-RECEIVING = "receiving"
-COMPLETE = "complete"
-QUEUEING = "queueing"
-QUEUED = "queued"
-SKIPPED = "skipped"
-STUDY_STATES = (
-    RECEIVING,
-    COMPLETE,
-    QUEUEING,
-    QUEUED,
-    "processing",
-    "done",
-    "failed",
-    "dead_letter",
-    SKIPPED,
-)
+class StudyState(StrEnum):
+    """Every state a study can be in; :data:`TRANSITIONS` says which moves are allowed.
+
+    receiving -> complete -> queueing -> queued -> processing -> delivering -> done, with
+    skipped (nothing eligible), failed (the pipeline raised) and dead_letter (a delivery gave
+    up) as the other ends. New eligible images reopen a study (-> receiving, revision + 1).
+    Moves are made only by :func:`worker.db.transitions.move`, which records a ``StudyEvent``.
+    """
+
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    QUEUEING = "queueing"
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    DELIVERING = "delivering"
+    DONE = "done"
+    FAILED = "failed"
+    DEAD_LETTER = "dead_letter"
+    SKIPPED = "skipped"
+
+    @property
+    def terminal(self) -> bool:
+        """No work is pending: only new images (or ``replay``) move it again."""
+        return self in (StudyState.DONE, StudyState.SKIPPED, StudyState.DEAD_LETTER)
+
+
+_S = StudyState
+TRANSITIONS: dict[StudyState, frozenset[StudyState]] = {
+    _S.RECEIVING: frozenset({_S.COMPLETE, _S.SKIPPED}),
+    # The pipeline may claim a study whose queueing it overtook (the broker was faster).
+    _S.COMPLETE: frozenset({_S.QUEUEING, _S.PROCESSING, _S.RECEIVING}),
+    _S.QUEUEING: frozenset({_S.QUEUED, _S.COMPLETE, _S.PROCESSING, _S.RECEIVING}),
+    # queued -> queued: the sweeper sent the lost task again.
+    _S.QUEUED: frozenset({_S.QUEUED, _S.PROCESSING, _S.RECEIVING}),
+    # processing -> processing: a task redelivered after its worker died takes it over.
+    _S.PROCESSING: frozenset(
+        {_S.PROCESSING, _S.DELIVERING, _S.DONE, _S.FAILED, _S.SKIPPED, _S.QUEUED, _S.RECEIVING}
+    ),
+    _S.DELIVERING: frozenset({_S.DELIVERING, _S.DONE, _S.DEAD_LETTER, _S.RECEIVING}),
+    _S.FAILED: frozenset({_S.PROCESSING, _S.QUEUED, _S.RECEIVING}),
+    _S.DEAD_LETTER: frozenset({_S.DELIVERING, _S.DONE, _S.RECEIVING}),
+    _S.DONE: frozenset({_S.RECEIVING}),
+    _S.SKIPPED: frozenset({_S.RECEIVING}),
+}
+
+# Names kept for the modules that compare states.
+RECEIVING = StudyState.RECEIVING
+COMPLETE = StudyState.COMPLETE
+QUEUEING = StudyState.QUEUEING
+QUEUED = StudyState.QUEUED
+PROCESSING = StudyState.PROCESSING
+DELIVERING = StudyState.DELIVERING
+DONE = StudyState.DONE
+FAILED = StudyState.FAILED
+DEAD_LETTER = StudyState.DEAD_LETTER
+SKIPPED = StudyState.SKIPPED
+STUDY_STATES = tuple(StudyState)
 
 
 class Association(Base):
@@ -179,14 +218,6 @@ class Rejection(Base):
     sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[int | None] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text)
-
-
-# Study states set by the worker.
-PROCESSING = "processing"
-DELIVERING = "delivering"
-DONE = "done"
-FAILED = "failed"
-DEAD_LETTER = "dead_letter"
 
 
 class StudyResult(Base):

@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import case, distinct, func, select, update
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
@@ -25,8 +26,8 @@ from worker.db.models import (
     Instance,
     Rejection,
     Study,
-    StudyEvent,
 )
+from worker.db.transitions import created, move
 
 logger = logging.getLogger(__name__)
 
@@ -175,26 +176,25 @@ class NodeStore:
             )
             s.add(study)
             s.flush()
-            s.add(
-                StudyEvent(study_id=study.id, at=now, to_state=RECEIVING, detail="first instance")
-            )
+            created(s, study, "first instance")
         elif study.state == RECEIVING:
             study.last_instance_at = now
         elif rec.decision.eligible:
             # New images for a study already handled: process it again as a new revision.
-            s.add(
-                StudyEvent(
-                    study_id=study.id,
-                    at=now,
-                    from_state=study.state,
-                    to_state=RECEIVING,
-                    detail=f"reopened by new eligible instance {rec.sop_instance_uid}",
-                )
+            move(
+                s,
+                study.id,
+                RECEIVING,
+                f"reopened by new eligible instance {rec.sop_instance_uid}",
+                at=now,
+                revision=Study.revision + 1,
+                first_instance_at=now,
+                last_instance_at=now,
+                completed_at=None,
+                queued_at=None,
+                completion=None,
+                task_id=None,
             )
-            study.state = RECEIVING
-            study.revision += 1
-            study.first_instance_at = study.last_instance_at = now
-            study.completed_at = study.queued_at = study.completion = study.task_id = None
         # else: an ineligible instance (e.g. our own output forwarded back) never reopens a study.
 
         row = s.scalars(
@@ -281,36 +281,35 @@ class NodeStore:
             )
             with self.sessions.begin() as s:
                 # Only if nothing arrived since we looked (last_instance_at unchanged).
-                result = s.execute(
-                    update(Study)
-                    .where(
-                        Study.id == study_id,
-                        Study.state == RECEIVING,
-                        Study.last_instance_at == last,
-                    )
-                    .values(state=to_state, completed_at=now, completion=verdict, updated_at=now)
-                )
-                if result.rowcount == 1:  # type: ignore[attr-defined]
-                    s.add(
-                        StudyEvent(
-                            study_id=study_id,
-                            at=now,
-                            from_state=RECEIVING,
-                            to_state=to_state,
-                            detail=detail,
-                        )
-                    )
+                if move(
+                    s,
+                    study_id,
+                    to_state,
+                    detail,
+                    expect=[RECEIVING],
+                    where=[Study.last_instance_at == last],
+                    at=now,
+                    completed_at=now,
+                    completion=verdict,
+                ):
                     done += 1
         return done
 
     def _release_stale_claims(self) -> None:
         cutoff = _now() - _QUEUEING_STALE
         with self.sessions.begin() as s:
-            s.execute(
-                update(Study)
-                .where(Study.state == QUEUEING, Study.updated_at < cutoff)
-                .values(state=COMPLETE, updated_at=_now())
-            )
+            stale = s.scalars(
+                select(Study.id).where(Study.state == QUEUEING, Study.updated_at < cutoff)
+            ).all()
+            for study_id in stale:
+                move(
+                    s,
+                    study_id,
+                    COMPLETE,
+                    "claim released: the process queueing it stopped",
+                    expect=[QUEUEING],
+                    where=[Study.updated_at < cutoff],
+                )
 
     def dispatch_complete_studies(self, limit: int = 100) -> int:
         """The outbox: queue complete studies, each exactly once.
@@ -331,28 +330,24 @@ class NodeStore:
         queued = 0
         for study_id in ids:
             with self.sessions.begin() as s:
-                claimed = s.execute(
-                    update(Study)
-                    .where(Study.id == study_id, Study.state == COMPLETE)
-                    .values(state=QUEUEING, updated_at=_now())
-                ).rowcount  # type: ignore[attr-defined]
-            if claimed != 1:
+                claimed = move(s, study_id, QUEUEING, "claimed for queueing", expect=[COMPLETE])
+            if not claimed:
                 continue
             with self.sessions() as s:
                 study = s.get_one(Study, study_id)
             try:
                 task_id = self.enqueue(study)
             except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"[:2000]
                 with self.sessions.begin() as s:
-                    s.execute(
-                        update(Study)
-                        .where(Study.id == study_id)
-                        .values(
-                            state=COMPLETE,
-                            queue_attempts=Study.queue_attempts + 1,
-                            last_queue_error=f"{type(exc).__name__}: {exc}"[:2000],
-                            updated_at=_now(),
-                        )
+                    move(
+                        s,
+                        study_id,
+                        COMPLETE,
+                        f"broker unavailable: {error}",
+                        expect=[QUEUEING],
+                        queue_attempts=Study.queue_attempts + 1,
+                        last_queue_error=error,
                     )
                 self._broker_failures += 1
                 delay = min(_MAX_BACKOFF, 0.5 * 2 ** (self._broker_failures - 1))
@@ -365,28 +360,18 @@ class NodeStore:
                 )
                 break  # the broker is down: try the rest later
             now = _now()
+            queued_values: dict[str, Any] = {
+                "queued_at": now,
+                "task_id": task_id,
+                "queue_attempts": Study.queue_attempts + 1,
+                "last_queue_error": None,
+            }
             with self.sessions.begin() as s:
-                s.execute(
-                    update(Study)
-                    .where(Study.id == study_id)
-                    .values(
-                        state=QUEUED,
-                        queued_at=now,
-                        task_id=task_id,
-                        queue_attempts=Study.queue_attempts + 1,
-                        last_queue_error=None,
-                        updated_at=now,
-                    )
-                )
-                s.add(
-                    StudyEvent(
-                        study_id=study_id,
-                        at=now,
-                        from_state=COMPLETE,
-                        to_state=QUEUED,
-                        detail=f"task {task_id}",
-                    )
-                )
+                if not move(
+                    s, study_id, QUEUED, f"task {task_id}", expect=[QUEUEING], **queued_values
+                ):
+                    # A worker took the task before we could record it: keep the state.
+                    s.execute(update(Study).where(Study.id == study_id).values(**queued_values))
             queued += 1
             self._broker_failures = 0
             logger.info(

@@ -73,6 +73,10 @@ class CompletionMonitor:
             queued = self.tracker.dispatch_complete_studies()
         except Exception:
             logger.exception("queue dispatch pass failed; retrying in %.1f s", self.interval)
+        try:
+            self.tracker.sweep_stuck_studies()
+        except Exception:
+            logger.exception("stuck-study sweep failed; retrying in %.1f s", self.interval)
         return completed, queued
 
     def _run(self) -> None:

@@ -90,3 +90,7 @@ class StudyTracker(Protocol):
     def dispatch_complete_studies(self) -> int:
         """Queue complete, not yet queued studies (the outbox); return how many were queued."""
         ...
+
+    def sweep_stuck_studies(self) -> int:
+        """Send again the work of studies stuck in queued, processing or delivering."""
+        ...

@@ -181,3 +181,23 @@ def test_concurrent_dispatchers_queue_each_study_once(db_url: str) -> None:
     with sessions() as s:
         assert {st.state for st in s.query(Study)} == {QUEUED}
     engine.dispose()
+
+
+def test_study_lost_by_the_broker_is_sent_again_by_the_sweeper(start_node, redis_server) -> None:  # type: ignore[no-untyped-def]
+    """Redis restarted without persistence: the queued study's message is gone."""
+    node = start_node(broker_url=redis_server.url, stuck_after=2.0)
+    ds = factories.radiograph()
+    assert send(node, [ds]).results[0].ok
+    wait_for(lambda: len(_queued_messages(redis_server)) == 1, timeout=30)
+    redis_server.stop()
+    redis_server.start()  # a Redis that kept nothing
+    assert _queued_messages(redis_server) == []
+    (message,) = wait_for(lambda: _queued_messages(redis_server), timeout=30)
+    study = _study(node, ds.StudyInstanceUID)
+    assert message["headers"]["id"] == study.task_id == f"study-{study.id}-r1"  # same task id
+    assert study.state == QUEUED
+    events = rows(node.engine, StudyEvent, StudyEvent.study_id == study.id)
+    assert any(e.from_state == QUEUED and "re-dispatched" in e.detail for e in events)
+    # Sent once per stuck period, not on every monitor pass.
+    with pytest.raises(TimeoutError):
+        wait_for(lambda: len(_queued_messages(redis_server)) > 1, timeout=1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -77,8 +78,11 @@ def attempt_delivery(
     return result.ok
 
 
-def pending(sessions: sessionmaker[Session], study_id: int) -> dict[tuple[int, str], str]:
-    """Latest outcome per (object, destination) of a study's current revision."""
+def latest_attempts(
+    sessions: sessionmaker[Session], study_id: int
+) -> dict[tuple[int, str], tuple[str, int, datetime]]:
+    """(outcome, attempt number, time) of the latest attempt per (object, destination) of a
+    study's current revision."""
     with sessions() as s:
         study = s.get_one(Study, study_id)
         latest = (
@@ -89,11 +93,20 @@ def pending(sessions: sessionmaker[Session], study_id: int) -> dict[tuple[int, s
             .subquery()
         )
         rows = s.execute(
-            select(Delivery.object_id, Delivery.destination, Delivery.outcome).join(
-                latest, Delivery.id == latest.c.last
-            )
+            select(
+                Delivery.object_id,
+                Delivery.destination,
+                Delivery.outcome,
+                Delivery.attempt,
+                Delivery.at,
+            ).join(latest, Delivery.id == latest.c.last)
         ).all()
-    return {(r.object_id, r.destination): r.outcome for r in rows}
+    return {(r.object_id, r.destination): (r.outcome, r.attempt, r.at) for r in rows}
+
+
+def pending(sessions: sessionmaker[Session], study_id: int) -> dict[tuple[int, str], str]:
+    """Latest outcome per (object, destination) of a study's current revision."""
+    return {key: outcome for key, (outcome, _, _) in latest_attempts(sessions, study_id).items()}
 
 
 def update_study_state(sessions: sessionmaker[Session], study_id: int) -> str | None:

@@ -21,7 +21,7 @@ from worker.celery_app import create_celery
 from worker.db.engine import make_engine, make_session_factory
 from worker.db.migrate import ensure_schema
 from worker.db.node_store import NodeStore
-from worker.queueing import StudyEnqueuer
+from worker.queueing import DeliveryEnqueuer, StudyEnqueuer
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -100,10 +100,17 @@ def build_node(settings: Settings) -> Node:
     engine = open_database(settings)
     celery = create_celery(settings)
     enqueue = StudyEnqueuer(celery, settings.study_task, settings.inference_queue)
+    redeliver = DeliveryEnqueuer(celery, settings.inference_queue)
     policy = CompletionPolicy(
         quiet_seconds=settings.quiet_seconds, max_wait_seconds=settings.max_wait_seconds
     )
-    store = NodeStore(make_session_factory(engine), policy, enqueue)
+    store = NodeStore(
+        make_session_factory(engine),
+        policy,
+        enqueue,
+        redeliver=redeliver,
+        stuck_after=settings.stuck_after,
+    )
     spool = Spool(
         settings.spool_dir, min_free_bytes=settings.min_free_mb * 2**20, fsync=settings.fsync
     )

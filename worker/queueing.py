@@ -46,3 +46,18 @@ class StudyEnqueuer:
             retry=False,
         )
         return task_id
+
+
+class DeliveryEnqueuer:
+    """Send a delivery attempt (``worker.tasks.DELIVER_TASK``) by name."""
+
+    def __init__(self, app: Celery, queue: str) -> None:
+        self.app = app
+        self.queue = queue
+
+    def __call__(self, object_id: int, destination: str, attempt: int) -> None:
+        from worker.tasks import DELIVER_TASK
+
+        self.app.send_task(
+            DELIVER_TASK, args=[object_id, destination, attempt], queue=self.queue, retry=False
+        )

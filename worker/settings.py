@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     quiet_seconds: float = Field(5.0, ge=0)
     max_wait_seconds: float = Field(900.0, gt=0)
     monitor_interval: float = Field(1.0, gt=0)
+    stuck_after: float = Field(1800.0, gt=0)
     uid_root: str = DEFAULT_UID_ROOT
     # Queue
     broker_url: str | None = None

@@ -18,6 +18,8 @@ from dicom_node.completion import CompletionPolicy
 from dicom_node.interfaces import PeerInfo, ReceivedInstance, RecordRefusedError
 from worker.db.models import (
     COMPLETE,
+    DELIVERING,
+    PROCESSING,
     QUEUED,
     QUEUEING,
     RECEIVING,
@@ -26,6 +28,7 @@ from worker.db.models import (
     Instance,
     Rejection,
     Study,
+    StudyState,
 )
 from worker.db.transitions import created, move
 
@@ -33,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 #: Enqueue a study; returns the task id. Raises when the broker cannot take it.
 Enqueue = Callable[[Study], str]
+#: Enqueue one delivery attempt: (object id, destination, attempt number).
+Redeliver = Callable[[int, str, int], None]
 
 # A study left in "queueing" this long was claimed by a process that died mid-dispatch.
 _QUEUEING_STALE = timedelta(seconds=60)
@@ -78,10 +83,15 @@ class NodeStore:
         sessions: sessionmaker[Session],
         policy: CompletionPolicy,
         enqueue: Enqueue | None = None,
+        redeliver: Redeliver | None = None,
+        stuck_after: float = 1800.0,
     ) -> None:
         self.sessions = sessions
         self.policy = policy
         self.enqueue = enqueue
+        self.redeliver = redeliver
+        self.stuck_after = timedelta(seconds=stuck_after)
+        self._next_sweep = 0.0
         self.node = node_name()
         # Back off while the broker is down instead of retrying (and logging) every pass.
         self._broker_failures = 0
@@ -381,6 +391,84 @@ class NodeStore:
                 extra={"study": study.study_instance_uid},
             )
         return queued
+
+    # -- the sweeper ------------------------------------------------------------------------------
+    def sweep_stuck_studies(self) -> int:
+        """Send again the work of studies with no progress for ``stuck_after``.
+
+        A study stays ``queued`` when the broker lost its message (Redis restarted without
+        persistence), ``processing`` when its worker died mid-inference, ``delivering`` when its
+        retry task was lost. The study task goes out again with the same deterministic id, so the
+        worker's claim makes a duplicate harmless; deliveries go out again for the pairs still
+        pending. At most once every ``stuck_after / 10`` seconds (and at least every 60 s).
+        """
+        if self.enqueue is None or time.monotonic() < self._next_sweep:
+            return 0
+        self._next_sweep = time.monotonic() + min(60.0, self.stuck_after.total_seconds() / 10)
+        cutoff = _now() - self.stuck_after
+        with self.sessions() as s:
+            stuck = s.execute(
+                select(Study.id, Study.state).where(
+                    Study.state.in_([QUEUED, PROCESSING, DELIVERING]), Study.updated_at < cutoff
+                )
+            ).all()
+        sent = 0
+        for study_id, state in stuck:
+            try:
+                if state == DELIVERING:
+                    sent += self._redeliver(study_id, cutoff)
+                else:
+                    sent += self._requeue(study_id, state, cutoff)
+            except Exception as exc:
+                logger.warning("could not re-dispatch stuck study %d: %s", study_id, exc)
+                break  # the broker is down: the next sweep tries again
+        return sent
+
+    def _requeue(self, study_id: int, state: str, cutoff: datetime) -> int:
+        assert self.enqueue is not None
+        with self.sessions() as s:
+            study = s.get_one(Study, study_id)
+        task_id = self.enqueue(study)
+        with self.sessions.begin() as s:
+            moved = move(
+                s,
+                study_id,
+                QUEUED,
+                f"re-dispatched task {task_id}: {state} with no progress since "
+                f"{cutoff:%Y-%m-%d %H:%M} UTC",
+                expect=[StudyState(state)],
+                where=[Study.updated_at < cutoff],
+            )
+        if moved:
+            logger.warning(
+                "study %s was stuck %s; sent %s again", study.study_instance_uid, state, task_id
+            )
+        return int(moved)
+
+    def _redeliver(self, study_id: int, cutoff: datetime) -> int:
+        from worker.delivery import latest_attempts
+
+        if self.redeliver is None:
+            return 0
+        waiting = [
+            (object_id, dest, attempt)
+            for (object_id, dest), (outcome, attempt, at) in latest_attempts(
+                self.sessions, study_id
+            ).items()
+            if outcome in ("pending", "retry") and at < cutoff
+        ]
+        for object_id, dest, attempt in waiting:
+            self.redeliver(object_id, dest, attempt + 1)
+        if waiting:
+            with self.sessions.begin() as s:
+                move(
+                    s,
+                    study_id,
+                    DELIVERING,
+                    f"re-dispatched {len(waiting)} delivery attempt(s) with no progress",
+                    expect=[DELIVERING],
+                )
+        return len(waiting)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -44,6 +44,8 @@ class ReceivedInstance:
     spool_path: str | None
     size_bytes: int
     decision: Decision
+    #: The same bytes as the copy already in the spool (a resend): nothing changes downstream.
+    duplicate: bool = False
 
 
 class NodeRecorder(Protocol):

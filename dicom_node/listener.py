@@ -8,6 +8,7 @@ database is reachable, an audit row.
 
 from __future__ import annotations
 
+import filecmp
 import logging
 import os
 import shutil
@@ -491,11 +492,18 @@ class Listener:
                 os.close(fd)
                 shutil.copyfile(received, name)
                 source = Path(name)
-            try:
-                size = self.spool.commit(source, location)
-            except OSError as exc:
-                return self._fail(assoc_id, sop_uid, OUT_OF_RESOURCES, f"spool write failed: {exc}")
-            record = replace(record, spool_path=location.relative, size_bytes=size)
+            if existed and filecmp.cmp(source, location.path, shallow=False):
+                # A resend of what we hold: keep our copy, record only the receipt.
+                if source != received:
+                    source.unlink()
+                record = replace(record, spool_path=location.relative, duplicate=True)
+            else:
+                try:
+                    size = self.spool.commit(source, location)
+                except OSError as exc:
+                    reason = f"spool write failed: {exc}"
+                    return self._fail(assoc_id, sop_uid, OUT_OF_RESOURCES, reason)
+                record = replace(record, spool_path=location.relative, size_bytes=size)
 
         try:
             self.recorder.instance_received(record)

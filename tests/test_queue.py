@@ -201,3 +201,34 @@ def test_study_lost_by_the_broker_is_sent_again_by_the_sweeper(start_node, redis
     # Sent once per stuck period, not on every monitor pass.
     with pytest.raises(TimeoutError):
         wait_for(lambda: len(_queued_messages(redis_server)) > 1, timeout=1.0)
+
+
+def test_identical_resend_changes_nothing_and_every_sender_is_kept(start_node, redis_server) -> None:  # type: ignore[no-untyped-def]
+    """A PACS re-route of the same bytes after the study was queued: no revision 2."""
+    from worker.db.models import Instance, Receipt
+
+    node = start_node(broker_url=redis_server.url)
+    ds = factories.radiograph()
+    send(node, [ds], calling_ae="MODALITY")
+    wait_for(lambda: _study(node, ds.StudyInstanceUID).state == QUEUED)
+    first = rows(node.engine, Instance)[0]
+    assert send(node, [ds], calling_ae="ORTHANC").results[0].ok
+    study = _study(node, ds.StudyInstanceUID)
+    assert study.revision == 1 and study.state == QUEUED
+    assert len(_queued_messages(redis_server)) == 1
+    (inst,) = rows(node.engine, Instance)
+    assert inst.received_at == first.received_at and inst.association_id == first.association_id
+    receipts = rows(node.engine, Receipt)
+    assert [r.duplicate for r in sorted(receipts, key=lambda r: r.id)] == [False, True]
+    # Audit finds the study by either sender.
+    from worker.audit import StudyFilter, list_studies
+    from worker.db.engine import make_session_factory
+
+    with make_session_factory(node.engine)() as s:
+        for ae in ("MODALITY", "ORTHANC"):
+            found = list_studies(s, StudyFilter(calling_ae=ae))
+            assert [r["study_instance_uid"] for r in found] == [ds.StudyInstanceUID]
+    # Changed content under the same SOP Instance UID is a new revision, as before.
+    ds.InstitutionName = "Changed"
+    send(node, [ds])
+    wait_for(lambda: _study(node, ds.StudyInstanceUID).revision == 2)

@@ -19,6 +19,7 @@ from worker.db.models import (
     ImageResult,
     Instance,
     ProducedObject,
+    Receipt,
     Rejection,
     StepTiming,
     Study,
@@ -83,7 +84,8 @@ def _study_query(f: StudyFilter) -> Select[Study, StudyResult]:
     if f.calling_ae:
         sent_by = (
             select(Instance.study_id)
-            .join(Association, Association.id == Instance.association_id)
+            .join(Receipt, Receipt.instance_id == Instance.id)
+            .join(Association, Association.id == Receipt.association_id)
             .where(Association.calling_ae == f.calling_ae)
         )
         q = q.where(Study.id.in_(sent_by))
@@ -123,7 +125,10 @@ def timeline(s: Session, study_uid: str) -> dict[str, Any] | None:
         return None
     events: list[dict[str, Any]] = []
     instances = s.scalars(select(Instance).where(Instance.study_id == study.id)).all()
-    assoc_ids = {i.association_id for i in instances}
+    receipts = s.scalars(
+        select(Receipt).where(Receipt.instance_id.in_([i.id for i in instances]))
+    ).all()
+    assoc_ids = {r.association_id for r in receipts} | {i.association_id for i in instances}
     for a in s.scalars(select(Association).where(Association.id.in_(assoc_ids))):
         events.append(
             {
@@ -143,6 +148,17 @@ def timeline(s: Session, study_uid: str) -> dict[str, Any] | None:
                 f"{'ELIGIBLE' if i.eligible else 'skipped'} [{i.rule}] {i.reason}",
             }
         )
+    sop_of = {i.id: i.sop_instance_uid for i in instances}
+    for r in receipts:
+        if r.duplicate:
+            events.append(
+                {
+                    "at": _iso(r.received_at),
+                    "what": "instance",
+                    "detail": f"{sop_of[r.instance_id]} received again, same bytes "
+                    f"(association {r.association_id}): nothing changed",
+                }
+            )
     sops = [i.sop_instance_uid for i in instances]
     for rej in s.scalars(select(Rejection).where(Rejection.sop_instance_uid.in_(sops))):
         events.append(

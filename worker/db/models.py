@@ -192,14 +192,35 @@ class Instance(Base):
     accession_number: Mapped[str] = mapped_column(String(16), default="")
     spool_path: Mapped[str | None] = mapped_column(String(255))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    association_id: Mapped[int] = mapped_column(ForeignKey("associations.id"), index=True)
+    received_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=utcnow, doc="first arrival (every arrival: receipts)"
+    )
+    association_id: Mapped[int] = mapped_column(
+        ForeignKey("associations.id"), index=True, doc="the association of the first arrival"
+    )
     eligible: Mapped[bool] = mapped_column(Boolean)
     rule: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str] = mapped_column(Text)
 
     study: Mapped[Study] = relationship(back_populates="instances")
     association: Mapped[Association] = relationship()
+
+
+class Receipt(Base):
+    """Every time an instance arrived: who sent it, when, and whether it was a copy we held.
+
+    ``instances`` keeps the first arrival; a resend of the same bytes is a receipt with
+    ``duplicate`` set and changes nothing downstream.
+    """
+
+    __tablename__ = "receipts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), index=True)
+    association_id: Mapped[int] = mapped_column(ForeignKey("associations.id"), index=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    duplicate: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Rejection(Base):

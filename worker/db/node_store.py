@@ -26,6 +26,7 @@ from worker.db.models import (
     SKIPPED,
     Association,
     Instance,
+    Receipt,
     Rejection,
     Study,
     StudyState,
@@ -170,6 +171,22 @@ class NodeStore:
 
     def _record_instance(self, s: Session, rec: ReceivedInstance) -> None:
         now = _now()
+        row = s.scalars(
+            select(Instance).where(Instance.sop_instance_uid == rec.sop_instance_uid)
+        ).one_or_none()
+        if row is not None and rec.duplicate:
+            # The same bytes again (a PACS re-route, a manual resend): note who sent it, and
+            # change nothing else, so no new revision and no second set of results.
+            s.add(
+                Receipt(
+                    instance_id=row.id,
+                    association_id=rec.association_id,
+                    received_at=now,
+                    size_bytes=rec.size_bytes,
+                    duplicate=True,
+                )
+            )
+            return
         study = s.scalars(
             select(Study)
             .where(Study.study_instance_uid == rec.study_instance_uid)
@@ -207,11 +224,13 @@ class NodeStore:
             )
         # else: an ineligible instance (e.g. our own output forwarded back) never reopens a study.
 
-        row = s.scalars(
-            select(Instance).where(Instance.sop_instance_uid == rec.sop_instance_uid)
-        ).one_or_none()
         if row is None:
-            row = Instance(sop_instance_uid=rec.sop_instance_uid)
+            # received_at and association_id name the first arrival; receipts hold every one.
+            row = Instance(
+                sop_instance_uid=rec.sop_instance_uid,
+                received_at=now,
+                association_id=rec.association_id,
+            )
             s.add(row)
         row.study_id = study.id
         row.series_instance_uid = rec.series_instance_uid
@@ -221,11 +240,19 @@ class NodeStore:
         row.accession_number = rec.accession_number[:16]
         row.spool_path = rec.spool_path
         row.size_bytes = rec.size_bytes
-        row.received_at = now
-        row.association_id = rec.association_id
         row.eligible = rec.decision.eligible
         row.rule = rec.decision.rule
         row.reason = rec.decision.reason
+        s.flush()
+        s.add(
+            Receipt(
+                instance_id=row.id,
+                association_id=rec.association_id,
+                received_at=now,
+                size_bytes=rec.size_bytes,
+                duplicate=False,
+            )
+        )
 
     # -- start-up -------------------------------------------------------------------------------
     def close_orphaned_associations(self) -> int:

@@ -203,7 +203,9 @@ def test_study_lost_by_the_broker_is_sent_again_by_the_sweeper(start_node, redis
         wait_for(lambda: len(_queued_messages(redis_server)) > 1, timeout=1.0)
 
 
-def test_identical_resend_changes_nothing_and_every_sender_is_kept(start_node, redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_identical_resend_changes_nothing_and_every_sender_is_kept(
+    start_node, redis_server
+) -> None:  # type: ignore[no-untyped-def]
     """A PACS re-route of the same bytes after the study was queued: no revision 2."""
     from worker.db.models import Instance, Receipt
 

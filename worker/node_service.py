@@ -18,8 +18,7 @@ from dicom_node.listener import Listener, ListenerConfig
 from dicom_node.spool import Spool
 from dicom_node.tls import server_context
 from worker.celery_app import create_celery
-from worker.db.engine import make_engine, make_session_factory
-from worker.db.migrate import ensure_schema
+from worker.db.engine import make_session_factory, open_database
 from worker.db.node_store import NodeStore
 from worker.queueing import DeliveryEnqueuer, StudyEnqueuer
 from worker.settings import Settings
@@ -56,14 +55,6 @@ def listener_config(settings: Settings) -> ListenerConfig:
         reuse_port=settings.reuse_port,
         ssl_context=ssl_context,
     )
-
-
-def open_database(settings: Settings) -> Engine:
-    """Create the engine and make sure the schema is current (auto-upgrade on SQLite)."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.effective_database_url, timeout=settings.db_timeout)
-    ensure_schema(engine, auto_migrate=settings.should_auto_migrate)
-    return engine
 
 
 @dataclass

@@ -21,21 +21,29 @@ class _Process:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._sessions: Any = None
         self._pipeline: Any = None
+
+    @property
+    def sessions(self) -> Any:
+        """The database, without the model: a delivery needs only this."""
+        if self._sessions is None:
+            from worker.db.engine import make_engine, make_session_factory
+
+            engine = make_engine(
+                self.settings.effective_database_url, timeout=self.settings.db_timeout
+            )
+            self._sessions = make_session_factory(engine)
+        return self._sessions
 
     @property
     def pipeline(self) -> Any:
         if self._pipeline is None:
             from models.loader import load_model
-            from worker.db.engine import make_engine, make_session_factory
             from worker.pipeline import Pipeline
 
-            engine = make_engine(
-                self.settings.effective_database_url, timeout=self.settings.db_timeout
-            )
-            self._pipeline = Pipeline(
-                self.settings, make_session_factory(engine), load_model(self.settings.model_dir)
-            )
+            model = load_model(self.settings.model_dir)
+            self._pipeline = Pipeline(self.settings, self.sessions, model)
         return self._pipeline
 
     def sender_options(self) -> SenderOptions:
@@ -50,9 +58,8 @@ def register_tasks(app: Celery, settings: Settings) -> None:
 
     def deliver_now(object_id: int, destination: str, attempt: int) -> None:
         final = attempt > settings.delivery_retries
-        pipeline = proc.pipeline
         ok = attempt_delivery(
-            pipeline.sessions,
+            proc.sessions,
             settings.outputs_dir,
             object_id,
             Destination.parse(destination),

@@ -23,8 +23,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from worker.api import create_app
-    from worker.db.engine import make_session_factory
-    from worker.node_service import open_database
+    from worker.db.engine import make_session_factory, open_database
 
     try:
         app = create_app(settings, make_session_factory(open_database(settings)))

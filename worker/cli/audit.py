@@ -110,8 +110,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _sessions(settings: Settings) -> Any:
-    from worker.db.engine import make_session_factory
-    from worker.node_service import open_database
+    from worker.db.engine import make_session_factory, open_database
 
     return make_session_factory(open_database(settings))
 

@@ -84,9 +84,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from dicom_node.addresses import Destination
     from dicom_node.sender import SenderOptions, send_files
     from worker.cli.processes import ProcessGroup, child_env, cli_command
-    from worker.db.engine import make_engine, make_session_factory
+    from worker.db.engine import make_engine, make_session_factory, open_database
     from worker.db.models import ImageResult, ProducedObject, Study, StudyResult
-    from worker.node_service import open_database
 
     out = args.out.resolve()
     data = out / "data"

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def _supervise(args: argparse.Namespace, settings: Settings) -> int:
     """Start N single-process listeners on one port; stop them all when one stops or on signal."""
     from worker.cli.processes import ProcessGroup, child_env, cli_command
-    from worker.node_service import open_database
+    from worker.db.engine import open_database
 
     if settings.port == 0:
         print("cxr-triage listen: --processes needs a fixed port", file=sys.stderr)

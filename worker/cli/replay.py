@@ -27,10 +27,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     from dicom_node.addresses import Destination
     from dicom_node.sender import SenderOptions
-    from worker.db.engine import make_session_factory
+    from worker.db.engine import make_session_factory, open_database
     from worker.db.models import Delivery
     from worker.delivery import attempt_delivery, dead_letters
-    from worker.node_service import open_database
 
     sessions = make_session_factory(open_database(settings))
     letters = dead_letters(sessions, args.study)

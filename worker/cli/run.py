@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.node_service import open_database
+    from worker.db.engine import open_database
 
     open_database(settings).dispose()  # migrate once, before both processes start
     cmd = cli_command(args.config)

@@ -24,8 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from worker.celery_app import create_celery
-    from worker.db.engine import make_session_factory
-    from worker.node_service import open_database
+    from worker.db.engine import make_session_factory, open_database
     from worker.observability import start_observability
     from worker.tasks import register_tasks
 

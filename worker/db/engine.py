@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -43,3 +46,16 @@ def make_engine(url: str, *, timeout: float = 30.0) -> Engine:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def open_database(settings: Settings) -> Engine:
+    """Create the engine and make sure the schema is current (auto-upgrade on SQLite).
+
+    The one way every command opens the database: the listener, the worker, audit, api, replay.
+    """
+    from worker.db.migrate import ensure_schema
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.effective_database_url, timeout=settings.db_timeout)
+    ensure_schema(engine, auto_migrate=settings.should_auto_migrate)
+    return engine

@@ -163,3 +163,12 @@ def pg_api(pg_url: str, make_settings) -> Iterator[int]:  # type: ignore[no-unty
 def test_out_of_range_parameters_are_422_not_500(pg_api: int, path: str) -> None:
     status, body, _ = _get(pg_api, path)
     assert status == 422, body
+
+
+def test_api_takes_the_same_times_as_the_command_line(pg_api: int) -> None:
+    for since in ("1d", "30m", "2026-11-25", "2026-11-25T10:00"):
+        status, body, _ = _get(pg_api, f"/api/reconcile?since={since}")
+        assert status == 200, body
+        assert _get(pg_api, f"/api/studies?since={since}")[0] == 200
+    status, body, _ = _get(pg_api, "/api/reconcile?since=yesterday")
+    assert status == 422 and b"30m, 12h, 7d" in body

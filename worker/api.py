@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 import io
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from importlib import resources
 from typing import Annotated, Any
 
@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.audit import StudyFilter, list_studies, reconcile, timeline
+from worker.audit import StudyFilter, list_studies, parse_when, reconcile, timeline
 from worker.db.models import ProducedObject, Study
 from worker.settings import Settings
 
@@ -30,11 +30,17 @@ StudyUID = Annotated[str, PathParam(max_length=64, pattern=r"^[0-9.]+$")]
 MAX_PAGE = 10_000
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """Times without a zone are taken as UTC, as the command line does."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
+When = Annotated[str | None, Query(max_length=40, description="date/time or an age: 30m, 12h, 7d")]
+
+
+def _when(text: str | None) -> datetime | None:
+    """Times as the command line takes them (one parser: worker.audit.parse_when)."""
+    if text is None:
+        return None
+    try:
+        return parse_when(text)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from exc
 
 
 def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
@@ -57,8 +63,8 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
 
     @app.get("/api/studies", dependencies=auth, summary="List studies, newest first")
     def studies(
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: When = None,
+        until: When = None,
         state: Text = None,
         label: Text = None,
         priority: Text = None,
@@ -70,8 +76,8 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
         page_size: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> dict[str, Any]:
         f = StudyFilter(
-            since=since,
-            until=until,
+            since=_when(since),
+            until=_when(until),
             state=state,
             label=label,
             priority=priority,
@@ -130,11 +136,15 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
 
     @app.get("/api/reconcile", dependencies=auth, summary="Instances never answered")
     def unaccounted(
-        since: datetime,
+        since: Annotated[
+            str, Query(max_length=40, description="date/time or an age: 30m, 12h, 7d")
+        ],
         grace_minutes: Annotated[float, Query(ge=0, le=527_040, allow_inf_nan=False)] = 15.0,
     ) -> dict[str, Any]:
+        start = _when(since)
+        assert start is not None
         with sessions() as s:
-            items = reconcile(s, _utc(since) or since, timedelta(minutes=grace_minutes))
+            items = reconcile(s, start, timedelta(minutes=grace_minutes))
         return {"items": items, "ok": not items}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

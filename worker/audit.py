@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, func, select
@@ -29,6 +30,26 @@ from worker.db.models import (
 )
 
 ERROR_STATES = {FAILED, DEAD_LETTER}
+
+
+def parse_when(text: str) -> datetime:
+    """``2026-11-25``, ``2026-11-25T10:00``, or an age ``30m``, ``12h``, ``7d`` (ago), in UTC.
+
+    The one parser of times for the CLI and the API. Raises ValueError with a sentence a person
+    can act on.
+    """
+    match = re.fullmatch(r"(\d{1,6})([mhd])", text.strip())
+    if match:
+        n, unit = int(match.group(1)), match.group(2)
+        delta = {"m": timedelta(minutes=n), "h": timedelta(hours=n), "d": timedelta(days=n)}[unit]
+        return datetime.now(UTC) - delta
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ValueError(
+            f"{text!r}: use a date/time (2026-11-25T10:00) or an age such as 30m, 12h, 7d"
+        ) from exc
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass

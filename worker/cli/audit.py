@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from worker.db.models import StudyState
@@ -26,19 +25,13 @@ COLUMNS = (
 
 
 def when(text: str) -> datetime:
-    """``2026-11-25``, ``2026-11-25T10:00``, or relative ``30m``, ``12h``, ``7d`` (ago)."""
-    match = re.fullmatch(r"(\d+)([mhd])", text.strip())
-    if match:
-        n, unit = int(match.group(1)), match.group(2)
-        delta = {"m": timedelta(minutes=n), "h": timedelta(hours=n), "d": timedelta(days=n)}[unit]
-        return datetime.now(UTC) - delta
+    """argparse type for times: see :func:`worker.audit.parse_when`."""
+    from worker.audit import parse_when
+
     try:
-        value = datetime.fromisoformat(text)
+        return parse_when(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: use a date/time (2026-11-25T10:00) or an age such as 30m, 12h, 7d"
-        ) from exc
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -117,3 +117,39 @@ def test_reconcile_and_export(processed) -> None:  # type: ignore[no-untyped-def
     assert _audit(node, "reconcile", "--since", "1h").returncode == 0
     lines = _audit(node, "export").stdout.splitlines()
     assert len(lines) == 3 and all(json.loads(x)["events"] for x in lines)
+
+
+def test_rejections_are_listed_by_audit_and_the_api(start_node) -> None:  # type: ignore[no-untyped-def]
+    node = start_node(allowed_calling_aets=["MODALITY"])
+    summary = send(node, [factories.radiograph()], calling_ae="STRANGER")
+    assert summary.results[0].status is None
+    out = _audit(node, "rejections")
+    assert out.returncode == 0, out.stderr
+    assert "STRANGER@127.0.0.1" in out.stdout and "allow-list" in out.stdout
+    lines = _audit(node, "rejections", "--json", "--since", "1h").stdout.splitlines()
+    (row,) = [json.loads(line) for line in lines]
+    assert row["kind"] == "association" and row["calling_ae"] == "STRANGER"
+
+
+def test_read_only_commands_never_create_a_database(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = {"CXR_DATA_DIR": str(tmp_path / "nowhere"), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [*CLI, "audit", "studies"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 2
+    assert "no database at" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_wrong_database_url_is_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = {
+        "CXR_DATA_DIR": str(tmp_path),
+        "CXR_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:5432/no_such_database",
+        "PATH": "/usr/bin:/bin",
+    }
+    out = subprocess.run(
+        [*CLI, "audit", "studies"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "cannot open the database" in out.stderr and "no_such_database" in out.stderr
+    assert len(out.stderr.strip().splitlines()) <= 3

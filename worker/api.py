@@ -18,7 +18,14 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.audit import StudyFilter, list_studies, parse_when, reconcile, timeline
+from worker.audit import (
+    StudyFilter,
+    list_rejections,
+    list_studies,
+    parse_when,
+    reconcile,
+    timeline,
+)
 from worker.db.models import ProducedObject, Study
 from worker.settings import Settings
 
@@ -146,6 +153,14 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
         with sessions() as s:
             items = reconcile(s, start, timedelta(minutes=grace_minutes))
         return {"items": items, "ok": not items}
+
+    @app.get("/api/rejections", dependencies=auth, summary="What the node refused, and why")
+    def rejections(
+        since: When = None, limit: Annotated[int, Query(ge=1, le=10_000)] = 100
+    ) -> dict[str, Any]:
+        with sessions() as s:
+            items = list_rejections(s, since=_when(since), limit=limit)
+        return {"items": items}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:

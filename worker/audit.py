@@ -289,3 +289,31 @@ def reconcile(s: Session, since: datetime, grace: timedelta) -> list[dict[str, A
             }
         )
     return unaccounted
+
+
+def list_rejections(
+    s: Session, *, since: datetime | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Refused associations, connections and instances, newest first."""
+    q = select(Rejection, Association.calling_ae, Association.peer_host, Association.peer_port)
+    q = q.outerjoin(Association, Association.id == Rejection.association_id)
+    if since is not None:
+        q = q.where(Rejection.at >= since)
+    out = []
+    for rej, assoc_ae, assoc_host, assoc_port in s.execute(
+        q.order_by(Rejection.id.desc()).limit(limit)
+    ):
+        out.append(
+            {
+                "at": _iso(rej.at),
+                "kind": rej.kind,
+                "calling_ae": rej.calling_ae or assoc_ae or "",
+                "called_ae": rej.called_ae,
+                "peer_host": rej.peer_host or assoc_host or "",
+                "peer_port": rej.peer_port or assoc_port or 0,
+                "status": rej.status,
+                "sop_instance_uid": rej.sop_instance_uid,
+                "reason": rej.reason,
+            }
+        )
+    return out

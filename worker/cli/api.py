@@ -26,7 +26,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from worker.db.engine import make_session_factory, open_database
 
     try:
-        app = create_app(settings, make_session_factory(open_database(settings)))
+        app = create_app(settings, make_session_factory(open_database(settings, read_only=True)))
     except ValueError as exc:
         print(f"cxr-triage api: {exc}", file=sys.stderr)
         return 2

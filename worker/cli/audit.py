@@ -92,6 +92,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     rc.add_argument("--json", action="store_true")
     rc.set_defaults(func=run_reconcile)
 
+    rj = asub.add_parser(
+        "rejections",
+        help="refused associations, TLS handshakes and instances",
+        description="What the node refused and why, newest first: associations (AE titles, "
+        "limits, low disk, TLS), connections over the limit and instances answered with a "
+        "failure status.",
+    )
+    rj.add_argument("--since", type=when, help="date or 30m/12h/7d")
+    rj.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    rj.add_argument("--json", action="store_true", help="JSON lines")
+    rj.set_defaults(func=run_rejections)
+
     ex = asub.add_parser(
         "export",
         help="every study's timeline as JSON lines",
@@ -105,7 +117,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _sessions(settings: Settings) -> Any:
     from worker.db.engine import make_session_factory, open_database
 
-    return make_session_factory(open_database(settings))
+    return make_session_factory(open_database(settings, read_only=True))
 
 
 def run_studies(args: argparse.Namespace, settings: Settings) -> int:
@@ -188,4 +200,22 @@ def run_export(args: argparse.Namespace, settings: Settings) -> int:
     with _sessions(settings)() as s:
         for row in list_studies(s, StudyFilter(since=args.since, limit=10**9)):
             print(json.dumps(timeline(s, row["study_instance_uid"])))
+    return 0
+
+
+def run_rejections(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.audit import list_rejections
+
+    with _sessions(settings)() as s:
+        rows = list_rejections(s, since=args.since, limit=args.limit)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    for r in rows:
+        who = f"{r['calling_ae'] or '?'}@{r['peer_host'] or '?'}:{r['peer_port']}"
+        status = f" 0x{r['status']:04X}" if r["status"] is not None else ""
+        sop = f" {r['sop_instance_uid']}" if r["sop_instance_uid"] else ""
+        print(f"{r['at'][:19]}  {r['kind']:11} {who}{status}{sop}: {r['reason']}")
+    print(f"{len(rows)} rejection(s)")
     return 0

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from worker import __version__
 from worker.cli import (
@@ -28,6 +29,8 @@ from worker.cli import (
     train_lungs,
     work,
 )
+from worker.db.engine import DatabaseNotFoundError
+from worker.db.migrate import SchemaOutOfDateError
 from worker.logs import configure_logging
 from worker.settings import Settings, load_settings, unknown_environment_names
 
@@ -85,6 +88,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args, settings) or 0)
     except KeyboardInterrupt:
         return 130
+    except (DatabaseNotFoundError, SchemaOutOfDateError) as exc:
+        print(f"cxr-triage: {exc}", file=sys.stderr)
+        return 2
+    except (OperationalError, ArgumentError, NoSuchModuleError) as exc:
+        # A wrong URL, host, role or database: one line, not a traceback.
+        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        url = settings.effective_database_url.split("@")[-1]
+        print(f"cxr-triage: cannot open the database ({url}): {cause}", file=sys.stderr)
+        print("  see docs/deployment.md for creating the role and database", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

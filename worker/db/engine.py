@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -48,14 +49,31 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def open_database(settings: Settings) -> Engine:
+class DatabaseNotFoundError(RuntimeError):
+    """A read-only command was pointed at a database that does not exist."""
+
+
+def open_database(settings: Settings, *, read_only: bool = False) -> Engine:
     """Create the engine and make sure the schema is current (auto-upgrade on SQLite).
 
     The one way every command opens the database: the listener, the worker, audit, api, replay.
+    ``read_only`` commands (audit, the API) never create or migrate one: pointed at the wrong
+    place they say so instead of reporting an empty database.
     """
+    from sqlalchemy.engine import make_url
+
     from worker.db.migrate import ensure_schema
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.effective_database_url, timeout=settings.db_timeout)
-    ensure_schema(engine, auto_migrate=settings.should_auto_migrate)
+    url = settings.effective_database_url
+    if read_only:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists():
+            raise DatabaseNotFoundError(
+                f"no database at {parsed.database}: set CXR_DATA_DIR (or CXR_DATABASE_URL) to "
+                "the node's"
+            )
+    else:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(url, timeout=settings.db_timeout)
+    ensure_schema(engine, auto_migrate=settings.should_auto_migrate and not read_only)
     return engine

@@ -90,3 +90,23 @@ def test_our_sender_over_tls(start_node, pki) -> None:  # type: ignore[no-untype
     anonymous = SenderOptions(calling_ae="SCU", ssl_context=client_context(pki.ca))
     with pytest.raises(AssociationFailed):
         echo(target, anonymous)
+
+
+def test_outbound_tls_from_settings(start_node, make_settings, pki) -> None:  # type: ignore[no-untyped-def]
+    """Deliveries, replay, send and echo take TLS from CXR_SEND_TLS_*: the same options."""
+    pacs = start_node(
+        tls_cert=pki.server_cert, tls_key=pki.server_key, tls_ca=pki.ca, tls_verify_client=True
+    )
+    target = Destination("CXR_TRIAGE", "127.0.0.1", pacs.listener.port)
+    plain = make_settings()
+    with pytest.raises(AssociationFailed):
+        echo(target, plain.sender_options(acse_timeout=5))
+    tls = make_settings(
+        send_tls=True,
+        send_tls_ca=pki.ca,
+        send_tls_cert=pki.client_cert,
+        send_tls_key=pki.client_key,
+    )
+    assert echo(target, tls.sender_options()) == 0
+    (assoc,) = wait_for(lambda: rows(pacs.engine, Association), timeout=5)
+    assert assoc.tls and assoc.calling_ae == "CXR_TRIAGE"

@@ -22,6 +22,8 @@ from pydantic_settings import (
 )
 
 from dicom_node.addresses import Destination, parse_destinations
+from dicom_node.sender import SenderOptions
+from dicom_node.tls import client_context
 from dicom_node.uids import DEFAULT_UID_ROOT
 
 CommaList = Annotated[list[str], NoDecode]
@@ -58,6 +60,11 @@ class Settings(BaseSettings):
     tls_key: Path | None = None
     tls_ca: Path | None = None
     tls_verify_client: bool = False
+    # TLS to destinations (our C-STOREs and C-ECHOs out)
+    send_tls: bool = False
+    send_tls_ca: Path | None = None
+    send_tls_cert: Path | None = None
+    send_tls_key: Path | None = None
     # Storage and database
     data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str | None = None
@@ -124,7 +131,24 @@ class Settings(BaseSettings):
             raise ValueError("CXR_TLS_CERT and CXR_TLS_KEY must be given together")
         if self.tls_verify_client and self.tls_ca is None:
             raise ValueError("CXR_TLS_VERIFY_CLIENT needs CXR_TLS_CA")
+        if (self.send_tls_cert is None) != (self.send_tls_key is None):
+            raise ValueError("CXR_SEND_TLS_CERT and CXR_SEND_TLS_KEY must be given together")
         return self
+
+    def sender_options(self, **overrides: Any) -> SenderOptions:
+        """How this node associates with destinations: AE title, PDU size, TLS."""
+        ssl_context = None
+        if self.send_tls:
+            ssl_context = client_context(
+                self.send_tls_ca, cert=self.send_tls_cert, key=self.send_tls_key
+            )
+        values: dict[str, Any] = {
+            "calling_ae": self.ae_title,
+            "max_pdu": self.max_pdu,
+            "ssl_context": ssl_context,
+        }
+        values.update(overrides)
+        return SenderOptions(**values)
 
     # -- derived -----------------------------------------------------------------------------
     @property

@@ -47,7 +47,7 @@ class _Process:
         return self._pipeline
 
     def sender_options(self) -> SenderOptions:
-        return SenderOptions(calling_ae=self.settings.ae_title, max_pdu=self.settings.max_pdu)
+        return self.settings.sender_options()
 
 
 def register_tasks(app: Celery, settings: Settings) -> None:

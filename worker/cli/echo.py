@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from dicom_node.sender import AssociationFailed, SenderOptions, echo
+from dicom_node.sender import AssociationFailed, echo
 from worker.cli import destination
 from worker.settings import Settings
 
@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    options = SenderOptions(
+    options = settings.sender_options(
         calling_ae=args.calling_ae or settings.ae_title,
         acse_timeout=args.timeout,
         dimse_timeout=args.timeout,

@@ -26,7 +26,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy import func, select
 
     from dicom_node.addresses import Destination
-    from dicom_node.sender import SenderOptions
     from worker.db.engine import make_session_factory, open_database
     from worker.db.models import Delivery
     from worker.delivery import attempt_delivery, dead_letters
@@ -41,7 +40,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.list:
         return 0
     failed = 0
-    options = SenderOptions(calling_ae=settings.ae_title, max_pdu=settings.max_pdu)
+    options = settings.sender_options()
     for object_id, dest, _uid in letters:
         with sessions() as s:
             last = (

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dicom_node.sender import SenderOptions, SendResult, iter_dicom_files, send_files
+from dicom_node.sender import SendResult, iter_dicom_files, send_files
 from worker.cli import destination
 from worker.settings import Settings
 
@@ -40,10 +40,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not files:
         print("cxr-triage send: no files found", file=sys.stderr)
         return 2
-    options = SenderOptions(
-        calling_ae=args.calling_ae or settings.ae_title,
-        max_pdu=settings.max_pdu,
-        dimse_timeout=args.timeout,
+    options = settings.sender_options(
+        calling_ae=args.calling_ae or settings.ae_title, dimse_timeout=args.timeout
     )
     bar = tqdm(total=len(files), unit="file", disable=args.quiet or None, file=sys.stderr)
     failures: list[SendResult] = []

@@ -52,6 +52,20 @@ class ConnectionOwner(Protocol):
         ...
 
 
+def _abort(assoc: Any) -> None:
+    """Send an A-ABORT (service provider) if the socket is still open, close it, stop the DUL."""
+    wrapper = assoc.dul.socket
+    if wrapper is not None and wrapper.socket is not None:
+        abort = A_ABORT_RQ()
+        abort.source = 0x02  # service provider
+        abort.reason_diagnostic = 0x00
+        wrapper.send(abort.encode())
+        wrapper.close()
+    assoc.is_aborted = True
+    assoc.is_established = False
+    assoc.dul.kill_dul()
+
+
 def _guard_state_machine(assoc: Any) -> None:
     """Turn an exception in the DUL's state machine into an A-ABORT and a closed socket."""
     fsm = assoc.dul.state_machine
@@ -62,18 +76,31 @@ def _guard_state_machine(assoc: Any) -> None:
             do_action(event)
         except Exception as exc:  # pynetdicom has already logged it and stopped the DUL
             logger.warning("protocol error from the peer (%s); aborting the association", exc)
-            wrapper = assoc.dul.socket
-            if wrapper is not None and wrapper.socket is not None:
-                abort = A_ABORT_RQ()
-                abort.source = 0x02  # service provider
-                abort.reason_diagnostic = 0x00
-                wrapper.send(abort.encode())
-                wrapper.close()
-            assoc.is_aborted = True
-            assoc.is_established = False
-            assoc.dul.kill_dul()
+            _abort(assoc)
 
     fsm.do_action = guarded
+
+
+def _guard_association_thread(assoc: Any) -> None:
+    """Turn an exception in the association thread into an A-ABORT instead of a traceback.
+
+    Seen from the fuzzer: an A-ASSOCIATE-RQ whose abstract syntax pynetdicom cannot parse makes
+    its negotiation raise TypeError in the acceptor thread.
+    """
+    target = assoc._target  # threading.Thread's target: pynetdicom's run_reactor
+
+    def guarded(*args: Any, **kwargs: Any) -> None:
+        try:
+            target(*args, **kwargs)
+        except Exception as exc:
+            logger.warning(
+                "association failed on the peer's input (%s: %s); aborting",
+                type(exc).__name__,
+                exc,
+            )
+            _abort(assoc)
+
+    assoc._target = guarded
 
 
 def _wait(assoc: Any) -> None:
@@ -110,6 +137,7 @@ class _ConnectionHandler(RequestHandler):
                 return
             assoc = self._create_association()
             _guard_state_machine(assoc)
+            _guard_association_thread(assoc)
             owner.connection_opened(assoc)
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": address})
             assoc.start()

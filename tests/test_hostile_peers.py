@@ -380,3 +380,27 @@ def test_store_request_without_dataset_is_cannot_understand(start_node) -> None:
         assert peer.associate().pdu_type == A_ASSOCIATE_AC
         peer.send(pdata((3, 0x03, command_bytes(command))))
         assert dimse_response_status(peer.receive()) == CANNOT_UNDERSTAND
+
+
+# Input 4330 of `bench/fuzz.py --seed 1`: a bit-flipped A-ASSOCIATE-RQ on which pynetdicom's
+# negotiation raised TypeError in the acceptor thread.
+_FLIPPED_RQ = bytes.fromhex(
+    "0100000000f5000100004358525f54524941474520202020202046555a5a202020202020202020202020"
+    "000000000010000000000000000000000000000004000000000000000000000010000015312e322e3834"
+    "302e31303030380e332e312e312e312000002e2100000010000011312e302e3834302e31303030382e31"
+    "2e3140000011312e322e3834302e31303032382e312e32200000380300000030400019312e322e383430"
+    "2e31303030382e352e312e342e312e312e3140000013312e322e3834302e31303030382e312e322e3150"
+    "00002651000004000040005200001a312e322e3832362e302e312e333638303034332e392e39393939"
+)
+
+
+def test_negotiation_error_is_aborted_not_a_thread_crash(start_node, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    crashed: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: crashed.append(args.exc_value))
+    node = start_node()
+    with RawPeer(node.listener.port) as peer:
+        peer.send(_FLIPPED_RQ)
+        assert peer.receive().pdu_type == A_ABORT
+    wait_for(lambda: node.listener.open_connections == 0, timeout=5)
+    assert crashed == []
+    assert _echo_time(node) < 5

@@ -99,6 +99,7 @@ def _ae(options: SenderOptions) -> AE:
 
 def _associate(ae: AE, dest: Destination, options: SenderOptions) -> Association:
     tls = (options.ssl_context, None) if options.ssl_context else None
+    connected: list[bool] = []
     try:
         assoc = ae.associate(
             dest.host,
@@ -106,7 +107,10 @@ def _associate(ae: AE, dest: Destination, options: SenderOptions) -> Association
             ae_title=dest.ae_title,
             max_pdu=options.max_pdu,
             tls_args=tls,  # type: ignore[arg-type]  # None: no SNI; peers are addressed by IP
-            evt_handlers=[(evt.EVT_CONN_OPEN, tune_socket)],
+            evt_handlers=[
+                (evt.EVT_CONN_OPEN, tune_socket),
+                (evt.EVT_CONN_OPEN, lambda _event: connected.append(True)),
+            ],
         )
     except socket.gaierror as exc:
         raise AssociationFailed(f"host {dest.host!r} not found ({exc.strerror})") from exc
@@ -114,6 +118,11 @@ def _associate(ae: AE, dest: Destination, options: SenderOptions) -> Association
         raise AssociationFailed(f"could not connect to {dest}: {exc}") from exc
     if assoc.is_established:
         return assoc
+    if not connected:
+        raise AssociationFailed(
+            f"could not connect to {dest} (connection refused, or no answer within "
+            f"{options.connection_timeout:g} s)"
+        )
     if assoc.is_rejected and assoc.acceptor.primitive is not None:
         p = assoc.acceptor.primitive
         raise AssociationFailed(f"{dest} rejected the association: {p.reason_str}")

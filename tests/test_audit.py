@@ -70,6 +70,8 @@ def test_studies_json_csv_and_filters(processed) -> None:  # type: ignore[no-unt
         len(_audit(node, "studies", "--calling-ae", "TEST_SCU", "--json").stdout.splitlines()) == 3
     )
     assert _audit(node, "studies", "--calling-ae", "NOBODY", "--json").stdout == ""
+    table = _audit(node, "studies").stdout
+    assert pa.StudyInstanceUID in table  # whole, so it can be copied into `audit show`
     assert _audit(node, "studies", "--since", "1d", "--json").stdout.count("\n") == 3
     assert _audit(node, "studies", "--until", "2000-01-01", "--json").stdout == ""
     sheet = list(csv.DictReader(io.StringIO(_audit(node, "studies", "--csv").stdout)))

@@ -112,6 +112,12 @@ def test_send_and_echo_failures(tmp_path: Path) -> None:
     closed = free_port()
     proc = _run(["echo", f"NOBODY@127.0.0.1:{closed}", "--timeout", "2"], env)
     assert proc.returncode == 1 and "FAILED" in proc.stderr
+    assert "could not connect" in proc.stderr and "aborted" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # A name the resolver refuses at once (no packet leaves this host).
+    proc = _run(["echo", "NOBODY@" + "x" * 64 + ".invalid:104", "--timeout", "2"], env)
+    assert proc.returncode == 1 and "could not connect" in proc.stderr
+    assert "Traceback" not in proc.stderr
     f = factories.write(factories.radiograph(), tmp_path / "x.dcm")
     proc = _run(["send", str(f), "--to", f"NOBODY@127.0.0.1:{closed}", "--quiet"], env)
     assert proc.returncode == 1 and "sent 0 of 1" in proc.stdout

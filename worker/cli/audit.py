@@ -145,12 +145,13 @@ def run_studies(args: argparse.Namespace, settings: Settings) -> int:
         writer.writeheader()
         writer.writerows(rows)
     else:
-        print(f"{'study':26} {'state':11} {'label':16} {'priority':8} {'accession':12} received")
+        # The study UID last and whole, so it can be copied into `audit show`.
+        print(f"{'received':19} {'state':11} {'label':10} {'priority':8} {'accession':16} study")
         for r in rows:
             print(
-                f"{'...' + r['study_instance_uid'][-23:]:26} {r['state']:11} "
-                f"{r['label'] or '-':16} {r['priority'] or '-':8} "
-                f"{r['accession_number'] or '-':12} {r['first_instance_at'][:19]}"
+                f"{r['first_instance_at'][:19]:19} {r['state']:11} {r['label'] or '-':10} "
+                f"{r['priority'] or '-':8} {r['accession_number'] or '-':16} "
+                f"{r['study_instance_uid']}"
             )
         print(f"{len(rows)} stud{'y' if len(rows) == 1 else 'ies'}")
     return 0

@@ -234,3 +234,29 @@ def test_identical_resend_changes_nothing_and_every_sender_is_kept(
     ds.InstitutionName = "Changed"
     send(node, [ds])
     wait_for(lambda: _study(node, ds.StudyInstanceUID).revision == 2)
+
+
+def test_replay_stuck_sends_a_lost_study_again_now(start_node, redis_server) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    node = start_node(broker_url=redis_server.url)  # the sweeper waits 30 minutes
+    ds = factories.radiograph()
+    assert send(node, [ds]).results[0].ok
+    wait_for(lambda: len(_queued_messages(redis_server)) == 1, timeout=30)
+    redis_server.stop()
+    redis_server.start()
+    env = {
+        "CXR_DATA_DIR": str(node.settings.data_dir),
+        "CXR_BROKER_URL": redis_server.url,
+        "PATH": "/usr/bin:/bin",
+    }
+    cli = [sys.executable, "-m", "worker.cli.main", "replay", "--stuck", "0"]
+    listed = subprocess.run([*cli, "--list"], env=env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and ds.StudyInstanceUID in listed.stdout
+    assert _queued_messages(redis_server) == []
+    sent = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    assert "sent again: 1 task(s)" in sent.stdout
+    (message,) = _queued_messages(redis_server)
+    assert message["headers"]["id"] == _study(node, ds.StudyInstanceUID).task_id

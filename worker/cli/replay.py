@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from worker.settings import Settings
 
@@ -18,8 +19,51 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--study", metavar="UID", help="only this Study Instance UID")
-    p.add_argument("--list", action="store_true", help="only list the dead letters")
+    p.add_argument("--list", action="store_true", help="only list what would be sent")
+    p.add_argument(
+        "--stuck",
+        type=float,
+        metavar="MINUTES",
+        help="also send again the work of studies in queued, processing or delivering with no "
+        "progress for MINUTES (what the node's sweeper does after CXR_STUCK_AFTER)",
+    )
     p.set_defaults(func=run)
+
+
+def _stuck(args: argparse.Namespace, settings: Settings, sessions: object) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import select
+
+    from dicom_node.completion import CompletionPolicy
+    from worker.celery_app import create_celery
+    from worker.db.models import DELIVERING, PROCESSING, QUEUED, Study
+    from worker.db.node_store import NodeStore
+    from worker.queueing import DeliveryEnqueuer, StudyEnqueuer
+
+    cutoff = datetime.now(UTC) - timedelta(minutes=args.stuck)
+    with sessions() as s:  # type: ignore[operator]
+        query = select(Study.study_instance_uid, Study.state, Study.updated_at).where(
+            Study.state.in_([QUEUED, PROCESSING, DELIVERING]), Study.updated_at < cutoff
+        )
+        if args.study:
+            query = query.where(Study.study_instance_uid == args.study)
+        stuck = s.execute(query).all()
+    for uid, state, since in stuck:
+        print(f"stuck: study {uid} {state} since {since:%Y-%m-%d %H:%M:%S}")
+    if args.list or not stuck:
+        return 0
+    celery = create_celery(settings)
+    store = NodeStore(
+        sessions,  # type: ignore[arg-type]
+        CompletionPolicy(),
+        StudyEnqueuer(celery, settings.study_task, settings.inference_queue),
+        redeliver=DeliveryEnqueuer(celery, settings.inference_queue),
+        stuck_after=args.stuck * 60,
+    )
+    sent = store.sweep_stuck_studies()
+    print(f"sent again: {sent} task(s) for {len(stuck)} stuck study(ies)")
+    return 0
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -31,6 +75,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from worker.delivery import attempt_delivery, dead_letters
 
     sessions = make_session_factory(open_database(settings))
+    if args.stuck is not None:
+        if args.stuck < 0:
+            print("cxr-triage replay: --stuck needs minutes >= 0", file=sys.stderr)
+            return 2
+        _stuck(args, settings, sessions)
     letters = dead_letters(sessions, args.study)
     if not letters:
         print("no dead letters")

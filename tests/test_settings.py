@@ -32,7 +32,7 @@ def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CXR_PORT", "104")
     s = Settings()
     assert s.allowed_calling_aets == ["MOD1", "PACS"]
-    assert [str(d) for d in s.destination_list()] == ["PACS@127.0.0.1:4242", "ARCHIVE@[::1]:104"]
+    assert [str(d) for d in s.destinations] == ["PACS@127.0.0.1:4242", "ARCHIVE@[::1]:104"]
     assert s.effective_database_url == "postgresql+psycopg://u@127.0.0.1/db"
     assert not s.should_auto_migrate
     assert s.port == 104

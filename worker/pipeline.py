@@ -217,7 +217,7 @@ class Pipeline:
             paths = [
                 (kind, ds, src, write_object(ds, outputs, study_uid)) for kind, ds, src in objects
             ]
-        destinations = [str(d) for d in self.settings.destination_list()]
+        destinations = [str(d) for d in self.settings.destinations]
         with self.sessions.begin() as s:
             s.execute(
                 delete(ImageResult).where(

@@ -85,7 +85,8 @@ class Settings(BaseSettings):
     inference_queue: str = "inference"
     study_task: str = "cxr_triage.process_study"
     # Worker and results
-    destinations: CommaList = Field(default_factory=list)
+    # Parsed once, here: everything after works with typed destinations.
+    destinations: Annotated[list[Destination], NoDecode] = Field(default_factory=list)
     model_dir: Path | None = None
     threshold_covid: float = Field(0.5, ge=0, le=1)
     threshold_pneumonia: float = Field(0.5, ge=0, le=1)
@@ -104,19 +105,19 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 
-    @field_validator("allowed_calling_aets", "destinations", mode="before")
+    @field_validator("allowed_calling_aets", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("destinations")
+    @field_validator("destinations", mode="before")
     @classmethod
-    def _check_destinations(cls, value: list[str]) -> list[str]:
-        for item in value:
-            Destination.parse(item)
-        return value
+    def _parse_destinations(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_destinations(value)
+        return [Destination.parse(v) if isinstance(v, str) else v for v in value]
 
     @field_validator("uid_root")
     @classmethod
@@ -180,9 +181,6 @@ class Settings(BaseSettings):
     @property
     def should_auto_migrate(self) -> bool:
         return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
-
-    def destination_list(self) -> list[Destination]:
-        return parse_destinations(",".join(self.destinations))
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

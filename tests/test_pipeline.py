@@ -370,3 +370,54 @@ def test_a_destination_that_cannot_be_reached_fails_alone(start_node, pacs) -> N
     failed = [d for d in rows(node.engine, Delivery) if d.outcome == "dead"]
     assert len(failed) == 2 and all("could not connect" in (d.error or "") for d in failed)
     assert _study(node, uid).state == "dead_letter"  # not stuck in "delivering"
+
+
+_DELIVER_ONLY = """
+import sys
+from pathlib import Path
+
+from dicom_node import synthetic
+from worker.celery_app import create_celery
+from worker.db.engine import make_session_factory, open_database
+from worker.db.models import Delivery, ProducedObject, Study, StudyState, utcnow
+from worker.settings import Settings
+from worker.tasks import DELIVER_TASK, register_tasks
+
+settings = Settings(data_dir=Path(sys.argv[1]), port=0)
+sessions = make_session_factory(open_database(settings))
+ds = synthetic.radiograph(rows=32, columns=32)
+synthetic.write(ds, settings.outputs_dir / "x.dcm")
+with sessions.begin() as s:
+    study = Study(study_instance_uid=ds.StudyInstanceUID, state=StudyState.DELIVERING)
+    s.add(study)
+    s.flush()
+    obj = ProducedObject(
+        study_id=study.id, revision=study.revision, kind="sc", path="x.dcm",
+        sop_instance_uid=ds.SOPInstanceUID, series_instance_uid=ds.SeriesInstanceUID,
+        sop_class_uid=ds.SOPClassUID,
+    )
+    s.add(obj)
+    s.flush()
+    s.add(Delivery(object_id=obj.id, destination=sys.argv[2], attempt=0, outcome="pending",
+                   at=utcnow()))
+    object_id = obj.id
+app = create_celery(settings)
+register_tasks(app, settings)
+app.tasks[DELIVER_TASK](object_id, sys.argv[2], 1)
+print("tensorflow loaded:", "tensorflow" in sys.modules)
+"""
+
+
+def test_the_delivery_task_does_not_load_the_model(tmp_path, pacs) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _DELIVER_ONLY, str(tmp_path / "data"), pacs.address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "tensorflow loaded: False" in proc.stdout
+    assert len(pacs.received()) == 1

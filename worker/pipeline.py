@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import pydicom
 from sqlalchemy import delete, select
@@ -42,7 +43,7 @@ from worker.db.models import (
     utcnow,
 )
 from worker.db.transitions import move
-from worker.decision import decide_study
+from worker.decision import StudyDecision, decide_study
 from worker.logs import study_context
 from worker.outputs import derived_uid, write_object
 from worker.settings import Settings
@@ -72,6 +73,32 @@ class Timer:
             yield
         finally:
             self.steps.append((name, time.perf_counter() - start))
+
+
+@dataclass
+class _Loaded:
+    """What the load stage read: the study's eligible instances, datasets, display images."""
+
+    study_uid: str
+    instances: list[Instance]
+    datasets: list[pydicom.Dataset]
+    images: list[Any]
+
+
+@dataclass
+class _Inferred:
+    """The images the image check kept, with their predictions, and those it refused."""
+
+    instances: list[Instance]
+    datasets: list[pydicom.Dataset]
+    images: list[Any]
+    predictions: list[Any]
+    refusals: list[tuple[Instance, str | None]]
+    shrink: int
+
+    @property
+    def kept(self) -> bool:
+        return bool(self.predictions)
 
 
 def claim(sessions: sessionmaker[Session], study_id: int, revision: int) -> str | None:
@@ -123,13 +150,20 @@ class Pipeline:
             raise
 
     def _process(self, study_id: int, revision: int) -> Outcome:
-        from models.gradcam import overlay
-        from models.imaging import decimate, dicom_to_image, is_colour, shrink_factor
-
+        """load -> infer -> decide -> build -> record."""
         timer = Timer()
-        model = self.model
-        card = model.card  # type: ignore[attr-defined]
-        root = self.settings.uid_root
+        loaded = self._load(study_id, timer)
+        inferred = self._infer(loaded, timer)
+        if not inferred.kept:
+            return self._skip_refused(study_id, revision, inferred.refusals, timer)
+        decision = self._decide(inferred)
+        built = self._build(loaded.study_uid, revision, inferred, decision, timer)
+        return self._record(study_id, revision, loaded.study_uid, inferred, decision, built, timer)
+
+    def _load(self, study_id: int, timer: Timer) -> _Loaded:
+        """The study's eligible, spooled instances, read and turned into display images."""
+        from models.imaging import dicom_to_image
+
         with self.sessions() as s:
             study = s.get_one(Study, study_id)
             instances = s.scalars(
@@ -143,44 +177,71 @@ class Pipeline:
             ).all()
         if not instances:
             raise RuntimeError("no eligible instance with a spooled file")
-        study_uid = study.study_instance_uid
-
         with timer.step("load"):
-            datasets = [pydicom.dcmread(self.spool.path_of(i.spool_path or "")) for i in instances]
+            datasets: list[pydicom.Dataset] = [
+                pydicom.dcmread(self.spool.path_of(i.spool_path or "")) for i in instances
+            ]
             images = [dicom_to_image(ds) for ds in datasets]
+        return _Loaded(study.study_instance_uid, list(instances), datasets, images)
+
+    def _infer(self, loaded: _Loaded, timer: Timer) -> _Inferred:
+        """Image check, classification and Grad-CAM; refused images are set apart."""
+        from models.imaging import is_colour, shrink_factor
+
         # One shrink factor for the study: the SCs stay below CXR_SC_MAX_SIZE pixels a side.
-        shrink = max(shrink_factor(img.shape, self.settings.sc_max_size) for img in images)
+        shrink = max(shrink_factor(img.shape, self.settings.sc_max_size) for img in loaded.images)
         with timer.step("predict_gradcam"):
-            colour = [is_colour(ds) for ds in datasets]
-            checked = model.predict(  # type: ignore[attr-defined]
-                images, heatmaps=True, heatmap_shrink=shrink, colour=colour
+            colour = [is_colour(ds) for ds in loaded.datasets]
+            checked = self.model.predict(  # type: ignore[attr-defined]
+                loaded.images, heatmaps=True, heatmap_shrink=shrink, colour=colour
             )
-        # Images the image check refused are recorded and left out; the others go on.
         refusals = [
-            (inst, p.refused) for inst, p in zip(instances, checked, strict=True) if p.refused
+            (inst, p.refused)
+            for inst, p in zip(loaded.instances, checked, strict=True)
+            if p.refused
         ]
         kept = [i for i, p in enumerate(checked) if not p.refused]
-        if not kept:
-            return self._skip_refused(study_id, revision, refusals, timer)
-        instances = [instances[i] for i in kept]
-        datasets = [datasets[i] for i in kept]
-        images = [images[i] for i in kept]
-        predictions = [checked[i] for i in kept]
+        return _Inferred(
+            instances=[loaded.instances[i] for i in kept],
+            datasets=[loaded.datasets[i] for i in kept],
+            images=[loaded.images[i] for i in kept],
+            predictions=[checked[i] for i in kept],
+            refusals=refusals,
+            shrink=shrink,
+        )
+
+    def _decide(self, inferred: _Inferred) -> StudyDecision:
         thresholds = {
             "covid": self.settings.threshold_covid,
             "pneumonia": self.settings.threshold_pneumonia,
         }
-        decision = decide_study([p.probabilities for p in predictions], thresholds)
+        return decide_study([p.probabilities for p in inferred.predictions], thresholds)
 
+    def _build(
+        self,
+        study_uid: str,
+        revision: int,
+        inferred: _Inferred,
+        decision: StudyDecision,
+        timer: Timer,
+    ) -> list[tuple[str, pydicom.Dataset, str | None, str]]:
+        """The Grad-CAM SCs and the SR, written to the outputs folder: (kind, ds, source, path)."""
+        from models.gradcam import overlay
+        from models.imaging import decimate
+
+        card = self.model.card  # type: ignore[attr-defined]
+        root = self.settings.uid_root
         key = (study_uid, revision, card.weights_sha256)
         sc_series = derived_uid(root, *key, "sc-series")
         scs = []
         with timer.step("build_sc"):
-            for n, (ds, image, pred) in enumerate(zip(datasets, images, predictions, strict=True)):
+            for n, (ds, image, pred) in enumerate(
+                zip(inferred.datasets, inferred.images, inferred.predictions, strict=True)
+            ):
                 scs.append(
                     build_gradcam_sc(
                         ds,
-                        overlay(decimate(image, shrink), pred.heatmap),
+                        overlay(decimate(image, inferred.shrink), pred.heatmap),
                         label=pred.label,
                         probability=pred.probabilities[pred.label],
                         model_name=card.name,
@@ -191,13 +252,13 @@ class Pipeline:
                     )
                 )
         with timer.step("build_sr"):
-            headers = [ds.copy() for ds in datasets]
+            headers = [ds.copy() for ds in inferred.datasets]
             for h in headers:
                 h.pop("PixelData", None)
             sr = build_report(
                 [
                     SRImage(h, p.label, p.probabilities)
-                    for h, p in zip(headers, predictions, strict=True)
+                    for h, p in zip(headers, inferred.predictions, strict=True)
                 ],
                 SRStudy(decision.label, decision.priority, decision.thresholds),
                 evidence=[*headers, *scs],
@@ -211,12 +272,26 @@ class Pipeline:
         with timer.step("store"):
             outputs = self.settings.outputs_dir
             objects: list[tuple[str, pydicom.Dataset, str | None]] = [
-                ("sc", sc, src.SOPInstanceUID) for sc, src in zip(scs, datasets, strict=True)
+                ("sc", sc, src.SOPInstanceUID)
+                for sc, src in zip(scs, inferred.datasets, strict=True)
             ]
             objects.append(("sr", sr, None))
-            paths = [
+            return [
                 (kind, ds, src, write_object(ds, outputs, study_uid)) for kind, ds, src in objects
             ]
+
+    def _record(
+        self,
+        study_id: int,
+        revision: int,
+        study_uid: str,
+        inferred: _Inferred,
+        decision: StudyDecision,
+        built: list[tuple[str, pydicom.Dataset, str | None, str]],
+        timer: Timer,
+    ) -> Outcome:
+        """Results, produced objects and the delivery plan in one transaction; the next state."""
+        card = self.model.card  # type: ignore[attr-defined]
         destinations = [str(d) for d in self.settings.destinations]
         with self.sessions.begin() as s:
             s.execute(
@@ -229,8 +304,8 @@ class Pipeline:
                     StudyResult.study_id == study_id, StudyResult.revision == revision
                 )
             )
-            self._add_refusals(s, study_id, revision, refusals)
-            for inst, pred in zip(instances, predictions, strict=True):
+            self._add_refusals(s, study_id, revision, inferred.refusals)
+            for inst, pred in zip(inferred.instances, inferred.predictions, strict=True):
                 s.add(
                     ImageResult(
                         study_id=study_id,
@@ -256,7 +331,7 @@ class Pipeline:
                 )
             )
             object_ids = []
-            for kind, obj, src, rel in paths:
+            for kind, obj, src, rel in built:
                 row = s.scalars(
                     select(ProducedObject).where(
                         ProducedObject.sop_instance_uid == obj.SOPInstanceUID
@@ -286,9 +361,9 @@ class Pipeline:
                     )
             for name, seconds in timer.steps:
                 s.add(StepTiming(study_id=study_id, revision=revision, step=name, seconds=seconds))
-            detail = f"{decision.label} ({decision.priority}); {len(scs)} SC + 1 SR"
-            if refusals:
-                detail += f"; {len(refusals)} image(s) refused by the image check"
+            detail = f"{decision.label} ({decision.priority}); {len(built) - 1} SC + 1 SR"
+            if inferred.refusals:
+                detail += f"; {len(inferred.refusals)} image(s) refused by the image check"
             if not move(
                 s, study_id, DELIVERING if destinations else DONE, detail, expect=[PROCESSING]
             ):

@@ -156,16 +156,9 @@ def _command_case(kind: str, rng: random.Random) -> Case:
 
 
 def _long_uid_command(ds: Dataset, rng: random.Random) -> bytes:
-    from tests.rawdicom import command_bytes
+    from tests.rawdicom import command_bytes, store_command
 
-    cmd = Dataset()
-    cmd.CommandGroupLength = 0
-    cmd.AffectedSOPClassUID = ds.SOPClassUID
-    cmd.CommandField = 0x0001
-    cmd.MessageID = 1
-    cmd.Priority = 0
-    cmd.CommandDataSetType = 0x0000
-    cmd.AffectedSOPInstanceUID = "1." + "2" * rng.randint(63, 200)
+    cmd = store_command(ds.SOPClassUID, "1." + "2" * rng.randint(63, 200))
     return pdata((3, 0x03, command_bytes(cmd)))
 
 

@@ -96,6 +96,21 @@ def store_rq(
     return _encoded(msg, context_id, max_pdu)
 
 
+def store_command(
+    sop_class: str, sop_instance: str, *, data_set_type: int = 0x0000, message_id: int = 1
+) -> Dataset:
+    """A C-STORE-RQ command set with any values, valid or not (pynetdicom checks them)."""
+    cmd = Dataset()
+    cmd.CommandGroupLength = 0
+    cmd.AffectedSOPClassUID = sop_class
+    cmd.CommandField = 0x0001
+    cmd.MessageID = message_id
+    cmd.Priority = 0
+    cmd.CommandDataSetType = data_set_type
+    cmd.AffectedSOPInstanceUID = sop_instance
+    return cmd
+
+
 def command_bytes(command: Dataset) -> bytes:
     """A DIMSE command set, Implicit VR Little Endian, as a peer would put in a PDV."""
     data = encode(command, True, True)

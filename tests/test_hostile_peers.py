@@ -35,6 +35,7 @@ from tests.rawdicom import (
     echo_rq,
     pdata,
     pdu,
+    store_command,
     store_rq,
 )
 from worker.db.models import Association, Instance, Rejection
@@ -166,15 +167,7 @@ def test_overlong_command_uid_leaves_no_file(start_node) -> None:  # type: ignor
     node = start_node()
     ds = factories.radiograph(rows=64, columns=64)
     pdus = store_rq(ds)
-    command = Dataset()
-    command.CommandGroupLength = 0
-    command.AffectedSOPClassUID = ds.SOPClassUID
-    command.CommandField = 0x0001
-    command.MessageID = 1
-    command.Priority = 0
-    command.CommandDataSetType = 0x0000
-    command.AffectedSOPInstanceUID = "1." + "2" * 63  # 65 characters
-    raw = command_bytes(command)
+    raw = command_bytes(store_command(ds.SOPClassUID, "1." + "2" * 63))  # 65 characters
     with RawPeer(node.listener.port) as peer:
         assert peer.associate().pdu_type == A_ASSOCIATE_AC
         peer.send(pdata((3, 0x03, raw)))
@@ -368,14 +361,7 @@ def test_stop_does_not_wait_for_silent_connections(start_node) -> None:  # type:
 
 def test_store_request_without_dataset_is_cannot_understand(start_node) -> None:  # type: ignore[no-untyped-def]
     node = start_node()
-    command = Dataset()
-    command.CommandGroupLength = 0
-    command.AffectedSOPClassUID = CR_IMAGE_STORAGE
-    command.CommandField = 0x0001
-    command.MessageID = 1
-    command.Priority = 0
-    command.CommandDataSetType = 0x0101  # "no dataset follows"
-    command.AffectedSOPInstanceUID = "1.2.3.4"
+    command = store_command(CR_IMAGE_STORAGE, "1.2.3.4", data_set_type=0x0101)  # no dataset
     with RawPeer(node.listener.port) as peer:
         assert peer.associate().pdu_type == A_ASSOCIATE_AC
         peer.send(pdata((3, 0x03, command_bytes(command))))

@@ -57,6 +57,18 @@ def _permanent(exc: StatementError) -> bool:
     return isinstance(exc, DataError) or isinstance(exc.orig, ValueError)
 
 
+def _add_receipt(s: Session, row: Instance, rec: ReceivedInstance, now: datetime) -> None:
+    s.add(
+        Receipt(
+            instance_id=row.id,
+            association_id=rec.association_id,
+            received_at=now,
+            size_bytes=rec.size_bytes,
+            duplicate=rec.duplicate,
+        )
+    )
+
+
 def node_name() -> str:
     """``host:pid`` of this process, stored on every association it accepts."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -177,15 +189,7 @@ class NodeStore:
         if row is not None and rec.duplicate:
             # The same bytes again (a PACS re-route, a manual resend): note who sent it, and
             # change nothing else, so no new revision and no second set of results.
-            s.add(
-                Receipt(
-                    instance_id=row.id,
-                    association_id=rec.association_id,
-                    received_at=now,
-                    size_bytes=rec.size_bytes,
-                    duplicate=True,
-                )
-            )
+            _add_receipt(s, row, rec, now)
             return
         study = s.scalars(
             select(Study)
@@ -244,15 +248,7 @@ class NodeStore:
         row.rule = rec.decision.rule
         row.reason = rec.decision.reason
         s.flush()
-        s.add(
-            Receipt(
-                instance_id=row.id,
-                association_id=rec.association_id,
-                received_at=now,
-                size_bytes=rec.size_bytes,
-                duplicate=False,
-            )
-        )
+        _add_receipt(s, row, rec, now)
 
     # -- start-up -------------------------------------------------------------------------------
     def close_orphaned_associations(self) -> int:

@@ -97,3 +97,17 @@ def start_node(make_settings: Callable[..., Any]) -> Iterator[Callable[..., Any]
     yield start
     for node in nodes:
         node.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by the services their fixtures start, so ``-m "not postgres"`` and the like work.
+
+    ``dcmtk`` and ``slow`` are marked where the tests are written.
+    """
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "pg_url" in names or "postgres" in params.values():
+            item.add_marker(pytest.mark.postgres)
+        if "redis_server" in names:
+            item.add_marker(pytest.mark.redis)

@@ -49,6 +49,7 @@ def test_jpeg2000_lossy_decodes(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("flag, syntax", [("+e1", JPEGLosslessSV1), ("+eb", JPEGBaseline8Bit)])
+@pytest.mark.dcmtk
 def test_jpeg_made_by_dcmtk_decodes(flag: str, syntax: str, tmp_path: Path) -> None:
     require(shutil.which("dcmcjpeg") is not None, "dcmtk dcmcjpeg is not installed")
     ds, original = _source(bits=8)

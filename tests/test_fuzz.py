@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.fuzzing import KINDS, Campaign, NodeProcess
 from tests.services import free_port
 
@@ -16,6 +18,7 @@ SEED = 20261126
 COUNT = 300
 
 
+@pytest.mark.slow
 def test_seeded_fuzz_run_keeps_every_invariant(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "data", free_port())
     try:

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pydicom
+import pytest
 from celery.contrib.testing.worker import start_worker
 
 from tests.helpers import rows, wait_for
@@ -15,6 +16,7 @@ from tests.services import require, shared_file
 from worker.db.models import DONE, Delivery, ProducedObject, Study, StudyResult
 
 
+@pytest.mark.slow
 def test_orthanc_pushes_a_study_and_gets_results_back(
     start_node, redis_server, pg_url, tmp_path: Path
 ) -> None:

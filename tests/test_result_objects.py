@@ -171,6 +171,7 @@ def test_structured_report_content_tree(source: pydicom.Dataset) -> None:
     ]
 
 
+@pytest.mark.dcmtk
 def test_dicom3tools_and_dcmtk_accept_the_objects(tmp_path: Path) -> None:
     require(shutil.which("dciodvfy") is not None, "dicom3tools (dciodvfy) is not installed")
     require(shutil.which("dsrdump") is not None, "dcmtk (dsrdump) is not installed")

@@ -85,8 +85,9 @@ def discard_partial_datasets(assoc: Any, files: set[Path], incoming: Path) -> li
     """Remove the incoming/ files an ended association opened and no handler took.
 
     ``files`` is what :func:`watch_datasets` collected; the message being received when the
-    association ended and any request still queued are added. Only files directly inside
-    ``incoming`` are touched. Returns the paths removed.
+    association ended and any request still queued are added. Only those files are touched
+    (normally in ``incoming``; elsewhere when another node in the process set the temporary
+    directory). Returns the paths removed.
     """
     dimse = getattr(assoc, "dimse", None)
     messages = [getattr(dimse, "message", None)]
@@ -103,10 +104,7 @@ def discard_partial_datasets(assoc: Any, files: set[Path], incoming: Path) -> li
                 handle.close()
             files.add(Path(handle.name))
     removed = []
-    root = incoming.resolve()
     for path in files:
-        if path.resolve().parent != root:
-            continue
         try:
             path.unlink()
         except FileNotFoundError:

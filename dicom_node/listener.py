@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -36,6 +36,7 @@ from dicom_node.incoming import (
 )
 from dicom_node.integrity import MalformedDatasetError, read_header_checked, recorded_text
 from dicom_node.interfaces import NodeRecorder, PeerInfo, ReceivedInstance, RecordRefusedError
+from dicom_node.io_switches import receiving_to_files
 from dicom_node.pdu_reader import PduLimits, install_reader
 from dicom_node.server import GuardedAssociationServer, make_handler
 from dicom_node.sockets import no_delay
@@ -178,10 +179,11 @@ class Listener:
 
     def start(self) -> None:
         """Bind the port and serve in background threads."""
-        # Receive each dataset straight to a file in the spool's incoming/ directory, so that
-        # keeping it is an fsync and a rename, never a decode-and-rewrite.
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        tempfile.tempdir = str(self.spool.incoming)
+        if not receiving_to_files():
+            raise RuntimeError(
+                "receiving needs dicom_node.io_switches.configure(spool incoming) at the entry "
+                "point (cxr-triage listen does it)"
+            )
         self._housekeeping()
         handlers = [
             (evt.EVT_CONN_OPEN, no_delay),
@@ -487,7 +489,8 @@ class Listener:
             existed = location.path.exists()
             source = received
             if received.parent != self.spool.incoming:
-                # Another listener in this process owns tempfile.tempdir: copy to our file system.
+                # tempfile.tempdir names another spool (several nodes in one process, as in
+                # tests): copy to our file system.
                 fd, name = tempfile.mkstemp(dir=self.spool.incoming, suffix=".dcm")
                 os.close(fd)
                 shutil.copyfile(received, name)

@@ -13,7 +13,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -227,9 +227,6 @@ def _send_items(
     on_result: Callable[[SendResult], None] | None,
 ) -> SendSummary:
     summary = SendSummary()
-    # Send files as they are on disk instead of decoding and re-encoding them: faster, and
-    # what arrives is exactly what the file holds.
-    _config.STORE_SEND_CHUNKED_DATASET = True
 
     def done(result: SendResult) -> None:
         summary.results.append(result)

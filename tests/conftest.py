@@ -88,8 +88,14 @@ def start_node(make_settings: Callable[..., Any]) -> Iterator[Callable[..., Any]
 
     nodes = []
 
+    from dicom_node import io_switches
+
+    undo: list[Callable[[], None]] = []
+
     def start(**overrides: Any) -> Any:
-        node = build_node(make_settings(**overrides))
+        settings = make_settings(**overrides)
+        undo.append(io_switches.configure(settings.spool_dir / "incoming"))  # as `listen` does
+        node = build_node(settings)
         node.start()
         nodes.append(node)
         return node
@@ -97,6 +103,8 @@ def start_node(make_settings: Callable[..., Any]) -> Iterator[Callable[..., Any]
     yield start
     for node in nodes:
         node.stop()
+    for restore in reversed(undo):
+        restore()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

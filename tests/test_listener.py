@@ -257,3 +257,25 @@ def test_peer_closing_mid_pdu_leaves_node_up(start_node) -> None:  # type: ignor
         s.sendall(struct.pack(">BBL", 0x01, 0, 500) + b"\x00\x01" + b"\x00" * 18)
     assert echo(dest(node)) == 0
     assert rows(node.engine, Instance) == []
+
+
+def test_the_listener_sets_no_process_wide_switch(make_settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """pynetdicom's switches are the entry point's (cxr-triage listen), not the library's."""
+    import tempfile
+
+    from pynetdicom import _config
+
+    from worker.node_service import build_node
+
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    node = build_node(make_settings())
+    try:
+        with pytest.raises(RuntimeError, match="entry point"):
+            node.listener.start()
+        sends_as_files = _config.STORE_SEND_CHUNKED_DATASET
+    finally:
+        node.engine.dispose()
+    assert not _config.STORE_RECV_CHUNKED_DATASET and tempfile.tempdir is None
+    assert not sends_as_files

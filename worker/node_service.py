@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from dicom_node import io_switches
 from dicom_node.completion import CompletionMonitor, CompletionPolicy
 from dicom_node.listener import Listener, ListenerConfig
 from dicom_node.spool import Spool
@@ -112,6 +113,7 @@ def build_node(settings: Settings) -> Node:
 
 def serve(settings: Settings) -> None:
     """Run the node until SIGINT or SIGTERM."""
+    io_switches.configure(settings.spool_dir / "incoming")
     node = build_node(settings)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

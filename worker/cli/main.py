@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
+from dicom_node import io_switches
 from worker import __version__
 from worker.cli import (
     api,
@@ -82,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cxr-triage: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(args.log_level or settings.log_level, settings.log_format)
+    io_switches.configure()  # send files as they are; `listen` also receives into the spool
     for name in unknown_environment_names():
         logging.getLogger("worker.settings").warning("ignoring %s: no such setting", name)
     try:

@@ -6,6 +6,7 @@ shortcut (children vs adults, one hospital vs another) shows up as a gap between
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -70,20 +71,26 @@ def auroc(y_bin: np.ndarray, score: np.ndarray) -> float | None:
     return float(roc_auc_score(y_bin, score))
 
 
-def auroc_ci(
-    y_bin: np.ndarray, score: np.ndarray, n_boot: int, rng: np.random.Generator
+def _percentile_ci(
+    statistic: Callable[[np.ndarray], float | None], n: int, n_boot: int, rng: np.random.Generator
 ) -> tuple[float, float] | None:
-    """95% percentile-bootstrap CI of :func:`auroc` over cases (None if mostly undefined)."""
+    """95% percentile-bootstrap CI of ``statistic(case indices)`` (None if mostly undefined)."""
     values = []
     for _ in range(n_boot):
-        idx = rng.integers(0, len(y_bin), len(y_bin))
-        v = auroc(y_bin[idx], score[idx])
+        v = statistic(rng.integers(0, n, n))
         if v is not None:
             values.append(v)
     if len(values) < n_boot // 2:
         return None
     low, high = np.percentile(values, [2.5, 97.5])
     return float(low), float(high)
+
+
+def auroc_ci(
+    y_bin: np.ndarray, score: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> tuple[float, float] | None:
+    """95% percentile-bootstrap CI of :func:`auroc` over cases (None if mostly undefined)."""
+    return _percentile_ci(lambda idx: auroc(y_bin[idx], score[idx]), len(y_bin), n_boot, rng)
 
 
 def _bootstrap_ci(
@@ -91,16 +98,7 @@ def _bootstrap_ci(
 ) -> tuple[float, float] | None:
     if k >= 0:
         return auroc_ci((y == k).astype(int), probs[:, k], n_boot, rng)
-    values = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
-        v = _macro(y[idx], probs[idx])
-        if v is not None:
-            values.append(v)
-    if len(values) < n_boot // 2:
-        return None
-    low, high = np.percentile(values, [2.5, 97.5])
-    return float(low), float(high)
+    return _percentile_ci(lambda idx: _macro(y[idx], probs[idx]), len(y), n_boot, rng)
 
 
 def _macro(y: np.ndarray, probs: np.ndarray) -> float | None:

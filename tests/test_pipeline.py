@@ -73,6 +73,14 @@ def _study(node: Any, uid: str) -> Study:
     return study
 
 
+def _received(node: Any, paths: list[Path]) -> Study:
+    """Send files to the node and wait until their study is complete: the pipeline's input."""
+    assert all(r.ok for r in send(node, paths).results)
+    uid = pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID
+    wait_for(lambda: _study(node, uid).state in ("complete", "queued", "queueing"))
+    return _study(node, uid)
+
+
 def test_pipeline_classifies_builds_and_delivers(start_node, pacs) -> None:  # type: ignore[no-untyped-def]
     from dicom_node.addresses import Destination
     from dicom_node.sender import SenderOptions
@@ -80,10 +88,8 @@ def test_pipeline_classifies_builds_and_delivers(start_node, pacs) -> None:  # t
 
     node = start_node(destinations=[pacs.address])  # no broker needed: we call the pipeline
     cr = shared_file("cr_pa_chest_jpeg_baseline.dcm")
-    assert send(node, [cr]).results[0].ok
-    uid = pydicom.dcmread(cr, stop_before_pixels=True).StudyInstanceUID
-    wait_for(lambda: _study(node, uid).state in ("complete", "queued", "queueing"))
-    study = _study(node, uid)
+    study = _received(node, [cr])
+    uid = study.study_instance_uid
     pipeline = _pipeline(node)
     outcome = pipeline.process(study.id, study.revision)
     assert outcome.state == "delivering" and len(outcome.to_deliver) == 2
@@ -296,10 +302,8 @@ def test_image_check_refuses_a_dog_tagged_chest_pa(start_node, tmp_path) -> None
 
     node = start_node()
     dog = _dog_as_pa_chest(tmp_path)
-    assert send(node, [dog]).results[0].ok
-    uid = pydicom.dcmread(dog, stop_before_pixels=True).StudyInstanceUID
-    wait_for(lambda: _study(node, uid).state in ("complete", "queued", "queueing"))
-    study = _study(node, uid)
+    study = _received(node, [dog])
+    uid = study.study_instance_uid
     assert study.state != "skipped"  # the tags passed the node's eligibility rules
     outcome = _pipeline(node).process(study.id, study.revision)
     assert outcome.state == "skipped" and not outcome.to_deliver
@@ -321,9 +325,7 @@ def test_a_refused_image_does_not_stop_the_chest_beside_it(start_node, tmp_path)
     chest = shared_file("cr_pa_chest_jpeg_baseline.dcm")
     uid = pydicom.dcmread(chest, stop_before_pixels=True).StudyInstanceUID
     dog = _dog_as_pa_chest(tmp_path, study_uid=uid)
-    assert all(r.ok for r in send(node, [chest, dog]).results)
-    wait_for(lambda: _study(node, uid).state in ("complete", "queued", "queueing"))
-    study = _study(node, uid)
+    study = _received(node, [chest, dog])
     outcome = _pipeline(node).process(study.id, study.revision)
     assert outcome.state == "done" and outcome.label in ("normal", "covid", "pneumonia")
     labels = sorted(
@@ -346,10 +348,8 @@ def test_a_destination_that_cannot_be_reached_fails_alone(start_node, pacs) -> N
     bad = "BAD@" + "x" * 64 + ".invalid:104"
     node = start_node(destinations=[bad, pacs.address])
     cr = shared_file("cr_pa_chest_jpeg_baseline.dcm")
-    assert send(node, [cr]).results[0].ok
-    uid = pydicom.dcmread(cr, stop_before_pixels=True).StudyInstanceUID
-    wait_for(lambda: _study(node, uid).state in ("complete", "queued", "queueing"))
-    study = _study(node, uid)
+    study = _received(node, [cr])
+    uid = study.study_instance_uid
     pipeline = _pipeline(node)
     outcome = pipeline.process(study.id, study.revision)
     assert len(outcome.to_deliver) == 4
@@ -409,9 +409,6 @@ print("tensorflow loaded:", "tensorflow" in sys.modules)
 
 
 def test_the_delivery_task_does_not_load_the_model(tmp_path, pacs) -> None:  # type: ignore[no-untyped-def]
-    import subprocess
-    import sys
-
     proc = subprocess.run(
         [sys.executable, "-c", _DELIVER_ONLY, str(tmp_path / "data"), pacs.address],
         capture_output=True,

@@ -47,8 +47,13 @@ class PartialDataset:
         return None
 
 
+def _handle_of(message: Any) -> Any:
+    """The open dataset file of a DIMSE message (being received) or primitive (complete)."""
+    return getattr(message, "_data_set_file", None) or getattr(message, "_dataset_file", None)
+
+
 def _file_of(message: Any) -> Path | None:
-    handle = getattr(message, "_data_set_file", None) or getattr(message, "_dataset_file", None)
+    handle = _handle_of(message)
     return None if handle is None else Path(handle.name)
 
 
@@ -90,15 +95,15 @@ def discard_partial_datasets(assoc: Any, files: set[Path], incoming: Path) -> li
     directory). Returns the paths removed.
     """
     dimse = getattr(assoc, "dimse", None)
-    messages = [getattr(dimse, "message", None)]
+    messages = [getattr(dimse, "message", None)]  # its file is open: close it before removing
     while dimse is not None:
         try:
             _context, primitive = dimse.msg_queue.get_nowait()
         except queue.Empty:
             break
-        messages.append(primitive)
+        messages.append(primitive)  # complete requests nobody served
     for message in messages:
-        handle = getattr(message, "_data_set_file", None) or getattr(message, "_dataset_file", None)
+        handle = _handle_of(message)
         if handle is not None:
             with contextlib.suppress(OSError):
                 handle.close()

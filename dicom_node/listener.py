@@ -38,7 +38,7 @@ from dicom_node.integrity import MalformedDatasetError, read_header_checked, rec
 from dicom_node.interfaces import NodeRecorder, PeerInfo, ReceivedInstance, RecordRefusedError
 from dicom_node.io_switches import receiving_to_files
 from dicom_node.pdu_reader import PduLimits, install_reader
-from dicom_node.server import GuardedAssociationServer, make_handler
+from dicom_node.server import ConnectionHandler, GuardedAssociationServer
 from dicom_node.sockets import no_delay
 from dicom_node.spool import LowDiskSpaceError, Spool
 from dicom_node.statuses import (
@@ -208,7 +208,7 @@ class Listener:
             ae_title=self.config.ae_title,
             evt_handlers=handlers,  # type: ignore[arg-type]
             server_class=server_class,
-            request_handler=make_handler(),
+            request_handler=ConnectionHandler,
         )
         thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
         thread.start()

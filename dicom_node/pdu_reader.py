@@ -38,10 +38,6 @@ MAX_ASSOCIATION_PDU = 2**20
 MAX_UNLIMITED_PDATA = 64 * 2**20
 
 
-class PduTooLong(ValueError):
-    """A PDU header declared more bytes than this peer may send."""
-
-
 @dataclass(frozen=True)
 class PduLimits:
     """What one peer may send.

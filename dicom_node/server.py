@@ -110,19 +110,21 @@ def _wait(assoc: Any) -> None:
     closed the connection (garbage, a PDU that never finished): that would hold the connection
     for 30 s after the peer has gone.
     """
-    woken = False
-    while assoc.is_alive():
+    while assoc.is_alive() and assoc.requestor.primitive is None:
         assoc.join(0.2)
-        if woken or assoc.requestor.primitive is not None:
-            continue
         wrapper = assoc.dul.socket
         if wrapper is None or wrapper.socket is None or not assoc.dul.is_alive():
             assoc.dul.to_user_queue.put(None)  # read by the acceptor as "no request came"
-            woken = True
+            break
+    assoc.join()  # once associated (or woken), nothing to watch: just wait for the end
 
 
-class _ConnectionHandler(RequestHandler):
-    """Runs in the connection's own thread, from accept to close."""
+class ConnectionHandler(RequestHandler):
+    """Runs in the connection's own thread, from accept to close.
+
+    Pass it to ``AE.make_server(request_handler=ConnectionHandler)`` with a
+    :class:`GuardedAssociationServer`.
+    """
 
     server: GuardedAssociationServer
 
@@ -191,8 +193,3 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         except Exception:
             logger.exception("connection thread failed")
             self.shutdown_request(request)
-
-
-def make_handler() -> type[RequestHandler]:
-    """The request handler class to pass to ``AE.make_server(request_handler=...)``."""
-    return _ConnectionHandler

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from pynetdicom.dsutils import encode
 from sqlalchemy import create_engine, text
 
 from dicom_node.addresses import Destination
@@ -79,8 +80,6 @@ def _small_image(rng: random.Random) -> Dataset:
 
 
 def _encode(ds: Dataset) -> bytes:
-    from pynetdicom.dsutils import encode
-
     data = encode(ds, False, True)
     assert data is not None
     return data
@@ -132,8 +131,6 @@ def _dataset_case(kind: str, rng: random.Random) -> Case:
         endless += _elem(0x0029, 0x1011, b"LO", b"open") * rng.randint(1, 2000)
         data = data + endless
     elif kind == "dataset-wrong-syntax":
-        from pynetdicom.dsutils import encode
-
         implicit = encode(ds, True, True)  # sent on the Explicit VR Little Endian context
         assert implicit is not None
         data = implicit

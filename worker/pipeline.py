@@ -97,7 +97,7 @@ class _Inferred:
     shrink: int
 
     @property
-    def kept(self) -> bool:
+    def any_kept(self) -> bool:
         return bool(self.predictions)
 
 
@@ -154,7 +154,7 @@ class Pipeline:
         timer = Timer()
         loaded = self._load(study_id, timer)
         inferred = self._infer(loaded, timer)
-        if not inferred.kept:
+        if not inferred.any_kept:
             return self._skip_refused(study_id, revision, inferred.refusals, timer)
         decision = self._decide(inferred)
         built = self._build(loaded.study_uid, revision, inferred, decision, timer)

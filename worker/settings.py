@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -22,8 +22,9 @@ from pydantic_settings import (
 )
 
 from dicom_node.addresses import Destination, parse_destinations
-from dicom_node.sender import SenderOptions
-from dicom_node.tls import client_context
+
+if TYPE_CHECKING:
+    from dicom_node.sender import SenderOptions
 from dicom_node.uids import DEFAULT_UID_ROOT
 
 CommaList = Annotated[list[str], NoDecode]
@@ -138,6 +139,10 @@ class Settings(BaseSettings):
 
     def sender_options(self, **overrides: Any) -> SenderOptions:
         """How this node associates with destinations: AE title, PDU size, TLS."""
+        # Imported here: settings are read by every command, most of which never send.
+        from dicom_node.sender import SenderOptions
+        from dicom_node.tls import client_context
+
         ssl_context = None
         if self.send_tls:
             ssl_context = client_context(

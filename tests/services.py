@@ -125,10 +125,13 @@ class RedisServer:
 class StoreSCP:
     """dcmtk's storescp as a real result destination, writing what it receives to a folder."""
 
-    def __init__(self, folder: Path, ae_title: str = "PACS") -> None:
+    def __init__(
+        self, folder: Path, ae_title: str = "PACS", extra_args: tuple[str, ...] = ()
+    ) -> None:
         require(shutil.which("storescp") is not None, "dcmtk storescp is not installed")
         self.folder = folder
         self.ae_title = ae_title
+        self.extra_args = extra_args
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -139,7 +142,15 @@ class StoreSCP:
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            ["storescp", "-aet", self.ae_title, "-od", str(self.folder), str(self.port)],
+            [
+                "/usr/bin/storescp",
+                *self.extra_args,
+                "-aet",
+                self.ae_title,
+                "-od",
+                str(self.folder),
+                str(self.port),
+            ],
             env={**os.environ, "TCP_NODELAY": "1"},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

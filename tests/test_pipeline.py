@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import Any
 import pydicom
 import pytest
 from celery.contrib.testing.worker import start_worker
+from pydicom.uid import generate_uid
 
 from tests import factories
 from tests.helpers import rows, send, wait_for
@@ -418,3 +420,42 @@ def test_the_delivery_task_does_not_load_the_model(tmp_path, pacs) -> None:  # t
     assert proc.returncode == 0, proc.stderr
     assert "tensorflow loaded: False" in proc.stdout
     assert len(pacs.received()) == 1
+
+
+def test_a_new_revision_keeps_the_sc_of_an_unchanged_image(start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A second image reopens the study: the first image's heatmap keeps its UIDs and file, so
+    the PACS does not get a second heatmap of it under new UIDs; the new SR cites both."""
+    node = start_node()
+    first = pydicom.dcmread(shared_file("cr_pa_chest_jpeg_baseline.dcm"))
+    second = copy.deepcopy(first)
+    second.SOPInstanceUID = second.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    paths = []
+    for n, ds in enumerate((first, second)):
+        paths.append(tmp_path / f"{n}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    pipeline = _pipeline(node)
+    study = _received(node, paths[:1])
+    assert pipeline.process(study.id, study.revision).state == "done"
+    (sc1,) = rows(node.engine, ProducedObject, ProducedObject.kind == "sc")
+    (sr1,) = rows(node.engine, ProducedObject, ProducedObject.kind == "sr")
+    built_at = (node.settings.outputs_dir / sc1.path).stat().st_mtime_ns
+
+    study = _received(node, paths[1:])
+    assert study.revision == 2
+    assert pipeline.process(study.id, study.revision).state == "done"
+    scs = {
+        o.source_sop_instance_uid: o
+        for o in rows(node.engine, ProducedObject, ProducedObject.kind == "sc")
+    }
+    assert scs[first.SOPInstanceUID].sop_instance_uid == sc1.sop_instance_uid
+    assert (node.settings.outputs_dir / sc1.path).stat().st_mtime_ns == built_at  # not rebuilt
+    assert scs[second.SOPInstanceUID].series_instance_uid == sc1.series_instance_uid
+    srs = rows(node.engine, ProducedObject, ProducedObject.kind == "sr")
+    assert len(srs) == 2 and sr1.sop_instance_uid in {o.sop_instance_uid for o in srs}
+    new_sr = next(o for o in srs if o.revision == 2)
+    cited = str(
+        pydicom.dcmread(
+            node.settings.outputs_dir / new_sr.path
+        ).CurrentRequestedProcedureEvidenceSequence
+    )
+    assert sc1.sop_instance_uid in cited and scs[second.SOPInstanceUID].sop_instance_uid in cited

@@ -185,7 +185,7 @@ def test_concurrent_dispatchers_queue_each_study_once(db_url: str) -> None:
 
 def test_study_lost_by_the_broker_is_sent_again_by_the_sweeper(start_node, redis_server) -> None:  # type: ignore[no-untyped-def]
     """Redis restarted without persistence: the queued study's message is gone."""
-    node = start_node(broker_url=redis_server.url, stuck_after=2.0)
+    node = start_node(broker_url=redis_server.url, stuck_after=2.0, delivery_backoff=0.1)
     ds = factories.radiograph()
     assert send(node, [ds]).results[0].ok
     wait_for(lambda: len(_queued_messages(redis_server)) == 1, timeout=30)

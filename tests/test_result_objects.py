@@ -16,6 +16,7 @@ from pydicom.uid import generate_uid
 
 from dicom_node.eligibility import decide
 from dicom_node.results import codes
+from dicom_node.results.algorithm import Algorithm
 from dicom_node.results.sc import SERIES_DESCRIPTION, build_gradcam_sc
 from dicom_node.results.sr import ImageResult, StudyResult, build_report
 from dicom_node.uids import DEFAULT_UID_ROOT, new_uid
@@ -46,8 +47,7 @@ def _sc(src: pydicom.Dataset) -> hd.sc.SCImage:
             _overlay(src),
             label="covid",
             probability=0.86,
-            model_name="cxr-test",
-            model_version="9.9",
+            algorithm=Algorithm("cxr-test", "9.9", ""),
             series_instance_uid=new_uid(),
             sop_instance_uid=new_uid(),
             instance_number=1,
@@ -61,9 +61,7 @@ def _sr(src: pydicom.Dataset, sc: pydicom.Dataset) -> hd.sr.ComprehensiveSR:
             [ImageResult(src, "covid", PROBS)],
             StudyResult("covid", "urgent", {"covid": 0.5, "pneumonia": 0.5}),
             evidence=[src, sc],
-            model_name="cxr-test",
-            model_version="9.9",
-            weights_sha256="ab" * 32,
+            algorithm=Algorithm("cxr-test", "9.9", "ab" * 32),
             series_instance_uid=new_uid(),
             sop_instance_uid=new_uid(),
             device_uid=new_uid(),
@@ -102,8 +100,7 @@ def test_sc_refuses_a_mismatched_overlay(source: pydicom.Dataset) -> None:
             np.zeros((10, 20, 3), np.uint8),
             label="covid",
             probability=0.5,
-            model_name="m",
-            model_version="1",
+            algorithm=Algorithm("m", "1", ""),
             series_instance_uid=generate_uid(),
             sop_instance_uid=generate_uid(),
             instance_number=1,
@@ -206,9 +203,7 @@ def test_dicom3tools_and_dcmtk_accept_the_objects(tmp_path: Path) -> None:
 def test_report_needs_images_and_known_labels(source: pydicom.Dataset) -> None:
     kwargs = dict(
         evidence=[source],
-        model_name="m",
-        model_version="1",
-        weights_sha256="0",
+        algorithm=Algorithm("m", "1", "0"),
         series_instance_uid=new_uid(),
         sop_instance_uid=new_uid(),
         device_uid=new_uid(),
@@ -234,8 +229,7 @@ def test_sc_may_be_an_integer_fraction_of_the_source_size() -> None:
         rgb,
         label="normal",
         probability=0.9,
-        model_name="m",
-        model_version="1",
+        algorithm=Algorithm("m", "1", ""),
         series_instance_uid=new_uid(),
         sop_instance_uid=new_uid(),
         instance_number=1,
@@ -247,8 +241,7 @@ def test_sc_may_be_an_integer_fraction_of_the_source_size() -> None:
             rgb[:, :200],
             label="normal",
             probability=0.9,
-            model_name="m",
-            model_version="1",
+            algorithm=Algorithm("m", "1", ""),
             series_instance_uid=new_uid(),
             sop_instance_uid=new_uid(),
             instance_number=1,

@@ -78,3 +78,10 @@ def test_get_settings_is_cached() -> None:
     get_settings.cache_clear()
     assert get_settings() is get_settings()
     get_settings.cache_clear()
+
+
+def test_the_sweeper_waits_longer_than_any_retry() -> None:
+    assert Settings(delivery_backoff=10, delivery_retries=5).longest_retry_delay == 160
+    with pytest.raises(ValidationError, match="CXR_STUCK_AFTER"):
+        Settings(stuck_after=100, delivery_backoff=10, delivery_retries=5)
+    Settings(stuck_after=161, delivery_backoff=10, delivery_retries=5)

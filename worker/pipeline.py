@@ -6,6 +6,7 @@ tasks.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pydicom
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.results.algorithm import Algorithm
 from dicom_node.results.sc import build_gradcam_sc
 from dicom_node.results.sr import ImageResult as SRImage
 from dicom_node.results.sr import StudyResult as SRStudy
@@ -101,6 +103,30 @@ class _Inferred:
         return bool(self.predictions)
 
 
+@dataclass
+class _Built:
+    """A result object: its kind, dataset, source image and path under the outputs folder."""
+
+    kind: str  # "sc" or "sr"
+    ds: pydicom.Dataset
+    source: str | None  # the source SOP Instance UID of an SC
+    path: str | None = None  # set once written (or kept from an earlier revision)
+
+
+def _model_columns(algorithm: Algorithm) -> dict[str, str]:
+    """The columns that attribute a result row to its model."""
+    return {
+        "model_name": algorithm.name,
+        "model_version": algorithm.version,
+        "weights_sha256": algorithm.weights_sha256,
+    }
+
+
+def _add_timings(s: Session, study_id: int, revision: int, timer: Timer) -> None:
+    for name, seconds in timer.steps:
+        s.add(StepTiming(study_id=study_id, revision=revision, step=name, seconds=seconds))
+
+
 def claim(sessions: sessionmaker[Session], study_id: int, revision: int) -> str | None:
     """Move the study to ``processing``; return why not (duplicate, superseded ...) or None."""
     with sessions.begin() as s:
@@ -125,6 +151,8 @@ class Pipeline:
         self.settings = settings
         self.sessions = sessions
         self.model = model  # models.loader.LoadedModel
+        card = model.card  # type: ignore[attr-defined]
+        self.algorithm = Algorithm(card.name, card.version, card.weights_sha256)
         self.spool = Spool(settings.spool_dir, fsync=settings.fsync)
 
     def process(self, study_id: int, revision: int) -> Outcome:
@@ -224,61 +252,81 @@ class Pipeline:
         inferred: _Inferred,
         decision: StudyDecision,
         timer: Timer,
-    ) -> list[tuple[str, pydicom.Dataset, str | None, str]]:
-        """The Grad-CAM SCs and the SR, written to the outputs folder: (kind, ds, source, path)."""
+    ) -> list[_Built]:
+        """The Grad-CAM SCs and the SR, written to the outputs folder.
+
+        An SC is named by its input (source pixels, model, scale), not by the revision: an image
+        unchanged since an earlier revision keeps its SC, UIDs and file, so a new revision does
+        not put a second heatmap of the same image in the PACS under new UIDs.
+        """
         from models.gradcam import overlay
         from models.imaging import decimate
 
-        card = self.model.card  # type: ignore[attr-defined]
+        algo = self.algorithm
         root = self.settings.uid_root
-        key = (study_uid, revision, card.weights_sha256)
-        sc_series = derived_uid(root, *key, "sc-series")
-        scs = []
+        outputs = self.settings.outputs_dir
+        sc_series = derived_uid(root, study_uid, algo.weights_sha256, "sc-series")
+        built: list[_Built] = []
         with timer.step("build_sc"):
             for n, (ds, image, pred) in enumerate(
                 zip(inferred.datasets, inferred.images, inferred.predictions, strict=True)
             ):
-                scs.append(
-                    build_gradcam_sc(
-                        ds,
-                        overlay(decimate(image, inferred.shrink), pred.heatmap),
-                        label=pred.label,
-                        probability=pred.probabilities[pred.label],
-                        model_name=card.name,
-                        model_version=card.version,
-                        series_instance_uid=sc_series,
-                        sop_instance_uid=derived_uid(root, *key, "sc", ds.SOPInstanceUID),
-                        instance_number=n + 1,
-                    )
+                pixels = hashlib.sha256(ds.get("PixelData") or b"").hexdigest()
+                uid = derived_uid(
+                    root, study_uid, algo.weights_sha256, "sc", ds.SOPInstanceUID, pixels,
+                    inferred.shrink,
+                )  # fmt: skip
+                kept = self._kept_object(uid)
+                if kept is not None:
+                    header = pydicom.dcmread(outputs / kept, stop_before_pixels=True)
+                    built.append(_Built("sc", header, ds.SOPInstanceUID, kept))
+                    continue
+                sc = build_gradcam_sc(
+                    ds,
+                    overlay(decimate(image, inferred.shrink), pred.heatmap),
+                    label=pred.label,
+                    probability=pred.probabilities[pred.label],
+                    algorithm=algo,
+                    series_instance_uid=sc_series,
+                    sop_instance_uid=uid,
+                    instance_number=n + 1,
                 )
+                built.append(_Built("sc", sc, ds.SOPInstanceUID))
         with timer.step("build_sr"):
             headers = [ds.copy() for ds in inferred.datasets]
             for h in headers:
                 h.pop("PixelData", None)
+            key = (study_uid, revision, algo.weights_sha256)
             sr = build_report(
                 [
                     SRImage(h, p.label, p.probabilities)
                     for h, p in zip(headers, inferred.predictions, strict=True)
                 ],
                 SRStudy(decision.label, decision.priority, decision.thresholds),
-                evidence=[*headers, *scs],
-                model_name=card.name,
-                model_version=card.version,
-                weights_sha256=card.weights_sha256,
+                evidence=[*headers, *(b.ds for b in built)],
+                algorithm=algo,
                 series_instance_uid=derived_uid(root, *key, "sr-series"),
                 sop_instance_uid=derived_uid(root, *key, "sr"),
-                device_uid=derived_uid(root, "device", card.name, card.version),
+                device_uid=derived_uid(root, "device", algo.name, algo.version),
             )
+            built.append(_Built("sr", sr, None))
         with timer.step("store"):
-            outputs = self.settings.outputs_dir
-            objects: list[tuple[str, pydicom.Dataset, str | None]] = [
-                ("sc", sc, src.SOPInstanceUID)
-                for sc, src in zip(scs, inferred.datasets, strict=True)
-            ]
-            objects.append(("sr", sr, None))
-            return [
-                (kind, ds, src, write_object(ds, outputs, study_uid)) for kind, ds, src in objects
-            ]
+            for b in built:
+                if b.path is None:
+                    b.path = write_object(b.ds, outputs, study_uid)
+        return built
+
+    def _kept_object(self, sop_instance_uid: str) -> str | None:
+        """The path of an object already produced with this UID, if its file is still there."""
+        with self.sessions() as s:
+            path = s.scalars(
+                select(ProducedObject.path).where(
+                    ProducedObject.sop_instance_uid == sop_instance_uid
+                )
+            ).one_or_none()
+        if path is None or not (self.settings.outputs_dir / path).is_file():
+            return None
+        return path
 
     def _record(
         self,
@@ -287,11 +335,11 @@ class Pipeline:
         study_uid: str,
         inferred: _Inferred,
         decision: StudyDecision,
-        built: list[tuple[str, pydicom.Dataset, str | None, str]],
+        built: list[_Built],
         timer: Timer,
     ) -> Outcome:
         """Results, produced objects and the delivery plan in one transaction; the next state."""
-        card = self.model.card  # type: ignore[attr-defined]
+        by = _model_columns(self.algorithm)
         destinations = [str(d) for d in self.settings.destinations]
         with self.sessions.begin() as s:
             s.execute(
@@ -313,9 +361,7 @@ class Pipeline:
                         revision=revision,
                         label=pred.label,
                         probabilities=pred.probabilities,
-                        model_name=card.name,
-                        model_version=card.version,
-                        weights_sha256=card.weights_sha256,
+                        **by,
                     )
                 )
             s.add(
@@ -325,25 +371,24 @@ class Pipeline:
                     label=decision.label,
                     priority=decision.priority,
                     thresholds=decision.thresholds,
-                    model_name=card.name,
-                    model_version=card.version,
-                    weights_sha256=card.weights_sha256,
+                    **by,
                 )
             )
             object_ids = []
-            for kind, obj, src, rel in built:
+            for b in built:
                 row = s.scalars(
                     select(ProducedObject).where(
-                        ProducedObject.sop_instance_uid == obj.SOPInstanceUID
+                        ProducedObject.sop_instance_uid == b.ds.SOPInstanceUID
                     )
                 ).one_or_none()
                 if row is None:
-                    row = ProducedObject(sop_instance_uid=obj.SOPInstanceUID)
+                    row = ProducedObject(sop_instance_uid=b.ds.SOPInstanceUID)
                     s.add(row)
-                row.study_id, row.revision, row.kind, row.path = study_id, revision, kind, rel
-                row.series_instance_uid = obj.SeriesInstanceUID
-                row.sop_class_uid = obj.SOPClassUID
-                row.source_sop_instance_uid = src
+                row.study_id, row.revision, row.kind = study_id, revision, b.kind
+                row.path = b.path or ""
+                row.series_instance_uid = b.ds.SeriesInstanceUID
+                row.sop_class_uid = b.ds.SOPClassUID
+                row.source_sop_instance_uid = b.source
                 s.flush()
                 object_ids.append(row.id)
             # The delivery plan: one pending row per object and destination, so the study is
@@ -359,8 +404,7 @@ class Pipeline:
                             at=utcnow(),
                         )
                     )
-            for name, seconds in timer.steps:
-                s.add(StepTiming(study_id=study_id, revision=revision, step=name, seconds=seconds))
+            _add_timings(s, study_id, revision, timer)
             detail = f"{decision.label} ({decision.priority}); {len(built) - 1} SC + 1 SR"
             if inferred.refusals:
                 detail += f"; {len(inferred.refusals)} image(s) refused by the image check"
@@ -378,7 +422,6 @@ class Pipeline:
     def _add_refusals(
         self, s: Session, study_id: int, revision: int, refusals: list[tuple[Instance, str | None]]
     ) -> None:
-        card = self.model.card  # type: ignore[attr-defined]
         for inst, reason in refusals:
             logger.warning("instance %s not classified: %s", inst.sop_instance_uid, reason)
             s.add(
@@ -389,9 +432,7 @@ class Pipeline:
                     label=REFUSED,
                     probabilities={},
                     refusal=reason,
-                    model_name=card.name,
-                    model_version=card.version,
-                    weights_sha256=card.weights_sha256,
+                    **_model_columns(self.algorithm),
                 )
             )
 
@@ -410,8 +451,7 @@ class Pipeline:
                 )
             )
             self._add_refusals(s, study_id, revision, refusals)
-            for name, seconds in timer.steps:
-                s.add(StepTiming(study_id=study_id, revision=revision, step=name, seconds=seconds))
+            _add_timings(s, study_id, revision, timer)
             reasons = sorted({r or "" for _, r in refusals})
             move(s, study_id, SKIPPED, "; ".join(reasons)[:2000], expect=[PROCESSING])
         logger.info("study %d skipped: no image passed the image check", study_id)

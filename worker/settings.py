@@ -137,6 +137,22 @@ class Settings(BaseSettings):
             raise ValueError("CXR_SEND_TLS_CERT and CXR_SEND_TLS_KEY must be given together")
         return self
 
+    @property
+    def longest_retry_delay(self) -> float:
+        """The longest wait between two delivery attempts (the backoff doubles each time)."""
+        return self.delivery_backoff * 2 ** max(0, self.delivery_retries - 1)
+
+    @model_validator(mode="after")
+    def _check_sweeper(self) -> Settings:
+        # A retry still waiting its turn must not look stuck: the sweeper would send it twice.
+        if self.stuck_after <= self.longest_retry_delay:
+            raise ValueError(
+                f"CXR_STUCK_AFTER ({self.stuck_after:g} s) must be longer than the longest "
+                f"delivery retry delay, CXR_DELIVERY_BACKOFF x 2^(CXR_DELIVERY_RETRIES-1) "
+                f"({self.longest_retry_delay:g} s)"
+            )
+        return self
+
     def sender_options(self, **overrides: Any) -> SenderOptions:
         """How this node associates with destinations: AE title, PDU size, TLS."""
         # Imported here: settings are read by every command, most of which never send.

@@ -9,6 +9,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import JPEGBaseline8Bit
 
 from dicom_node.eligibility import OUR_MANUFACTURER
+from dicom_node.results.algorithm import Algorithm
 from dicom_node.results.inherited import repair_inherited
 
 SERIES_DESCRIPTION = "cxr-triage Grad-CAM - NOT FOR DIAGNOSTIC USE"
@@ -49,8 +50,7 @@ def build_gradcam_sc(
     *,
     label: str,
     probability: float,
-    model_name: str,
-    model_version: str,
+    algorithm: Algorithm,
     series_instance_uid: str,
     sop_instance_uid: str,
     instance_number: int,
@@ -67,6 +67,8 @@ def build_gradcam_sc(
         integer factor ``f`` >= 1 (a smaller SC is much faster to build, send and show).
     label, probability : str, float
         The finding shown in the burned-in text.
+    algorithm : Algorithm
+        The model that made the heatmap (burned in and in ManufacturerModelName).
 
     Raises
     ------
@@ -86,7 +88,7 @@ def build_gradcam_sc(
         overlay_rgb,
         [
             f"{label}  p={probability:.2f}",
-            f"{model_name} {model_version}",
+            str(algorithm),
             "NOT FOR DIAGNOSTIC USE",
         ],
     )
@@ -109,9 +111,9 @@ def build_gradcam_sc(
             setattr(sc, keyword, source.data_element(keyword).value)  # type: ignore[union-attr]
     repair_inherited(sc)
     sc.SeriesDescription = SERIES_DESCRIPTION
-    sc.ManufacturerModelName = model_name
-    sc.SoftwareVersions = model_version
-    sc.DerivationDescription = f"Grad-CAM heatmap of {label} by {OUR_MANUFACTURER} {model_name}"
+    sc.ManufacturerModelName = algorithm.name
+    sc.SoftwareVersions = algorithm.version
+    sc.DerivationDescription = f"Grad-CAM heatmap of {label} by {OUR_MANUFACTURER} {algorithm.name}"
     sc.BurnedInAnnotation = "YES"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     ref = Dataset()

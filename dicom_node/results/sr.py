@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node.eligibility import OUR_MANUFACTURER
 from dicom_node.results import codes
+from dicom_node.results.algorithm import Algorithm
 from dicom_node.results.inherited import repair_inherited
 
 SERIES_DESCRIPTION = "cxr-triage report - NOT FOR DIAGNOSTIC USE"
@@ -59,9 +60,7 @@ def build_report(
     study: StudyResult,
     *,
     evidence: Sequence[Dataset],
-    model_name: str,
-    model_version: str,
-    weights_sha256: str,
+    algorithm: Algorithm,
     series_instance_uid: str,
     sop_instance_uid: str,
     device_uid: str,
@@ -75,6 +74,8 @@ def build_report(
         One per classified source image, in instance order.
     evidence : sequence of pydicom.dataset.Dataset
         Every object the report refers to: the source images and the Grad-CAM SCs.
+    algorithm : Algorithm
+        The model that made the results (its weights digest goes in the parameters).
 
     Raises
     ------
@@ -91,17 +92,17 @@ def build_report(
     # highdicom writes one "Algorithm Parameters" TEXT item per element it iterates over, so
     # each element carries both the name and the value.
     parameters = [f"threshold {k}={v:.3f}" for k, v in sorted(study.thresholds.items())]
-    parameters.append(f"weights sha256={weights_sha256}")
-    algorithm = hd.sr.AlgorithmIdentification(
-        name=model_name,
-        version=model_version,
+    parameters.append(f"weights sha256={algorithm.weights_sha256}")
+    algorithm_id = hd.sr.AlgorithmIdentification(
+        name=algorithm.name,
+        version=algorithm.version,
         parameters=parameters,
     )
-    groups = [_group(i + 1, img, algorithm) for i, img in enumerate(images)]
+    groups = [_group(i + 1, img, algorithm_id) for i, img in enumerate(images)]
     groups.append(
         hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="study"),
-            algorithm_id=algorithm,
+            algorithm_id=algorithm_id,
             finding_type=codes.FINDING_CODES[study.label],
             qualitative_evaluations=[
                 hd.sr.QualitativeEvaluation(
@@ -117,7 +118,7 @@ def build_report(
             uid=device_uid,
             name=OUR_MANUFACTURER,
             manufacturer_name=OUR_MANUFACTURER,
-            model_name=model_name,
+            model_name=algorithm.name,
         ),
     )
     report = hd.sr.MeasurementReport(
@@ -139,6 +140,6 @@ def build_report(
     )
     repair_inherited(sr)
     sr.SeriesDescription = SERIES_DESCRIPTION
-    sr.ManufacturerModelName = model_name
-    sr.SoftwareVersions = model_version
+    sr.ManufacturerModelName = algorithm.name
+    sr.SoftwareVersions = algorithm.version
     return sr

@@ -32,6 +32,7 @@ from pynetdicom import AE
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tests.helpers import cli_env
 from tests.services import RedisServer, StoreSCP, free_port, require, wait_port
 from worker.db.engine import make_engine
 from worker.db.models import Study, StudyState
@@ -153,10 +154,7 @@ class Deployment:
         self.redis = RedisServer(root)
         # +uf: every object received gets its own file, so a second copy is seen, not overwritten.
         self.pacs = StoreSCP(root / "pacs", extra_args=("+uf",))
-        base = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
-        self.env = {
-            **base,
-            "CXR_DATA_DIR": str(self.data_dir),
+        defaults = {
             "CXR_BIND": "127.0.0.1",
             "CXR_PORT": str(self.port),
             "CXR_DATABASE_URL": database_url,
@@ -167,18 +165,23 @@ class Deployment:
             "CXR_STUCK_AFTER": "15",
             "CXR_DELIVERY_RETRIES": "2",
             "CXR_DELIVERY_BACKOFF": "1",
-            "CXR_MIN_FREE_MB": "0",
-            "CXR_METRICS_PORT": "0",
             "CXR_WORKER_METRICS_PORT": "0",
             "CXR_WORKER_CONCURRENCY": "1",
             "CXR_LOG_LEVEL": "INFO",
-            **settings,
         }
+        self.env = cli_env(self.data_dir, **{**defaults, **settings})
         self.listener: subprocess.Popen[bytes] | None = None
         self.worker: subprocess.Popen[bytes] | None = None
         self.log_path = root / "processes.log"
         self.log = self.log_path.open("ab")
         self.engine = make_engine(database_url)
+        self.started = time.monotonic()
+
+    def __enter__(self) -> Deployment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     # -- processes ------------------------------------------------------------------------
 
@@ -269,10 +272,10 @@ class Deployment:
             found = reconcile(s, datetime(2000, 1, 1, tzinfo=UTC), timedelta(0))
         return [f"{r['sop_instance_uid']}: {r['reason']}" for r in found]
 
-    def tally(self, fault: str, modality: Modality, started: float) -> Tally:
+    def tally(self, fault: str, modality: Modality) -> Tally:
         """Compare what the node acknowledged with what the PACS holds and the database says."""
         tally = Tally(fault, acknowledged=len(modality.acknowledged))
-        tally.seconds = time.monotonic() - started
+        tally.seconds = time.monotonic() - self.started
         received = [pydicom.dcmread(p, stop_before_pixels=True) for p in self.pacs.received()]
         cited, tally.duplicated, tally.resent = pacs_counts(received)
         states = self.states()
@@ -325,9 +328,7 @@ SETTLE_S = 240.0
 
 def listener_killed(root: Path, database_url: str, shared: Path) -> Tally:
     """SIGKILL the listener with an association open; restart it; the modality resends."""
-    dep = Deployment(root, database_url)
-    started = time.monotonic()
-    try:
+    with Deployment(root, database_url) as dep:
         dep.start()
         modality = Modality(dep.port)
         first = make_study(shared / SOURCE_IMAGE, 2, "listener-killed-1")
@@ -341,16 +342,12 @@ def listener_killed(root: Path, database_url: str, shared: Path) -> Tally:
         dep.start_listener()
         modality.send(second)  # the association failed: the modality sends the study again
         dep.settle({first[0].StudyInstanceUID, second[0].StudyInstanceUID}, SETTLE_S)
-        return dep.tally("listener SIGKILLed mid-association", modality, started)
-    finally:
-        dep.stop()
+        return dep.tally("listener SIGKILLed mid-association", modality)
 
 
 def worker_killed(root: Path, database_url: str, shared: Path) -> Tally:
     """SIGKILL the worker (all its processes) while it classifies; start a new one."""
-    dep = Deployment(root, database_url)
-    started = time.monotonic()
-    try:
+    with Deployment(root, database_url) as dep:
         dep.start()
         modality = Modality(dep.port)
         study = make_study(shared / SOURCE_IMAGE, 3, "worker-killed")
@@ -361,16 +358,12 @@ def worker_killed(root: Path, database_url: str, shared: Path) -> Tally:
         dep.kill_worker()
         dep.start_worker()  # its message is unacknowledged in Redis: the sweeper sends it again
         dep.settle({uid}, SETTLE_S)
-        return dep.tally("worker SIGKILLed mid-inference", modality, started)
-    finally:
-        dep.stop()
+        return dep.tally("worker SIGKILLed mid-inference", modality)
 
 
 def redis_restarted(root: Path, database_url: str, shared: Path) -> Tally:
     """Studies queued, then Redis restarted without persistence: their messages are gone."""
-    dep = Deployment(root, database_url)
-    started = time.monotonic()
-    try:
+    with Deployment(root, database_url) as dep:
         dep.redis.start()
         dep.pacs.start()
         dep.start_listener()  # no worker yet: the studies wait in the queue
@@ -386,9 +379,7 @@ def redis_restarted(root: Path, database_url: str, shared: Path) -> Tally:
         dep.redis.start()  # --save "" --appendonly no: an empty broker
         dep.start_worker()
         dep.settle(uids, SETTLE_S)
-        return dep.tally("Redis restarted without persistence", modality, started)
-    finally:
-        dep.stop()
+        return dep.tally("Redis restarted without persistence", modality)
 
 
 #: How long the PACS stays down; the retry schedule below outlasts it.
@@ -398,15 +389,13 @@ PACS_DOWN_S = 60.0
 def pacs_down(root: Path, database_url: str, shared: Path) -> Tally:
     """The PACS is down for a minute while results wait to be sent."""
     # Retries 2, 4, ... 64 s apart (126 s in all); the sweeper waits longer than any one delay.
-    dep = Deployment(
+    with Deployment(
         root,
         database_url,
         CXR_DELIVERY_RETRIES="6",
         CXR_DELIVERY_BACKOFF="2",
         CXR_STUCK_AFTER="90",
-    )
-    started = time.monotonic()
-    try:
+    ) as dep:
         dep.start()
         dep.pacs.stop()
         down_at = time.monotonic()
@@ -417,25 +406,19 @@ def pacs_down(root: Path, database_url: str, shared: Path) -> Tally:
         time.sleep(max(0.0, PACS_DOWN_S - (time.monotonic() - down_at)))
         dep.pacs.start()
         dep.settle({s[0].StudyInstanceUID for s in studies}, SETTLE_S)
-        return dep.tally(f"PACS down for {PACS_DOWN_S:.0f} s", modality, started)
-    finally:
-        dep.stop()
+        return dep.tally(f"PACS down for {PACS_DOWN_S:.0f} s", modality)
 
 
 def unresolvable_destination(root: Path, database_url: str, shared: Path) -> Tally:
     """A second destination whose host name does not resolve: the PACS still gets its copy."""
-    dep = Deployment(root, database_url)
-    dep.env["CXR_DESTINATIONS"] = f"{dep.pacs.address},NOWHERE@{UNRESOLVABLE}:104"
-    started = time.monotonic()
-    try:
+    with Deployment(root, database_url) as dep:
+        dep.env["CXR_DESTINATIONS"] = f"{dep.pacs.address},NOWHERE@{UNRESOLVABLE}:104"
         dep.start()
         modality = Modality(dep.port)
         study = make_study(shared / SOURCE_IMAGE, 2, "unresolvable")
         modality.send(study)
         dep.settle({study[0].StudyInstanceUID}, SETTLE_S)
-        return dep.tally("a destination that does not resolve", modality, started)
-    finally:
-        dep.stop()
+        return dep.tally("a destination that does not resolve", modality)
 
 
 def disk_full(root: Path, database_url: str, shared: Path) -> Tally:
@@ -443,18 +426,17 @@ def disk_full(root: Path, database_url: str, shared: Path) -> Tally:
     what the node refused.
 
     The data directory is a small tmpfs in a mount namespace of its own (the listener's; the
-    worker joins it), so the disk really fills: ENOSPC, not the CXR_MIN_FREE_MB watermark.
+    worker joins it), so the disk really fills; CXR_MIN_FREE_MB is 0, so no margin is kept and
+    the node must see for itself that an instance no longer fits (0xA700, nothing half-written).
     """
     require(shutil.which("unshare") is not None, "unshare is not installed")
-    dep = Deployment(root, database_url)
-    dep.data_dir.mkdir(parents=True, exist_ok=True)
-    filler = dep.data_dir / "filler"
-    mount = (
-        f'mount -t tmpfs -o size=8m tmpfs "{dep.data_dir}" && '
-        f'fallocate -l 5m "{filler}" && exec "$@"'
-    )
-    started = time.monotonic()
-    try:
+    with Deployment(root, database_url) as dep:
+        dep.data_dir.mkdir(parents=True, exist_ok=True)
+        filler = dep.data_dir / "filler"
+        mount = (
+            f'mount -t tmpfs -o size=8m tmpfs "{dep.data_dir}" && '
+            f'fallocate -l 5m "{filler}" && exec "$@"'
+        )
         dep.redis.start()
         dep.pacs.start()
         dep.start_listener(
@@ -475,9 +457,7 @@ def disk_full(root: Path, database_url: str, shared: Path) -> Tally:
         modality.send(refused)
         dep.wait_state(uid, {StudyState.RECEIVING, StudyState.COMPLETE}, timeout=10)
         dep.settle({uid}, SETTLE_S)
-        return dep.tally("data disk full (ENOSPC), then space freed", modality, started)
-    finally:
-        dep.stop()
+        return dep.tally("data disk full, then space freed", modality)
 
 
 SCENARIOS: dict[str, Scenario] = {

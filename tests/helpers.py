@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,3 +53,39 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: floa
         if time.monotonic() > deadline:
             raise TimeoutError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+def cli_env(data_dir: Path, **settings: str) -> dict[str, str]:
+    """The environment of a ``cxr-triage`` child process: this one's, without any CXR_ setting
+    of the developer's, a data dir of its own, no free-space margin and no metrics port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
+    env.update(CXR_DATA_DIR=str(data_dir), CXR_MIN_FREE_MB="0", CXR_METRICS_PORT="0")
+    env.update(settings)
+    return env
+
+
+@contextmanager
+def in_process_worker(app: Any, queue: str, shutdown_timeout: float = 30) -> Iterator[Any]:
+    """A real Celery worker (solo pool) in this process, consuming ``queue`` in the block."""
+    from celery.contrib.testing.worker import start_worker
+
+    with start_worker(
+        app,
+        pool="solo",
+        perform_ping_check=False,
+        shutdown_timeout=shutdown_timeout,
+        queues=[queue],
+    ) as worker:
+        yield worker
+
+
+@contextmanager
+def pipeline_worker(settings: Any) -> Iterator[Any]:
+    """The product's tasks (``worker.tasks``) run by an in-process worker with ``settings``."""
+    from worker.celery_app import create_celery
+    from worker.tasks import register_tasks
+
+    app = create_celery(settings)
+    register_tasks(app, settings)
+    with in_process_worker(app, settings.inference_queue) as worker:
+        yield worker

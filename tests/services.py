@@ -77,14 +77,25 @@ def postgres_database() -> Iterator[str]:
         admin.dispose()
 
 
-class RedisServer:
+class _Server:
+    """A server process the tests start, stop and may start again on the same port."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+class RedisServer(_Server):
     """A private redis-server on a free loopback port, which tests may stop and restart."""
 
     def __init__(self, workdir: Path) -> None:
         require(shutil.which("redis-server") is not None, "redis-server is not installed")
         self.port = free_port()
         self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -110,19 +121,13 @@ class RedisServer:
         )
         wait_port(self.port)
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
     def client(self):  # type: ignore[no-untyped-def]
         import redis
 
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
 
 
-class StoreSCP:
+class StoreSCP(_Server):
     """dcmtk's storescp as a real result destination, writing what it receives to a folder."""
 
     def __init__(
@@ -133,7 +138,6 @@ class StoreSCP:
         self.ae_title = ae_title
         self.extra_args = extra_args
         self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> str:
@@ -156,12 +160,6 @@ class StoreSCP:
             stderr=subprocess.DEVNULL,
         )
         wait_port(self.port)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
 
     def received(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if p.is_file())

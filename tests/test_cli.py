@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
@@ -12,16 +11,14 @@ from pathlib import Path
 import pytest
 
 from tests import factories
-from tests.helpers import wait_for
+from tests.helpers import cli_env, wait_for
 from tests.services import free_port, wait_port
 
 CLI = [sys.executable, "-m", "worker.cli.main"]
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
-    env.update({"CXR_DATA_DIR": str(tmp_path / "data"), "CXR_MIN_FREE_MB": "0"}, **extra)
-    return env
+    return cli_env(tmp_path / "data", **extra)
 
 
 def _run(

@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from tests import factories
+from tests.helpers import cli_env
 from tests.services import free_port, wait_port
 from worker.logs import JsonFormatter, StudyFilter, study_context
 
@@ -42,15 +42,12 @@ def test_study_context_tags_records() -> None:
 
 def test_listener_json_logs_carry_the_study_and_no_patient_name(tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
-    env.update(
-        CXR_DATA_DIR=str(tmp_path / "data"),
+    env = cli_env(
+        tmp_path / "data",
         CXR_PORT=str(port),
-        CXR_MIN_FREE_MB="0",
         CXR_LOG_FORMAT="json",
         CXR_QUIET_SECONDS="0.3",
         CXR_MONITOR_INTERVAL="0.1",
-        CXR_METRICS_PORT="0",
     )
     cli = [sys.executable, "-m", "worker.cli.main"]
     log = tmp_path / "listen.log"

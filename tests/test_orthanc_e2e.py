@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from celery.contrib.testing.worker import start_worker
 
-from tests.helpers import rows, wait_for
+from tests.helpers import pipeline_worker, rows, wait_for
 from tests.orthanc import Orthanc
 from tests.services import require, shared_file
 from worker.db.models import DONE, Delivery, ProducedObject, Study, StudyResult
@@ -20,24 +19,13 @@ from worker.db.models import DONE, Delivery, ProducedObject, Study, StudyResult
 def test_orthanc_pushes_a_study_and_gets_results_back(
     start_node, redis_server, pg_url, tmp_path: Path
 ) -> None:
-    from worker.celery_app import create_celery
-    from worker.tasks import register_tasks
-
     cr = shared_file("cr_pa_chest_jpeg_baseline.dcm")
     node = start_node(broker_url=redis_server.url, database_url=pg_url)
     orthanc = Orthanc(tmp_path / "orthanc", node.listener.port)
     orthanc.start()
     try:
         node.settings.destinations = [orthanc.destination]
-        app = create_celery(node.settings)
-        register_tasks(app, node.settings)
-        with start_worker(
-            app,
-            pool="solo",
-            perform_ping_check=False,
-            shutdown_timeout=30,
-            queues=[node.settings.inference_queue],
-        ):
+        with pipeline_worker(node.settings):
             uploaded = orthanc.post("/instances", cr.read_bytes())
             orthanc_study = uploaded["ParentStudy"]
             job = orthanc.post("/modalities/cxr/store", uploaded["ID"].encode())

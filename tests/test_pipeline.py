@@ -11,11 +11,10 @@ from typing import Any
 
 import pydicom
 import pytest
-from celery.contrib.testing.worker import start_worker
 from pydicom.uid import generate_uid
 
 from tests import factories
-from tests.helpers import rows, send, wait_for
+from tests.helpers import cli_env, pipeline_worker, rows, send, wait_for
 from tests.services import StoreSCP, shared_file
 from worker.db.engine import make_session_factory
 from worker.db.models import (
@@ -131,9 +130,6 @@ def test_end_to_end_with_celery_retries_dead_letter_and_replay(
     start_node, redis_server, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
     """Node -> Redis -> real Celery worker -> destination down -> dead letter -> replay."""
-    from worker.celery_app import create_celery
-    from worker.tasks import register_tasks
-
     pacs = StoreSCP(tmp_path / "late-pacs")  # not started: the destination is down
     node = start_node(
         broker_url=redis_server.url,
@@ -141,16 +137,8 @@ def test_end_to_end_with_celery_retries_dead_letter_and_replay(
         delivery_retries=1,
         delivery_backoff=0.2,
     )
-    app = create_celery(node.settings)
-    register_tasks(app, node.settings)
     ds = factories.radiograph(rows=512, columns=400)
-    with start_worker(
-        app,
-        pool="solo",
-        perform_ping_check=False,
-        shutdown_timeout=30,
-        queues=[node.settings.inference_queue],
-    ):
+    with pipeline_worker(node.settings):
         assert send(node, [ds]).results[0].ok
         wait_for(
             lambda: (s := _study(node, ds.StudyInstanceUID)).state == DEAD_LETTER and s, timeout=120
@@ -187,7 +175,6 @@ def _state(db: Path, uid: str) -> str | None:
 
 def test_run_on_the_embedded_default_with_orthanc(tmp_path: Path) -> None:
     """`cxr-triage run` (SQLite + embedded broker, two processes) between Orthanc and itself."""
-    import os
     import signal
 
     from tests.orthanc import Orthanc
@@ -196,11 +183,9 @@ def test_run_on_the_embedded_default_with_orthanc(tmp_path: Path) -> None:
     cr = shared_file("cr_pa_chest_jpeg_baseline.dcm")
     port = free_port()
     orthanc = Orthanc(tmp_path / "orthanc", port)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
-    env.update(
-        CXR_DATA_DIR=str(tmp_path / "data"),
+    env = cli_env(
+        tmp_path / "data",
         CXR_PORT=str(port),
-        CXR_MIN_FREE_MB="0",
         CXR_QUIET_SECONDS="0.5",
         CXR_MONITOR_INTERVAL="0.2",
         CXR_DESTINATIONS=orthanc.destination,
@@ -229,9 +214,6 @@ def test_results_wait_for_a_destination_that_comes_back(
     start_node, redis_server, tmp_path: Path
 ) -> None:
     """Destination down at first: the retries deliver once it is back, with no replay."""
-    from worker.celery_app import create_celery
-    from worker.tasks import register_tasks
-
     pacs = StoreSCP(tmp_path / "pacs-later")
     node = start_node(
         broker_url=redis_server.url,
@@ -239,17 +221,9 @@ def test_results_wait_for_a_destination_that_comes_back(
         delivery_retries=4,
         delivery_backoff=1.0,
     )
-    app = create_celery(node.settings)
-    register_tasks(app, node.settings)
     # Larger than CXR_SC_MAX_SIZE (1280): the SC is built at half size, same geometry.
     ds = factories.radiograph(rows=1500, columns=1300)
-    with start_worker(
-        app,
-        pool="solo",
-        perform_ping_check=False,
-        shutdown_timeout=30,
-        queues=[node.settings.inference_queue],
-    ):
+    with pipeline_worker(node.settings):
         assert send(node, [ds]).results[0].ok
         wait_for(lambda: any(d.outcome == "retry" for d in rows(node.engine, Delivery)), 120)
         pacs.start()

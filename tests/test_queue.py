@@ -8,12 +8,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from celery.contrib.testing.worker import start_worker
 from pynetdicom import AE
 
 from dicom_node.completion import CompletionPolicy
 from tests import factories
-from tests.helpers import dest, rows, send, wait_for
+from tests.helpers import dest, in_process_worker, rows, send, wait_for
 from worker.celery_app import create_celery
 from worker.db.engine import make_engine, make_session_factory
 from worker.db.migrate import upgrade
@@ -73,13 +72,7 @@ def test_complete_study_reaches_a_real_celery_worker(start_node, redis_server) -
     study_uid = "1.2.826.0.1.3680043.8.498.1001"
     images = [factories.radiograph(study_uid=study_uid) for _ in range(2)]
     ct = factories.ct_slice()
-    with start_worker(
-        app,
-        pool="solo",
-        perform_ping_check=False,
-        shutdown_timeout=10,
-        queues=[node.settings.inference_queue],
-    ):
+    with in_process_worker(app, node.settings.inference_queue, shutdown_timeout=10):
         assert all(r.ok for r in send(node, [*images, ct]).results)
         wait_for(lambda: received, timeout=30)
         wait_for(lambda: _study(node, ct.StudyInstanceUID).state == SKIPPED)

@@ -7,12 +7,12 @@ import shutil
 import subprocess
 import warnings
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
 
 from dicom_node.eligibility import decide
 from dicom_node.results import codes
@@ -39,19 +39,20 @@ def _overlay(src: pydicom.Dataset) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
-def _sc(src: pydicom.Dataset) -> hd.sc.SCImage:
+def _sc(src: pydicom.Dataset, overlay: np.ndarray | None = None, **kwargs: Any) -> hd.sc.SCImage:
+    """The SC of ``src`` (its own pixels as the overlay unless given), with test identities."""
+    values: dict[str, Any] = {
+        "label": "covid",
+        "probability": 0.86,
+        "algorithm": Algorithm("cxr-test", "9.9", ""),
+        "series_instance_uid": new_uid(),
+        "sop_instance_uid": new_uid(),
+        "instance_number": 1,
+        **kwargs,
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # single-component patient names
-        return build_gradcam_sc(
-            src,
-            _overlay(src),
-            label="covid",
-            probability=0.86,
-            algorithm=Algorithm("cxr-test", "9.9", ""),
-            series_instance_uid=new_uid(),
-            sop_instance_uid=new_uid(),
-            instance_number=1,
-        )
+        return build_gradcam_sc(src, _overlay(src) if overlay is None else overlay, **values)
 
 
 def _sr(src: pydicom.Dataset, sc: pydicom.Dataset) -> hd.sr.ComprehensiveSR:
@@ -95,16 +96,7 @@ def test_secondary_capture(source: pydicom.Dataset) -> None:
 
 def test_sc_refuses_a_mismatched_overlay(source: pydicom.Dataset) -> None:
     with pytest.raises(ValueError, match="Rows/Columns"):
-        build_gradcam_sc(
-            source,
-            np.zeros((10, 20, 3), np.uint8),
-            label="covid",
-            probability=0.5,
-            algorithm=Algorithm("m", "1", ""),
-            series_instance_uid=generate_uid(),
-            sop_instance_uid=generate_uid(),
-            instance_number=1,
-        )
+        _sc(source, np.zeros((10, 20, 3), np.uint8))
 
 
 def test_structured_report_content_tree(source: pydicom.Dataset) -> None:
@@ -224,25 +216,7 @@ def test_sc_may_be_an_integer_fraction_of_the_source_size() -> None:
     src = factories.radiograph(rows=900, columns=700)
     grey = decimate(src.pixel_array.astype(np.float32) / 4095, 3)
     rgb = np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=-1)
-    sc = build_gradcam_sc(
-        src,
-        rgb,
-        label="normal",
-        probability=0.9,
-        algorithm=Algorithm("m", "1", ""),
-        series_instance_uid=new_uid(),
-        sop_instance_uid=new_uid(),
-        instance_number=1,
-    )
+    sc = _sc(src, rgb)
     assert (sc.Rows, sc.Columns) == (300, 233)
     with pytest.raises(ValueError, match="same integer"):
-        build_gradcam_sc(
-            src,
-            rgb[:, :200],
-            label="normal",
-            probability=0.9,
-            algorithm=Algorithm("m", "1", ""),
-            series_instance_uid=new_uid(),
-            sop_instance_uid=new_uid(),
-            instance_number=1,
-        )
+        _sc(src, rgb[:, :200])

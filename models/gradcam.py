@@ -49,11 +49,9 @@ def to_source(cam: np.ndarray, box: Letterbox, shrink: int = 1) -> np.ndarray:
     return np.clip(box.crop_to_source(cam, shrink), 0.0, 1.0)
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.4) -> np.ndarray:
-    """RGB uint8 overlay of a [0, 1] heatmap (jet-like colours) on a [0, 1] grey image."""
-    h = np.clip(heatmap, 0.0, 1.0)[..., None]
-    # A compact jet colormap: blue -> cyan -> yellow -> red.
-    colour = np.concatenate(
+def _colours(h: np.ndarray) -> np.ndarray:
+    """A compact jet colormap, [0, 1] -> RGB in [0, 1]: blue -> cyan -> yellow -> red."""
+    return np.concatenate(
         [
             np.clip(1.5 - np.abs(4 * h - 3), 0, 1),
             np.clip(1.5 - np.abs(4 * h - 2), 0, 1),
@@ -61,6 +59,20 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.4) -> np
         ],
         axis=-1,
     )
+
+
+def colour_ramp(width: int = 256) -> np.ndarray:
+    """The heatmap's colours from low to high as a ``(1, width, 3)`` uint8 strip (the scale)."""
+    h = np.linspace(0.0, 1.0, width)[None, :, None]
+    return (_colours(h) * 255).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray | None, *, alpha: float = 0.4) -> np.ndarray:
+    """RGB uint8 overlay of a [0, 1] heatmap on a [0, 1] grey image; the grey image alone when
+    ``heatmap`` is None."""
     grey = np.repeat(np.clip(image, 0.0, 1.0)[..., None], 3, axis=-1)
+    if heatmap is None:
+        return (grey * 255).astype(np.uint8)
+    h = np.clip(heatmap, 0.0, 1.0)[..., None]
     weight = alpha * h  # cold regions stay close to the radiograph
-    return ((1 - weight) * grey + weight * colour).clip(0, 1).__mul__(255).astype(np.uint8)
+    return ((1 - weight) * grey + weight * _colours(h)).clip(0, 1).__mul__(255).astype(np.uint8)

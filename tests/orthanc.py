@@ -21,6 +21,8 @@ from typing import Any
 
 from tests.services import free_port, require
 
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
 
 def _listen(port: int) -> str:
     return f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"
@@ -29,12 +31,15 @@ def _listen(port: int) -> str:
 class Orthanc:
     """Start with :meth:`start`, stop with :meth:`stop` (by process group); bounded waits."""
 
-    def __init__(self, workdir: Path, node_port: int, node_ae: str = "CXR_TRIAGE") -> None:
+    def __init__(
+        self, workdir: Path, node_port: int, node_ae: str = "CXR_TRIAGE", *, dicomweb: bool = False
+    ) -> None:
         for tool in ("Orthanc", "socat", "unshare", "ip"):
             require(shutil.which(tool) is not None, f"{tool} is not installed")
         self.dir = workdir
         self.node_port = node_port
         self.node_ae = node_ae
+        self.dicomweb = dicomweb
         self.dicom_port = free_port()
         self.http_port = free_port()
         self._procs: list[subprocess.Popen[bytes]] = []
@@ -45,6 +50,11 @@ class Orthanc:
 
     def _sock(self, name: str) -> str:
         return str(self.dir / f"{name}.sock")
+
+    @property
+    def http_socket(self) -> Path:
+        """Orthanc's HTTP port as a Unix socket: reachable from any network namespace."""
+        return Path(self._sock("http"))
 
     def start(self, timeout: float = 60.0) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -57,7 +67,8 @@ class Orthanc:
             "HttpPort": 8042,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
-            "Plugins": [],
+            "Plugins": [DICOMWEB_PLUGIN] if self.dicomweb else [],
+            "DicomWeb": {"Enable": self.dicomweb, "Root": "/dicom-web/"},
             "DicomCheckCalledAet": False,
             "DicomAlwaysAllowStore": True,
             # Inside the namespace our node is reached through a relay on its loopback.

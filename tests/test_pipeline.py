@@ -234,7 +234,8 @@ def test_results_wait_for_a_destination_that_comes_back(
     outcomes = [d.outcome for d in rows(node.engine, Delivery)]
     assert outcomes.count("delivered") == 2 and "dead" not in outcomes
     received = {pydicom.dcmread(p).Modality: pydicom.dcmread(p) for p in pacs.received()}
-    assert (received["OT"].Rows, received["OT"].Columns) == (750, 650)
+    sc = received["OT"]
+    assert sc.Columns == 650 and 750 < sc.Rows < 750 * 1.2  # half size, plus the label strip
 
 
 def test_demo_writes_results_to_open(tmp_path: Path) -> None:
@@ -254,7 +255,8 @@ def test_demo_writes_results_to_open(tmp_path: Path) -> None:
     assert len(pngs) == 1 and len(pages) == 1
     from PIL import Image
 
-    assert Image.open(pngs[0]).size == (400, 500)
+    width, height = Image.open(pngs[0]).size
+    assert width == 400 and 500 < height < 600  # the radiograph, plus the label strip below
     assert "NOT FOR DIAGNOSTIC USE" in pages[0].read_text()
 
 

@@ -15,11 +15,13 @@ import pydicom
 import pytest
 
 from dicom_node.eligibility import decide
-from dicom_node.results import codes
+from dicom_node.results import codes, wording
 from dicom_node.results.algorithm import Algorithm
-from dicom_node.results.sc import SERIES_DESCRIPTION, build_gradcam_sc
+from dicom_node.results.inherited import TYPE2_INHERITED
+from dicom_node.results.sc import build_gradcam_sc
 from dicom_node.results.sr import ImageResult, StudyResult, build_report
 from dicom_node.uids import DEFAULT_UID_ROOT, new_uid
+from models.gradcam import colour_ramp
 from tests import factories
 from tests.services import require, shared_file
 
@@ -44,6 +46,7 @@ def _sc(src: pydicom.Dataset, overlay: np.ndarray | None = None, **kwargs: Any) 
     values: dict[str, Any] = {
         "label": "covid",
         "probability": 0.86,
+        "priority": "urgent",
         "algorithm": Algorithm("cxr-test", "9.9", ""),
         "series_instance_uid": new_uid(),
         "sop_instance_uid": new_uid(),
@@ -55,16 +58,27 @@ def _sc(src: pydicom.Dataset, overlay: np.ndarray | None = None, **kwargs: Any) 
         return build_gradcam_sc(src, _overlay(src) if overlay is None else overlay, **values)
 
 
-def _sr(src: pydicom.Dataset, sc: pydicom.Dataset) -> hd.sr.ComprehensiveSR:
+def _sr(
+    src: pydicom.Dataset, sc: pydicom.Dataset, sop_instance_uid: str | None = None
+) -> hd.sr.ComprehensiveSR:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return build_report(
-            [ImageResult(src, "covid", PROBS)],
+            [
+                ImageResult(
+                    src,
+                    "covid",
+                    PROBS,
+                    peak=(src.Columns / 3, src.Rows / 2),
+                    region=(10.0, 12.0, src.Columns - 10.0, src.Rows - 12.0),
+                    heatmap=sc,
+                )
+            ],
             StudyResult("covid", "urgent", {"covid": 0.5, "pneumonia": 0.5}),
             evidence=[src, sc],
             algorithm=Algorithm("cxr-test", "9.9", "ab" * 32),
             series_instance_uid=new_uid(),
-            sop_instance_uid=new_uid(),
+            sop_instance_uid=sop_instance_uid or new_uid(),
             device_uid=new_uid(),
         )
 
@@ -82,15 +96,16 @@ def test_secondary_capture(source: pydicom.Dataset) -> None:
     assert sc.StudyInstanceUID == source.StudyInstanceUID
     assert sc.SeriesInstanceUID != source.SeriesInstanceUID
     assert sc.SOPInstanceUID.startswith(DEFAULT_UID_ROOT)
-    assert (sc.Rows, sc.Columns, sc.SamplesPerPixel) == (source.Rows, source.Columns, 3)
+    # The label strip is below the image: as wide, a little taller.
+    assert (sc.Columns, sc.SamplesPerPixel) == (source.Columns, 3)
+    assert source.Rows < sc.Rows < source.Rows * 1.4
     assert sc.Manufacturer == "cxr-triage" and sc.BurnedInAnnotation == "YES"
-    assert (
-        sc.SeriesDescription == SERIES_DESCRIPTION and "NOT FOR DIAGNOSTIC" in sc.SeriesDescription
-    )
+    assert sc.SeriesDescription == "AI URGENT covid 0.86 heatmap - not for diagnosis"
     assert sc.BodyPartExamined == source.BodyPartExamined
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-    assert sc.pixel_array.shape == (source.Rows, source.Columns, 3)
-    # The burned-in text band is in the top-left corner; the rest is the overlay.
+    # The image area is the overlay as given: no text on the lungs.
+    image_area = sc.pixel_array[: source.Rows].astype(int)
+    assert np.abs(image_area - _overlay(source).astype(int)).mean() < 3  # JPEG
     assert decide(sc, uid_root=DEFAULT_UID_ROOT).rule == "own-output"
 
 
@@ -121,27 +136,51 @@ def test_structured_report_content_tree(source: pydicom.Dataset) -> None:
         i for i in content if i.ConceptNameCodeSequence[0].CodeMeaning == "Procedure reported"
     )
     assert proc.ConceptCodeSequence[0].CodeValue == codes.PROCEDURE_CHEST_XRAY.value
-    groups = (
-        sr.content.get_observation_containers()
-        if hasattr(sr.content, "get_observation_containers")
-        else None
-    )
-    del groups
     report = sr.content
-    image_groups = report.get_image_measurement_groups()
-    assert len(image_groups) == 2  # one image + the study-level group
-    first = image_groups[0]
+    groups = report.get_planar_roi_measurement_groups()
+    assert len(groups) == 2  # one image + the study-level group
+    first = groups[0]
     assert first.finding_type == codes.FINDING_CODES["covid"]
-    probs = {m.name.meaning: m.value for m in first.get_measurements()}
-    assert probs == pytest.approx({codes.PROBABILITY_CODES[k].meaning: v for k, v in PROBS.items()})
-    assert first.source_images[0].referenced_sop_instance_uid == source.SOPInstanceUID
-    study = image_groups[1]
+    probs = {m.name.meaning: (m.value, m.unit.value) for m in first.get_measurements()}
+    assert probs == {  # percent, one decimal: what a reader needs
+        codes.PROBABILITY_CODES[k].meaning: (round(100 * v, 1), "%") for k, v in PROBS.items()
+    }
+    # A finding points at the heatmap's peak on its source image; the SC illustrates it.
+    region = first.roi
+    assert region.graphic_type == hd.sr.GraphicTypeValues.POINT
+    assert region.value.tolist()[0] == pytest.approx([source.Columns / 3, source.Rows / 2])
+    assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+        source.SOPInstanceUID
+    )
+    shown = [i for i in first[0].ContentSequence if i.ValueType == "IMAGE"]
+    assert [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in shown] == [
+        sc.SOPInstanceUID
+    ]
+    study = groups[1]
     assert study.finding_type == codes.FINDING_CODES["covid"]
+    assert study.roi.graphic_type == hd.sr.GraphicTypeValues.POLYLINE  # the region analysed
     values = {e.name.value: e.value.value for e in study.get_qualitative_evaluations()}
     assert values == {
         "276214006": "STUDY-RESULT",
         "TRIAGE-PRIORITY": "URGENT",
-    }  # category, priority
+        "111000": "123110",  # algorithm family: artificial intelligence
+    }
+    (summary,) = [
+        t.TextValue
+        for c in content
+        if c.ConceptNameCodeSequence[0].CodeValue == codes.QUALITATIVE_EVALUATIONS.value
+        for t in c.ContentSequence
+    ]
+    assert summary == (
+        "AI triage, not for diagnosis: COVID-19, priority URGENT; COVID-19 0.860, "
+        "Normal 0.080, Pneumonia 0.060; heatmap = evidence for COVID-19"
+    )
+    family = [
+        i.ConceptCodeSequence[0].CodeValue
+        for i in first[0].ContentSequence
+        if i.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Family"
+    ]
+    assert family == ["123110"]
     algorithm = {
         i.ConceptNameCodeSequence[0].CodeMeaning: i.TextValue
         for i in first[0].ContentSequence
@@ -179,6 +218,9 @@ def test_dicom3tools_and_dcmtk_accept_the_objects(tmp_path: Path) -> None:
     dump = subprocess.run(["dsrdump", "-v", str(files["sr"])], capture_output=True, text=True)
     assert dump.returncode == 0 and "W:" not in dump.stderr and "E:" not in dump.stderr, dump.stderr
     assert "Triage priority" in dump.stdout and "COVID-19" in dump.stdout
+    html = subprocess.run(["dsr2html", str(files["sr"])], capture_output=True, text=True).stdout
+    assert "AI triage, not for diagnosis: COVID-19, priority URGENT; COVID-19 0.860" in html
+    assert "86.0 %" in html
     entity = subprocess.run(
         ["dcentvfy", str(src_path), *map(str, files.values())], capture_output=True, text=True
     )
@@ -217,6 +259,68 @@ def test_sc_may_be_an_integer_fraction_of_the_source_size() -> None:
     grey = decimate(src.pixel_array.astype(np.float32) / 4095, 3)
     rgb = np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=-1)
     sc = _sc(src, rgb)
-    assert (sc.Rows, sc.Columns) == (300, 233)
+    assert sc.Columns == 233 and sc.Rows > 300
     with pytest.raises(ValueError, match="same integer"):
         _sc(src, rgb[:, :200])
+
+
+def test_every_measurement_group_has_a_scoord(source: pydicom.Dataset) -> None:
+    """OHIF 3.13 reads coords[0] of every TID 1500 group: one without a SCOORD crashes it."""
+    sr = _sr(source, _sc(source))
+    (measurements,) = [
+        c for c in sr.ContentSequence if c.ConceptNameCodeSequence[0].CodeValue == "126010"
+    ]
+    assert len(measurements.ContentSequence) == 2
+    for group in measurements.ContentSequence:
+        assert [i.GraphicType for i in group.ContentSequence if i.ValueType == "SCOORD"]
+
+
+def test_the_same_report_has_the_same_tracking_uids(source: pydicom.Dataset) -> None:
+    sc = _sc(source)
+    uid = new_uid()
+
+    def tracking(sr: pydicom.Dataset) -> list[str]:
+        return [
+            i.UID
+            for c in sr.ContentSequence
+            if "ContentSequence" in c
+            for g in c.ContentSequence
+            if "ContentSequence" in g
+            for i in g.ContentSequence
+            if i.ValueType == "UIDREF"
+        ]
+
+    first, again = tracking(_sr(source, sc, uid)), tracking(_sr(source, sc, uid))
+    assert len(first) == 2 and first == again
+    assert tracking(_sr(source, sc, new_uid())) != first
+
+
+@pytest.mark.parametrize("missing", TYPE2_INHERITED)
+def test_a_missing_type2_attribute_still_gives_both_objects(missing: str) -> None:
+    """Anonymisers drop PatientBirthDate and the like: the study must still get its results."""
+    src = pydicom.dcmread(shared_file("cr_pa_chest_jpeg_baseline.dcm"))
+    src.pop(missing, None)
+    sc = _round_trip(_sc(src))
+    sr = _round_trip(_sr(src, sc))
+    for ds in (sc, sr):
+        assert missing in ds and not ds[missing].value  # present, empty: Type 2
+
+
+def test_a_normal_result_has_no_heatmap_and_says_so() -> None:
+    src = factories.radiograph(rows=400, columns=320, bits=12)
+    grey = _overlay(src)
+    sc = _sc(src, grey, label="normal", priority="routine", colour_ramp=colour_ramp())
+    assert sc.SeriesDescription.startswith("AI ROUTINE normal 0.86 heatmap")
+    strip = sc.pixel_array[src.Rows :].astype(int)
+    # No colour scale for a normal result: the strip holds only yellow text on black.
+    blue = (strip[..., 2] > 150) & (strip[..., 0] < 100) & (strip[..., 1] < 100)
+    assert not blue.any()
+    covid = _sc(src, grey, colour_ramp=colour_ramp())
+    strip = covid.pixel_array[src.Rows :].astype(int)
+    blue = (strip[..., 2] > 150) & (strip[..., 0] < 100) & (strip[..., 1] < 100)
+    assert blue.any()  # the low end of the scale
+
+
+def test_series_descriptions_fit_and_lead_with_the_result() -> None:
+    text = wording.series_description("pneumonia", "urgent", 0.914, "heatmap")
+    assert text == "AI URGENT pneumonia 0.91 heatmap - not for diagnosis" and len(text) <= 64

@@ -12,8 +12,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pydicom
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -49,6 +50,10 @@ from worker.decision import StudyDecision, decide_study
 from worker.logs import study_context
 from worker.outputs import derived_uid, write_object
 from worker.settings import Settings
+
+if TYPE_CHECKING:  # models is imported lazily: the package pulls in TensorFlow on use
+    from models.imaging import CropBox
+    from models.loader import Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +127,21 @@ def _model_columns(algorithm: Algorithm) -> dict[str, str]:
     }
 
 
+def _peak(heatmap: np.ndarray | None, shrink: int) -> tuple[float, float] | None:
+    """(column, row) of the heatmap's maximum, in source pixels (the centre of its cell)."""
+    if heatmap is None:
+        return None
+    row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape[:2])
+    return ((col + 0.5) * shrink, (row + 0.5) * shrink)
+
+
+def _box(crop: CropBox | None) -> tuple[float, float, float, float] | None:
+    """(left, top, right, bottom) of the region the model looked at."""
+    if crop is None:
+        return None
+    return (crop.left, crop.top, crop.left + crop.cols, crop.top + crop.rows)
+
+
 def _add_timings(s: Session, study_id: int, revision: int, timer: Timer) -> None:
     for name, seconds in timer.steps:
         s.add(StepTiming(study_id=study_id, revision=revision, step=name, seconds=seconds))
@@ -184,7 +204,7 @@ class Pipeline:
         inferred = self._infer(loaded, timer)
         if not inferred.any_kept:
             return self._skip_refused(study_id, revision, inferred.refusals, timer)
-        decision = self._decide(inferred)
+        decision = self._decide(inferred.predictions)
         built = self._build(loaded.study_uid, revision, inferred, decision, timer)
         return self._record(study_id, revision, loaded.study_uid, inferred, decision, built, timer)
 
@@ -238,12 +258,12 @@ class Pipeline:
             shrink=shrink,
         )
 
-    def _decide(self, inferred: _Inferred) -> StudyDecision:
+    def _decide(self, predictions: list[Prediction]) -> StudyDecision:
         thresholds = {
             "covid": self.settings.threshold_covid,
             "pneumonia": self.settings.threshold_pneumonia,
         }
-        return decide_study([p.probabilities for p in inferred.predictions], thresholds)
+        return decide_study([p.probabilities for p in predictions], thresholds)
 
     def _build(
         self,
@@ -259,14 +279,15 @@ class Pipeline:
         unchanged since an earlier revision keeps its SC, UIDs and file, so a new revision does
         not put a second heatmap of the same image in the PACS under new UIDs.
         """
-        from models.gradcam import overlay
+        from models.gradcam import colour_ramp, overlay
         from models.imaging import decimate
 
         algo = self.algorithm
         root = self.settings.uid_root
         outputs = self.settings.outputs_dir
+        thresholds = sorted(decision.thresholds.items())
         sc_series = derived_uid(root, study_uid, algo.weights_sha256, "sc-series")
-        built: list[_Built] = []
+        scs: list[_Built] = []
         with timer.step("build_sc"):
             for n, (ds, image, pred) in enumerate(
                 zip(inferred.datasets, inferred.images, inferred.predictions, strict=True)
@@ -274,24 +295,28 @@ class Pipeline:
                 pixels = hashlib.sha256(ds.get("PixelData") or b"").hexdigest()
                 uid = derived_uid(
                     root, study_uid, algo.weights_sha256, "sc", ds.SOPInstanceUID, pixels,
-                    inferred.shrink,
+                    inferred.shrink, thresholds,
                 )  # fmt: skip
                 kept = self._kept_object(uid)
                 if kept is not None:
                     header = pydicom.dcmread(outputs / kept, stop_before_pixels=True)
-                    built.append(_Built("sc", header, ds.SOPInstanceUID, kept))
+                    scs.append(_Built("sc", header, ds.SOPInstanceUID, kept))
                     continue
+                # A normal result has nothing to point at: its SC is the radiograph, uncoloured.
+                heat = None if pred.label == "normal" else pred.heatmap
                 sc = build_gradcam_sc(
                     ds,
-                    overlay(decimate(image, inferred.shrink), pred.heatmap),
+                    overlay(decimate(image, inferred.shrink), heat),
                     label=pred.label,
                     probability=pred.probabilities[pred.label],
+                    priority=self._decide([pred]).priority,
                     algorithm=algo,
+                    colour_ramp=colour_ramp(),
                     series_instance_uid=sc_series,
                     sop_instance_uid=uid,
                     instance_number=n + 1,
                 )
-                built.append(_Built("sc", sc, ds.SOPInstanceUID))
+                scs.append(_Built("sc", sc, ds.SOPInstanceUID))
         with timer.step("build_sr"):
             headers = [ds.copy() for ds in inferred.datasets]
             for h in headers:
@@ -299,17 +324,24 @@ class Pipeline:
             key = (study_uid, revision, algo.weights_sha256)
             sr = build_report(
                 [
-                    SRImage(h, p.label, p.probabilities)
-                    for h, p in zip(headers, inferred.predictions, strict=True)
+                    SRImage(
+                        h,
+                        p.label,
+                        p.probabilities,
+                        peak=_peak(p.heatmap, inferred.shrink),
+                        region=_box(p.crop),
+                        heatmap=sc.ds,
+                    )
+                    for h, p, sc in zip(headers, inferred.predictions, scs, strict=True)
                 ],
                 SRStudy(decision.label, decision.priority, decision.thresholds),
-                evidence=[*headers, *(b.ds for b in built)],
+                evidence=[*headers, *(b.ds for b in scs)],
                 algorithm=algo,
                 series_instance_uid=derived_uid(root, *key, "sr-series"),
                 sop_instance_uid=derived_uid(root, *key, "sr"),
                 device_uid=derived_uid(root, "device", algo.name, algo.version),
             )
-            built.append(_Built("sr", sr, None))
+        built = [*scs, _Built("sr", sr, None)]
         with timer.step("store"):
             for b in built:
                 if b.path is None:

@@ -26,7 +26,7 @@ PROBABILITY_CODES: dict[str, Code] = {
     "covid": Code("P-COVID", PRIVATE_SCHEME, "Probability of COVID-19"),
     "pneumonia": Code("P-PNEUMONIA", PRIVATE_SCHEME, "Probability of non-COVID pneumonia"),
 }
-NO_UNITS = Code("1", "UCUM", "no units")
+PERCENT = Code("%", "UCUM", "percent")
 
 TRIAGE_PRIORITY = Code("TRIAGE-PRIORITY", PRIVATE_SCHEME, "Triage priority")
 PRIORITY_CODES: dict[str, Code] = {
@@ -37,3 +37,8 @@ PRIORITY_CODES: dict[str, Code] = {
 STUDY_RESULT = Code("STUDY-RESULT", PRIVATE_SCHEME, "Study-level triage result")
 #: CID 7162 Algorithm Family.
 ALGORITHM_FAMILY = Code("123110", "DCM", "Artificial Intelligence")
+#: TID 1410's reference to an image that shows the region (our Grad-CAM SC).
+ILLUSTRATION_OF_ROI = Code("121200", "DCM", "Illustration of ROI")
+#: TID 1500's container for qualitative evaluations of the whole report.
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+SUMMARY = Code("121106", "DCM", "Comment")

@@ -14,6 +14,19 @@ from pydicom.dataset import Dataset
 
 logger = logging.getLogger(__name__)
 
+#: Patient and study attributes of Type 2 in the SR and SC: present, empty when unknown.
+TYPE2_INHERITED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
 
 def repair_inherited(ds: Dataset) -> Dataset:
     """Fix or drop inherited values that violate their VR; log each change. Returns ``ds``."""
@@ -25,3 +38,21 @@ def repair_inherited(ds: Dataset) -> Dataset:
             ds.PatientAge = ""
         logger.info("repaired inherited PatientAge %r -> %r", age, ds.PatientAge)
     return ds
+
+
+def with_type2(source: Dataset) -> Dataset:
+    """``source`` with every Type 2 patient/study attribute present (empty where it was absent).
+
+    Anonymisers drop PatientBirthDate and the like; highdicom copies them from the source and
+    fails on a missing one, which would cost the whole study its results.
+    """
+    missing = [k for k in TYPE2_INHERITED if k not in source]
+    if not missing:
+        return source
+    out = Dataset()
+    out.update(source)
+    if hasattr(source, "file_meta"):
+        out.file_meta = source.file_meta
+    for keyword in missing:
+        setattr(out, keyword, None)
+    return out

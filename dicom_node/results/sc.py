@@ -9,10 +9,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import JPEGBaseline8Bit
 
 from dicom_node.eligibility import OUR_MANUFACTURER
+from dicom_node.results import wording
 from dicom_node.results.algorithm import Algorithm
-from dicom_node.results.inherited import repair_inherited
+from dicom_node.results.inherited import repair_inherited, with_type2
 
-SERIES_DESCRIPTION = "cxr-triage Grad-CAM - NOT FOR DIAGNOSTIC USE"
 # Attributes from_ref_dataset leaves out that viewers and dciodvfy expect on the SC.
 _COPIED = (
     "BodyPartExamined",
@@ -26,21 +26,48 @@ _COPIED = (
 )
 
 
-def burn_in_text(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
-    """Write ``lines`` in the top-left corner on a dark band, scaled to the image size."""
-    img = Image.fromarray(rgb)
-    size = max(12, img.height // 40)
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
-        font: ImageFont.ImageFont | ImageFont.FreeTypeFont = ImageFont.load_default(size=size)
+        return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has no sized default font
-        font = ImageFont.load_default()
+        return ImageFont.load_default()
+
+
+def label_strip(rgb: np.ndarray, lines: list[str], ramp: np.ndarray | None) -> np.ndarray:
+    """``rgb`` with a black strip below it holding ``lines`` and, when given, the colour scale
+    ("low [colours] high") on a row of its own.
+
+    Below the image, not on it: viewers draw their own overlay text in the corners, and a label
+    on the lungs would hide what the heatmap shows. The text is as large as the width allows.
+    """
+    rows, cols = rgb.shape[:2]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    size = max(8, cols // 40)
+    while size > 8:
+        font = _font(size)
+        widest = max(probe.textbbox((0, 0), line, font=font)[2] for line in lines)
+        if widest + size <= cols:
+            break
+        size -= 1
+    font = _font(size)
+    pad = max(2, size // 2)
+    line_height = int(size * 1.3)
+    count = len(lines) + (ramp is not None)
+    height = count * line_height + 2 * pad
+    height += height % 2  # JPEG 4:2:2 likes even sizes
+    img = Image.new("RGB", (cols, rows + height), (0, 0, 0))
+    img.paste(Image.fromarray(rgb), (0, 0))
     draw = ImageDraw.Draw(img)
-    pad = size // 2
-    widths = [draw.textbbox((0, 0), line, font=font)[2] for line in lines]
-    height = len(lines) * int(size * 1.3) + 2 * pad
-    draw.rectangle([0, 0, max(widths) + 2 * pad, height], fill=(0, 0, 0))
     for i, line in enumerate(lines):
-        draw.text((pad, pad + i * int(size * 1.3)), line, fill=(255, 255, 0), font=font)
+        draw.text((pad, rows + pad + i * line_height), line, fill=(255, 255, 0), font=font)
+    if ramp is not None:
+        top = rows + pad + len(lines) * line_height
+        draw.text((pad, top), "low", fill=(255, 255, 255), font=font)
+        left = pad + draw.textbbox((0, 0), "low ", font=font)[2]
+        width = max(8, min(cols // 3, cols - left - 4 * size))
+        bar = Image.fromarray(ramp).resize((width, max(4, size * 2 // 3)))
+        img.paste(bar, (left, top + size // 4))
+        draw.text((left + width + pad, top), "high", fill=(255, 255, 255), font=font)
     return np.asarray(img)
 
 
@@ -50,7 +77,9 @@ def build_gradcam_sc(
     *,
     label: str,
     probability: float,
+    priority: str,
     algorithm: Algorithm,
+    colour_ramp: np.ndarray | None = None,
     series_instance_uid: str,
     sop_instance_uid: str,
     instance_number: int,
@@ -65,10 +94,14 @@ def build_gradcam_sc(
     overlay_rgb : numpy.ndarray
         ``(rows // f, columns // f, 3)`` uint8 overlay in the source image's geometry, for an
         integer factor ``f`` >= 1 (a smaller SC is much faster to build, send and show).
-    label, probability : str, float
-        The finding shown in the burned-in text.
+    label, probability, priority : str, float, str
+        The image's finding, shown in the label strip below the image and in the series
+        description (an SC speaks for its own image, so it stays right in a later revision).
     algorithm : Algorithm
-        The model that made the heatmap (burned in and in ManufacturerModelName).
+        The model that made the heatmap (in the strip and in ManufacturerModelName).
+    colour_ramp : numpy.ndarray, optional
+        ``(1, n, 3)`` uint8 colours of the heatmap from low to high, drawn as its scale
+        (left out for a normal result, which has no heatmap).
 
     Raises
     ------
@@ -84,16 +117,17 @@ def build_gradcam_sc(
             f"overlay is {overlay_rgb.shape[:2]}, the source image is {(rows, cols)}: "
             "Rows/Columns must match, or both be divided by the same integer"
         )
-    pixels = burn_in_text(
+    pixels = label_strip(
         overlay_rgb,
         [
-            f"{label}  p={probability:.2f}",
-            str(algorithm),
-            "NOT FOR DIAGNOSTIC USE",
+            f"{wording.meaning(label)} p={probability:.2f}   priority {priority.upper()}",
+            wording.heatmap_meaning(label),
+            f"{algorithm}   NOT FOR DIAGNOSTIC USE",
         ],
+        colour_ramp if label != "normal" else None,
     )
     sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source,
+        ref_dataset=with_type2(source),
         pixel_array=pixels,
         photometric_interpretation=hd.PhotometricInterpretationValues.YBR_FULL_422,
         bits_allocated=8,
@@ -110,7 +144,7 @@ def build_gradcam_sc(
         if keyword in source and keyword not in sc:
             setattr(sc, keyword, source.data_element(keyword).value)  # type: ignore[union-attr]
     repair_inherited(sc)
-    sc.SeriesDescription = SERIES_DESCRIPTION
+    sc.SeriesDescription = wording.series_description(label, priority, probability, "heatmap")
     sc.ManufacturerModelName = algorithm.name
     sc.SoftwareVersions = algorithm.version
     sc.DerivationDescription = f"Grad-CAM heatmap of {label} by {OUR_MANUFACTURER} {algorithm.name}"

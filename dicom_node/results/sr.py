@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_node.eligibility import OUR_MANUFACTURER
-from dicom_node.results import codes
+from dicom_node.results import codes, wording
 from dicom_node.results.algorithm import Algorithm
-from dicom_node.results.inherited import repair_inherited
+from dicom_node.results.inherited import repair_inherited, with_type2
 
-SERIES_DESCRIPTION = "cxr-triage report - NOT FOR DIAGNOSTIC USE"
+#: Probabilities are written with this many decimals: more is noise a reader cannot use.
 
 
 @dataclass(frozen=True)
 class ImageResult:
-    """Classification of one source image."""
+    """Classification of one source image, and where its evidence is.
+
+    ``peak`` is the (column, row) of the heatmap's maximum in source pixels; ``region`` the
+    (left, top, right, bottom) box the model looked at (the lungs), also in source pixels;
+    ``heatmap`` the header of the Grad-CAM SC of this image.
+    """
 
     source: Dataset  # the source radiograph's header
     label: str
     probabilities: dict[str, float]
+    peak: tuple[float, float] | None = None
+    region: tuple[float, float, float, float] | None = None
+    heatmap: Dataset | None = None
 
 
 @dataclass(frozen=True)
@@ -34,25 +45,88 @@ class StudyResult:
     thresholds: dict[str, float]
 
 
+def tracking_uid(document_uid: str, name: str) -> str:
+    """A Tracking UID that is the same every time the same document is built (2.25 form)."""
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, f'{document_uid}/{name}').int}"
+
+
+def _region(image: ImageResult, *, outline: bool = False) -> hd.sr.ImageRegion:
+    """A POINT at the heatmap's peak for a finding; otherwise (a normal image, or ``outline``)
+    the box the model analysed."""
+    ref = hd.sr.SourceImageForRegion.from_source_image(image.source)
+    if not outline and image.label != "normal" and image.peak is not None:
+        return hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POINT,
+            graphic_data=np.array([image.peak], dtype=float),
+            source_image=ref,
+        )
+    left, top, right, bottom = image.region or (
+        0.0,
+        0.0,
+        float(image.source.Columns),
+        float(image.source.Rows),
+    )
+    corners = [(left, top), (right, top), (right, bottom), (left, bottom), (left, top)]
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.array(corners, dtype=float),
+        source_image=ref,
+    )
+
+
+def _summary_item(text: str) -> hd.sr.ContainerContentItem:
+    """TID 1500's Qualitative Evaluations container holding the one-sentence summary."""
+    container = hd.sr.ContainerContentItem(
+        name=codes.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=codes.SUMMARY,
+                value=text,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        ]
+    )
+    return container
+
+
 def _group(
-    index: int, image: ImageResult, algorithm: hd.sr.AlgorithmIdentification
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    finding = codes.FINDING_CODES[image.label]
+    index: int, image: ImageResult, algorithm: hd.sr.AlgorithmIdentification, document_uid: str
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 for one image: viewers that draw SR measurements need the SCOORD."""
     measurements = [
-        hd.sr.Measurement(name=codes.PROBABILITY_CODES[label], value=float(p), unit=codes.NO_UNITS)
-        for label, p in image.probabilities.items()
+        hd.sr.Measurement(
+            name=codes.PROBABILITY_CODES[label],
+            # In percent, one decimal (three digits): "Probability of COVID-19: 91.2 %" reads
+            # in any viewer; more digits are noise.
+            value=round(100 * float(p), 1),
+            unit=codes.PERCENT,
+        )
+        for label, p in sorted(image.probabilities.items(), key=lambda kv: -kv[1])
     ]
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=hd.UID(), identifier=f"image {index}: {image.source.SOPInstanceUID}"
+            uid=tracking_uid(document_uid, f"image {index}"),
+            identifier=f"image {index}: {wording.ranked(image.probabilities)}",
         ),
-        algorithm_id=algorithm,
+        referenced_region=_region(image),
         # TID 1501 "Finding" (DCM 121071); set once, as finding_type, never also as a
         # qualitative evaluation of the same name (dsrdump would show it twice).
-        finding_type=finding,
+        finding_type=codes.FINDING_CODES[image.label],
+        algorithm_id=algorithm,
         measurements=measurements,
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(image.source)],
     )
+    if image.heatmap is not None:
+        group[0].ContentSequence.append(
+            hd.sr.ImageContentItem(
+                name=codes.ILLUSTRATION_OF_ROI,
+                referenced_sop_class_uid=image.heatmap.SOPClassUID,
+                referenced_sop_instance_uid=image.heatmap.SOPInstanceUID,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+    return group
 
 
 def build_report(
@@ -97,11 +171,22 @@ def build_report(
         name=algorithm.name,
         version=algorithm.version,
         parameters=parameters,
+        family=codes.ALGORITHM_FAMILY,
     )
-    groups = [_group(i + 1, img, algorithm_id) for i, img in enumerate(images)]
+    groups: list[Any] = [
+        _group(i + 1, img, algorithm_id, sop_instance_uid) for i, img in enumerate(images)
+    ]
+    # Viewers that draw SR measurements (OHIF) need a SCOORD in every group, the study's too:
+    # it outlines the region analysed in the first image.
     groups.append(
-        hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="study"),
+        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=tracking_uid(sop_instance_uid, "study"),
+                identifier=(
+                    f"study: {wording.meaning(study.label)}, priority {study.priority.upper()}"
+                ),
+            ),
+            referenced_region=_region(images[0], outline=True),
             algorithm_id=algorithm_id,
             finding_type=codes.FINDING_CODES[study.label],
             qualitative_evaluations=[
@@ -126,9 +211,19 @@ def build_report(
         procedure_reported=codes.PROCEDURE_CHEST_XRAY,
         imaging_measurements=groups,
     )
+    content = report[0]
+    content.ContentSequence.append(
+        _summary_item(
+            wording.summary(
+                study.label,
+                study.priority,
+                [i.probabilities for i in images],
+            )
+        )
+    )
     sr = hd.sr.ComprehensiveSR(
-        evidence=list(evidence),
-        content=report[0],
+        evidence=[with_type2(ds) for ds in evidence],
+        content=content,
         series_instance_uid=series_instance_uid,
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,
@@ -139,7 +234,9 @@ def build_report(
         is_verified=False,
     )
     repair_inherited(sr)
-    sr.SeriesDescription = SERIES_DESCRIPTION
+    sr.SeriesDescription = wording.series_description(
+        study.label, study.priority, max(i.probabilities[study.label] for i in images), "report"
+    )
     sr.ManufacturerModelName = algorithm.name
     sr.SoftwareVersions = algorithm.version
     return sr

@@ -257,7 +257,7 @@ def test_demo_writes_results_to_open(tmp_path: Path) -> None:
 
     width, height = Image.open(pngs[0]).size
     assert width == 400 and 500 < height < 600  # the radiograph, plus the label strip below
-    assert "NOT FOR DIAGNOSTIC USE" in pages[0].read_text()
+    assert "AI triage, not for diagnosis" in pages[0].read_text()  # the SR's summary
 
 
 def _dog_as_pa_chest(tmp_path: Path, study_uid: str | None = None) -> Path:

@@ -1,4 +1,4 @@
-"""Parsing ``AET@host:port`` peer addresses."""
+"""Parsing destinations: ``AET@host:port`` (DIMSE) and ``stow+http(s)://…`` (DICOMweb)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,42 @@ class Destination:
         return f"{self.ae_title}@{host}:{self.port}"
 
 
-def parse_destinations(text: str) -> list[Destination]:
-    """Parse a comma-separated list of ``AET@host:port``; empty text gives an empty list."""
-    return [Destination.parse(part) for part in text.split(",") if part.strip()]
+@dataclass(frozen=True)
+class StowDestination:
+    """A DICOMweb STOW-RS service: results are POSTed to ``<base_url>/studies``."""
+
+    base_url: str  # http(s)://host[:port]/path, no trailing slash
+
+    PREFIX = "stow+"
+
+    @classmethod
+    def parse(cls, text: str) -> StowDestination:
+        """Parse ``stow+http://host:8042/dicom-web`` (or ``stow+https://…``).
+
+        Credentials do not belong in the URL (it is logged and stored with every delivery):
+        they come from CXR_STOW_BEARER_TOKEN or CXR_STOW_BASIC_AUTH.
+        """
+        url = text.strip().removeprefix(cls.PREFIX)
+        match = re.fullmatch(r"(https?)://([^/@\s]+)(/[^\s]*)?", url)
+        if not text.strip().startswith(cls.PREFIX) or not match:
+            raise ValueError(f"{text!r} is not of the form stow+http(s)://host[:port]/path")
+        return cls(url.rstrip("/"))
+
+    def __str__(self) -> str:
+        return self.PREFIX + self.base_url
+
+
+#: Where results may be sent.
+AnyDestination = Destination | StowDestination
+
+
+def parse_destination(text: str) -> AnyDestination:
+    """``stow+http(s)://…`` is a STOW-RS service; anything else must be ``AET@host:port``."""
+    if text.strip().startswith(StowDestination.PREFIX):
+        return StowDestination.parse(text)
+    return Destination.parse(text)
+
+
+def parse_destinations(text: str) -> list[AnyDestination]:
+    """Parse a comma-separated list of destinations; empty text gives an empty list."""
+    return [parse_destination(part) for part in text.split(",") if part.strip()]

@@ -9,8 +9,9 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.addresses import Destination
+from dicom_node.addresses import AnyDestination, StowDestination
 from dicom_node.sender import SenderOptions, SendResult, send_files
+from dicom_node.stow import StowOptions, stow_files
 from worker.db.models import (
     DEAD_LETTER,
     DELIVERING,
@@ -30,13 +31,15 @@ def attempt_delivery(
     sessions: sessionmaker[Session],
     outputs: Path,
     object_id: int,
-    destination: Destination,
+    destination: AnyDestination,
     attempt: int,
     options: SenderOptions,
     *,
     final: bool,
+    stow: StowOptions | None = None,
 ) -> bool:
-    """C-STORE one object to one destination and record the attempt; True if it was stored.
+    """Send one object to one destination (C-STORE, or STOW-RS with ``stow``'s credentials)
+    and record the attempt; True if it was stored.
 
     ``final`` marks the last allowed attempt: a failure is then recorded as ``dead`` and the
     study moves to ``dead_letter`` (``cxr-triage replay`` sends it again later).
@@ -45,7 +48,10 @@ def attempt_delivery(
         obj = s.get_one(ProducedObject, object_id)
         path = outputs / obj.path
     try:
-        result = send_files([path], destination, options).results[0]
+        if isinstance(destination, StowDestination):
+            result = stow_files([path], destination, stow).results[0]
+        else:
+            result = send_files([path], destination, options).results[0]
     except Exception as exc:
         # Whatever went wrong is one failed attempt for this destination only.
         logger.exception("delivery of %s to %s raised", path.name, destination)

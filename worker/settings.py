@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -21,10 +21,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from dicom_node.addresses import Destination, parse_destinations
+from dicom_node.addresses import AnyDestination, parse_destination, parse_destinations
 
 if TYPE_CHECKING:
     from dicom_node.sender import SenderOptions
+    from dicom_node.stow import StowOptions
 from dicom_node.uids import DEFAULT_UID_ROOT
 
 CommaList = Annotated[list[str], NoDecode]
@@ -66,6 +67,9 @@ class Settings(BaseSettings):
     send_tls_ca: Path | None = None
     send_tls_cert: Path | None = None
     send_tls_key: Path | None = None
+    # DICOMweb destinations (stow+http(s)://…): one of these authenticates every request
+    stow_bearer_token: SecretStr | None = None
+    stow_basic_auth: SecretStr | None = None  # user:password
     # Storage and database
     data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str | None = None
@@ -87,7 +91,7 @@ class Settings(BaseSettings):
     study_task: str = "cxr_triage.process_study"
     # Worker and results
     # Parsed once, here: everything after works with typed destinations.
-    destinations: Annotated[list[Destination], NoDecode] = Field(default_factory=list)
+    destinations: Annotated[list[AnyDestination], NoDecode] = Field(default_factory=list)
     model_dir: Path | None = None
     threshold_covid: float = Field(0.5, ge=0, le=1)
     threshold_pneumonia: float = Field(0.5, ge=0, le=1)
@@ -118,7 +122,7 @@ class Settings(BaseSettings):
     def _parse_destinations(cls, value: Any) -> Any:
         if isinstance(value, str):
             return parse_destinations(value)
-        return [Destination.parse(v) if isinstance(v, str) else v for v in value]
+        return [parse_destination(v) if isinstance(v, str) else v for v in value]
 
     @field_validator("uid_root")
     @classmethod
@@ -141,6 +145,14 @@ class Settings(BaseSettings):
     def longest_retry_delay(self) -> float:
         """The longest wait between two delivery attempts (the backoff doubles each time)."""
         return self.delivery_backoff * 2 ** max(0, self.delivery_retries - 1)
+
+    @model_validator(mode="after")
+    def _check_stow(self) -> Settings:
+        if self.stow_bearer_token and self.stow_basic_auth:
+            raise ValueError("give CXR_STOW_BEARER_TOKEN or CXR_STOW_BASIC_AUTH, not both")
+        if self.stow_basic_auth and ":" not in self.stow_basic_auth.get_secret_value():
+            raise ValueError("CXR_STOW_BASIC_AUTH must be user:password")
+        return self
 
     @model_validator(mode="after")
     def _check_sweeper(self) -> Settings:
@@ -171,6 +183,21 @@ class Settings(BaseSettings):
         }
         values.update(overrides)
         return SenderOptions(**values)
+
+    def stow_options(self) -> StowOptions:
+        """How this node authenticates to STOW-RS destinations (TLS as for C-STORE)."""
+        from dicom_node.stow import StowOptions
+        from dicom_node.tls import client_context
+
+        return StowOptions(
+            bearer_token=self.stow_bearer_token.get_secret_value()
+            if self.stow_bearer_token
+            else None,
+            basic_auth=self.stow_basic_auth.get_secret_value() if self.stow_basic_auth else None,
+            ssl_context=client_context(
+                self.send_tls_ca, cert=self.send_tls_cert, key=self.send_tls_key
+            ),
+        )
 
     # -- derived -----------------------------------------------------------------------------
     @property

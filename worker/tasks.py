@@ -7,8 +7,9 @@ from typing import Any
 
 from celery import Celery
 
-from dicom_node.addresses import Destination
+from dicom_node.addresses import parse_destination
 from dicom_node.sender import SenderOptions
+from dicom_node.stow import StowOptions
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,9 @@ class _Process:
     def sender_options(self) -> SenderOptions:
         return self.settings.sender_options()
 
+    def stow_options(self) -> StowOptions:
+        return self.settings.stow_options()
+
 
 def register_tasks(app: Celery, settings: Settings) -> None:
     """Register the study and delivery tasks on ``app``."""
@@ -62,10 +66,11 @@ def register_tasks(app: Celery, settings: Settings) -> None:
             proc.sessions,
             settings.outputs_dir,
             object_id,
-            Destination.parse(destination),
+            parse_destination(destination),
             attempt,
             proc.sender_options(),
             final=final,
+            stow=proc.stow_options(),
         )
         if not ok and not final:
             delay = settings.delivery_backoff * 2 ** (attempt - 1)

@@ -69,7 +69,7 @@ def _stuck(args: argparse.Namespace, settings: Settings, sessions: object) -> in
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy import func, select
 
-    from dicom_node.addresses import Destination
+    from dicom_node.addresses import parse_destination
     from worker.db.engine import make_session_factory, open_database
     from worker.db.models import Delivery
     from worker.delivery import attempt_delivery, dead_letters
@@ -104,10 +104,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             sessions,
             settings.outputs_dir,
             object_id,
-            Destination.parse(dest),
+            parse_destination(dest),
             last + 1,
             options,
             final=True,
+            stow=settings.stow_options(),
         )
         failed += not ok
     print(

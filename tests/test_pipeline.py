@@ -435,3 +435,34 @@ def test_a_new_revision_keeps_the_sc_of_an_unchanged_image(start_node, tmp_path)
         ).CurrentRequestedProcedureEvidenceSequence
     )
     assert sc1.sop_instance_uid in cited and scs[second.SOPInstanceUID].sop_instance_uid in cited
+
+
+def test_a_chest_without_type2_attributes_still_gets_its_results(start_node, pacs) -> None:  # type: ignore[no-untyped-def]
+    """An anonymised DX (no PatientBirthDate, StudyDate, AccessionNumber, …), accepted as a PA
+    chest by CXR_ASSUME_PA_CHEST: its SC and SR reach the PACS, with those attributes empty."""
+    from dicom_node.addresses import Destination
+    from dicom_node.sender import SenderOptions
+    from worker.delivery import attempt_delivery
+
+    dx = shared_file("dx_chest_no_view_tags.dcm")
+    assert "PatientBirthDate" not in pydicom.dcmread(dx, stop_before_pixels=True)
+    node = start_node(destinations=[pacs.address], assume_pa_chest=True)
+    study = _received(node, [dx])
+    pipeline = _pipeline(node)
+    outcome = pipeline.process(study.id, study.revision)
+    assert outcome.state == "delivering", outcome
+    for object_id, dest in outcome.to_deliver:
+        assert attempt_delivery(
+            pipeline.sessions,
+            node.settings.outputs_dir,
+            object_id,
+            Destination.parse(dest),
+            1,
+            SenderOptions(),
+            final=False,
+        )
+    assert _study(node, study.study_instance_uid).state == DONE
+    received = [pydicom.dcmread(p) for p in pacs.received()]
+    assert sorted(ds.Modality for ds in received) == ["OT", "SR"]
+    for ds in received:
+        assert ds.PatientBirthDate == "" and ds.AccessionNumber == ""

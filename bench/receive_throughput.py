@@ -122,6 +122,7 @@ def run_ours(
         "CXR_QUIET_SECONDS": "3600",  # completion and queueing are not what we measure here
         "CXR_REUSE_PORT": "true" if processes > 1 else "false",
         "CXR_LOG_LEVEL": "WARNING",
+        "CXR_METRICS_PORT": "0",  # N processes cannot share one metrics port
     }
     target.mkdir(parents=True)
     # Create the schema once, before several processes race to do it.

@@ -122,3 +122,33 @@ def test_results_reach_orthanc_by_stow_after_it_comes_back(
     assert len(delivered) == 2  # the SC and the SR
     modalities = sorted(pydicom.dcmread(io.BytesIO(f)).Modality for f in files)
     assert modalities == ["OT", "SR"] and study.state == DONE
+
+
+def test_https_with_our_ca_and_the_settings_credentials(tmp_path: Path) -> None:
+    """stow+https: verified against CXR_SEND_TLS_CA; the token comes from the settings."""
+    import ssl
+
+    from tests.certs import make_pki
+
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    _Guarded.received = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Guarded)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.server_cert, pki.server_key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        dest = StowDestination(f"https://127.0.0.1:{server.server_address[1]}/dicom-web")
+        path = factories.write(factories.radiograph(), tmp_path / "x.dcm")
+        settings = Settings(
+            destinations=[str(dest)], send_tls_ca=pki.ca, stow_bearer_token="s3cret"
+        )
+        (stored,) = stow_files([path], dest, settings.stow_options()).results
+        assert stored.ok, stored
+        untrusted = Settings(stow_bearer_token="s3cret").stow_options()  # system CAs only
+        (refused,) = stow_files([path], dest, untrusted).results
+        assert not refused.ok and "SSL" in (refused.error or ""), refused
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -74,26 +74,12 @@ def _study(node: Any, uid: str) -> Study:
     return study
 
 
-def _received(node: Any, paths: list[Path]) -> Study:
-    """Send files to the node and wait until their study is complete: the pipeline's input."""
-    assert all(r.ok for r in send(node, paths).results)
-    uid = pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID
-    wait_for(lambda: _study(node, uid).state in ("complete", "queued", "queueing"))
-    return _study(node, uid)
-
-
-def test_pipeline_classifies_builds_and_delivers(start_node, pacs) -> None:  # type: ignore[no-untyped-def]
+def _deliver_all(node: Any, pipeline: Any, outcome: Any) -> None:
+    """The first delivery attempt of every object the pipeline planned; each must succeed."""
     from dicom_node.addresses import Destination
     from dicom_node.sender import SenderOptions
     from worker.delivery import attempt_delivery
 
-    node = start_node(destinations=[pacs.address])  # no broker needed: we call the pipeline
-    cr = shared_file("cr_pa_chest_jpeg_baseline.dcm")
-    study = _received(node, [cr])
-    uid = study.study_instance_uid
-    pipeline = _pipeline(node)
-    outcome = pipeline.process(study.id, study.revision)
-    assert outcome.state == "delivering" and len(outcome.to_deliver) == 2
     for object_id, dest in outcome.to_deliver:
         assert attempt_delivery(
             pipeline.sessions,
@@ -104,6 +90,25 @@ def test_pipeline_classifies_builds_and_delivers(start_node, pacs) -> None:  # t
             SenderOptions(),
             final=False,
         )
+
+
+def _received(node: Any, paths: list[Path]) -> Study:
+    """Send files to the node and wait until their study is complete: the pipeline's input."""
+    assert all(r.ok for r in send(node, paths).results)
+    uid = pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID
+    wait_for(lambda: _study(node, uid).state in ("complete", "queued", "queueing"))
+    return _study(node, uid)
+
+
+def test_pipeline_classifies_builds_and_delivers(start_node, pacs) -> None:  # type: ignore[no-untyped-def]
+    node = start_node(destinations=[pacs.address])  # no broker needed: we call the pipeline
+    cr = shared_file("cr_pa_chest_jpeg_baseline.dcm")
+    study = _received(node, [cr])
+    uid = study.study_instance_uid
+    pipeline = _pipeline(node)
+    outcome = pipeline.process(study.id, study.revision)
+    assert outcome.state == "delivering" and len(outcome.to_deliver) == 2
+    _deliver_all(node, pipeline, outcome)
     study = _study(node, uid)
     assert study.state == DONE
     (result,) = rows(node.engine, StudyResult, StudyResult.study_id == study.id)
@@ -440,9 +445,6 @@ def test_a_new_revision_keeps_the_sc_of_an_unchanged_image(start_node, tmp_path)
 def test_a_chest_without_type2_attributes_still_gets_its_results(start_node, pacs) -> None:  # type: ignore[no-untyped-def]
     """An anonymised DX (no PatientBirthDate, StudyDate, AccessionNumber, …), accepted as a PA
     chest by CXR_ASSUME_PA_CHEST: its SC and SR reach the PACS, with those attributes empty."""
-    from dicom_node.addresses import Destination
-    from dicom_node.sender import SenderOptions
-    from worker.delivery import attempt_delivery
 
     dx = shared_file("dx_chest_no_view_tags.dcm")
     assert "PatientBirthDate" not in pydicom.dcmread(dx, stop_before_pixels=True)
@@ -451,16 +453,7 @@ def test_a_chest_without_type2_attributes_still_gets_its_results(start_node, pac
     pipeline = _pipeline(node)
     outcome = pipeline.process(study.id, study.revision)
     assert outcome.state == "delivering", outcome
-    for object_id, dest in outcome.to_deliver:
-        assert attempt_delivery(
-            pipeline.sessions,
-            node.settings.outputs_dir,
-            object_id,
-            Destination.parse(dest),
-            1,
-            SenderOptions(),
-            final=False,
-        )
+    _deliver_all(node, pipeline, outcome)
     assert _study(node, study.study_instance_uid).state == DONE
     received = [pydicom.dcmread(p) for p in pacs.received()]
     assert sorted(ds.Modality for ds in received) == ["OT", "SR"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import http.client
+import io
 import json
-import logging
 import ssl
 import uuid
 from collections.abc import Iterable
@@ -23,8 +23,6 @@ import pydicom
 
 from dicom_node.addresses import StowDestination
 from dicom_node.sender import SendResult, SendSummary
-
-logger = logging.getLogger(__name__)
 
 STORED = 0x0000  # as a C-STORE would say it
 
@@ -85,7 +83,7 @@ def _stow_one(
 ) -> SendResult:
     try:
         data = path.read_bytes()
-        uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        uid = str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
     except Exception as exc:
         return SendResult(str(path), "", None, f"not a DICOM file: {exc}")
     boundary = uuid.uuid4().hex

@@ -91,7 +91,7 @@ def test_ohif_opens_the_study_the_heatmap_and_the_report(
         series = {s["thumbnail"].split()[0]: s for s in seen[name].series}
         assert sorted(series) == ["CR", "OT", "SR"], seen[name].series
         for one in series.values():
-            assert not one["crash"], one["crash"][:3000]
+            assert not one["crash"], (one["crash"][:3000], seen[name].errors[:10])
         drawn = " ".join(series["SR"]["annotations"])
         assert f"{codes.PROBABILITY_CODES[name].meaning}: " in drawn, series["SR"]
         description = f"AI {result.priority.upper()} {name} "

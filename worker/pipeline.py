@@ -287,6 +287,7 @@ class Pipeline:
         outputs = self.settings.outputs_dir
         thresholds = sorted(decision.thresholds.items())
         sc_series = derived_uid(root, study_uid, algo.weights_sha256, "sc-series")
+        ramp = colour_ramp()
         scs: list[_Built] = []
         with timer.step("build_sc"):
             for n, (ds, image, pred) in enumerate(
@@ -311,7 +312,7 @@ class Pipeline:
                     probability=pred.probabilities[pred.label],
                     priority=self._decide([pred]).priority,
                     algorithm=algo,
-                    colour_ramp=colour_ramp(),
+                    colour_ramp=ramp,
                     series_instance_uid=sc_series,
                     sop_instance_uid=uid,
                     instance_number=n + 1,

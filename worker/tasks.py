@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -47,9 +48,12 @@ class _Process:
             self._pipeline = Pipeline(self.settings, self.sessions, model)
         return self._pipeline
 
+    @functools.cached_property
     def sender_options(self) -> SenderOptions:
+        # Built once per process: a TLS context loads certificates from disk.
         return self.settings.sender_options()
 
+    @functools.cached_property
     def stow_options(self) -> StowOptions:
         return self.settings.stow_options()
 
@@ -68,9 +72,9 @@ def register_tasks(app: Celery, settings: Settings) -> None:
             object_id,
             parse_destination(destination),
             attempt,
-            proc.sender_options(),
+            proc.sender_options,
             final=final,
-            stow=proc.stow_options(),
+            stow=proc.stow_options,
         )
         if not ok and not final:
             delay = settings.delivery_backoff * 2 ** (attempt - 1)

@@ -16,8 +16,6 @@ from dicom_node.results import codes, wording
 from dicom_node.results.algorithm import Algorithm
 from dicom_node.results.inherited import repair_inherited, with_type2
 
-#: Probabilities are written with this many decimals: more is noise a reader cannot use.
-
 
 @dataclass(frozen=True)
 class ImageResult:

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.list:
         return 0
     failed = 0
-    options = settings.sender_options()
+    options, stow = settings.sender_options(), settings.stow_options()
     for object_id, dest, _uid in letters:
         with sessions() as s:
             last = (
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             last + 1,
             options,
             final=True,
-            stow=settings.stow_options(),
+            stow=stow,
         )
         failed += not ok
     print(

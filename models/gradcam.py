@@ -21,7 +21,8 @@ def gradcam_function(model: Any, layer_name: str, class_index: int | None = None
 
     grad_model = keras.Model(model.inputs, [model.get_layer(layer_name).output, model.output])
 
-    @tf.function(reduce_retracing=True)
+    # Any batch size through one trace: batches of studies vary in size.
+    @tf.function(input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)])
     def run(x: Any) -> Any:
         with tf.GradientTape() as tape:
             features, logits = grad_model(x, training=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,10 +82,31 @@ class LoadedModel:
 
         if self._predict_fn is None:
             model = self.keras_model
+            spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
+            # One trace for every batch size (see :meth:`warm_up`).
             self._predict_fn = tf.function(
-                lambda x: model(x, training=False), reduce_retracing=True
+                lambda x: model(x, training=False), input_signature=[spec]
             )
         return np.asarray(self._predict_fn(tf.constant(batch, tf.float32)))
+
+    def _gradcam(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and Grad-CAM maps for prepared inputs, through one compiled function."""
+        if self._cam_fn is None:
+            self._cam_fn = gradcam_function(self.keras_model, self.card.gradcam_layer)
+        return self._cam_fn(batch)
+
+    def warm_up(self, image: np.ndarray, heatmap_shrink: int = 1) -> Prediction:
+        """Build and run every compiled function once (lung check, classifier, Grad-CAM).
+
+        A worker calls this before it takes tasks: the first call of each function traces its
+        graph, which takes seconds. ``image`` ([0, 1], any size) runs through the check and
+        through classification with Grad-CAM whether or not the check would refuse it; the
+        prediction is returned (for warming up what comes after the model).
+        """
+        self.check([image])
+        batch, _ = self._inputs([image], [None])
+        self.logits(batch)
+        return self._classify([image], [None], True, [heatmap_shrink])[0]
 
     def checked_logits(
         self, images: list[np.ndarray], colour: list[bool] | None = None
@@ -105,7 +127,7 @@ class LoadedModel:
         images: list[np.ndarray],
         *,
         heatmaps: bool = False,
-        heatmap_shrink: int = 1,
+        heatmap_shrink: int | Sequence[int] = 1,
         colour: list[bool] | None = None,
     ) -> list[Prediction]:
         """Check, then classify [0, 1] images (any size); optionally with Grad-CAM.
@@ -115,14 +137,24 @@ class LoadedModel:
         the reason, and are never run through the classifier. ``heatmap_shrink`` returns each
         heatmap at the source geometry decimated by that integer factor (as
         :func:`models.imaging.decimate` shrinks the image), which is much cheaper for
-        3000-pixel radiographs.
+        3000-pixel radiographs; one factor per image where the images come from several studies.
+        All images go through the model in one call.
         """
+        shrinks = (
+            [heatmap_shrink] * len(images)
+            if isinstance(heatmap_shrink, int)
+            else list(heatmap_shrink)
+        )
+        if len(shrinks) != len(images):
+            raise ValueError(f"{len(shrinks)} heatmap shrink factors for {len(images)} images")
         checks = self.check(images, colour)
         kept = [i for i, (reason, _) in enumerate(checks) if reason is None]
         results: list[Prediction] = [Prediction("", {}, refused=reason) for reason, _ in checks]
         if kept:
             crops = [checks[i][1] for i in kept]
-            classified = self._classify([images[i] for i in kept], crops, heatmaps, heatmap_shrink)
+            classified = self._classify(
+                [images[i] for i in kept], crops, heatmaps, [shrinks[i] for i in kept]
+            )
             for i, pred in zip(kept, classified, strict=True):
                 results[i] = pred
         return results
@@ -132,19 +164,17 @@ class LoadedModel:
         images: list[np.ndarray],
         crops: list[CropBox | None],
         heatmaps: bool,
-        heatmap_shrink: int,
+        shrinks: list[int],
     ) -> list[Prediction]:
         batch, boxes = self._inputs(images, crops)
         if heatmaps:
-            if self._cam_fn is None:
-                self._cam_fn = gradcam_function(self.keras_model, self.card.gradcam_layer)
-            logits, cams = self._cam_fn(batch)
+            logits, cams = self._gradcam(batch)
         else:
             logits, cams = self.logits(batch), None
         probs = softmax(logits, self.card.temperature)
         out = []
         for i, p in enumerate(probs):
-            heat = to_source(cams[i], boxes[i], heatmap_shrink) if cams is not None else None
+            heat = to_source(cams[i], boxes[i], shrinks[i]) if cams is not None else None
             out.append(
                 Prediction(
                     self.labels[int(p.argmax())],

@@ -270,8 +270,9 @@ class LungModel:
 
         if self._fn is None:
             model = self.keras_model
+            spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
             self._fn = tf.function(
-                lambda x: tf.sigmoid(model(x, training=False)), reduce_retracing=True
+                lambda x: tf.sigmoid(model(x, training=False)), input_signature=[spec]
             )
         return np.asarray(self._fn(tf.constant(squares, tf.float32)))[..., 0]
 

@@ -459,3 +459,49 @@ def test_a_chest_without_type2_attributes_still_gets_its_results(start_node, pac
     assert sorted(ds.Modality for ds in received) == ["OT", "SR"]
     for ds in received:
         assert ds.PatientBirthDate == "" and ds.AccessionNumber == ""
+
+
+def _as_new_study(source: Path, path: Path) -> Path:
+    """The same radiograph as a study of its own (new study, series and SOP instance UIDs)."""
+    ds = pydicom.dcmread(source)
+    ds.StudyInstanceUID = pydicom.uid.generate_uid()
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(path)
+    return path
+
+
+def test_queued_studies_share_one_model_call_with_their_own_results(start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from models.imaging import dicom_to_image
+    from worker.db.models import QUEUED, StudyEvent
+
+    node = start_node(batch_size=3, batch_wait=0.0)
+    cr = shared_file("cr_pa_chest_jpeg_baseline.dcm")
+    dog = _dog_as_pa_chest(tmp_path)  # refused by the image check: the batch goes on without it
+    paths = [_as_new_study(cr, tmp_path / f"cr{n}.dcm") for n in range(3)] + [dog]
+    studies = [_received(node, [p]) for p in paths]
+    for study in studies:  # tasks sent to the embedded broker, which no worker reads here
+        wait_for(lambda uid=study.study_instance_uid: _study(node, uid).state == QUEUED)
+    pipeline = _pipeline(node)
+    leader, *others = studies
+    outcomes = pipeline.process_batch(leader.id, leader.revision)
+    # The leader and the two oldest waiting studies (batch size 3); the fourth waits its turn.
+    assert [o.state for o in outcomes] == ["done", "done", "done"]
+    assert _study(node, studies[3].study_instance_uid).state == QUEUED
+    events = rows(node.engine, StudyEvent, StudyEvent.detail == f"batched with study {leader.id}")
+    assert sorted(e.study_id for e in events) == sorted(s.id for s in others[:2])
+    # Each study has its own result, equal to what the model says of its image alone.
+    alone = pipeline.model.predict([dicom_to_image(pydicom.dcmread(cr))])[0].probabilities
+    for study in studies[:3]:
+        (image,) = rows(node.engine, ImageResult, ImageResult.study_id == study.id)
+        assert image.probabilities == pytest.approx(alone, abs=1e-4)
+        objects = rows(node.engine, ProducedObject, ProducedObject.study_id == study.id)
+        assert sorted(o.kind for o in objects) == ["sc", "sr"]
+    # Their own tasks, arriving later, find them done.
+    assert [pipeline.process_batch(s.id, s.revision)[0].state for s in others[:2]] == [
+        "duplicate",
+        "duplicate",
+    ]
+    # The fourth (the dog) is processed by its own task: refused alone, skipped.
+    assert pipeline.process_batch(studies[3].id, studies[3].revision)[0].state == "skipped"

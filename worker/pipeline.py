@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,15 +25,12 @@ from dicom_node.results.sr import ImageResult as SRImage
 from dicom_node.results.sr import StudyResult as SRStudy
 from dicom_node.results.sr import build_report
 from dicom_node.spool import Spool
+from worker.claims import IN_BATCH, Claimed, claim, claim_waiting, wait_for_batch
 from worker.db.models import (
-    COMPLETE,
-    DEAD_LETTER,
     DELIVERING,
     DONE,
     FAILED,
     PROCESSING,
-    QUEUED,
-    QUEUEING,
     REFUSED,
     SKIPPED,
     Delivery,
@@ -57,8 +54,6 @@ if TYPE_CHECKING:  # models is imported lazily: the package pulls in TensorFlow 
 
 logger = logging.getLogger(__name__)
 
-_CLAIMABLE = {COMPLETE, QUEUEING, QUEUED, PROCESSING, FAILED}
-
 
 @dataclass
 class Outcome:
@@ -67,6 +62,7 @@ class Outcome:
     state: str
     label: str | None = None
     to_deliver: list[tuple[int, str]] = field(default_factory=list)
+    error: Exception | None = None  # what failed the study (state "failed")
 
 
 @dataclass
@@ -147,23 +143,6 @@ def _add_timings(s: Session, study_id: int, revision: int, timer: Timer) -> None
         s.add(StepTiming(study_id=study_id, revision=revision, step=name, seconds=seconds))
 
 
-def claim(sessions: sessionmaker[Session], study_id: int, revision: int) -> str | None:
-    """Move the study to ``processing``; return why not (duplicate, superseded ...) or None."""
-    with sessions.begin() as s:
-        study = s.get(Study, study_id, with_for_update=True)
-        if study is None:
-            return "missing"
-        if study.revision != revision:
-            return "superseded"  # reopened since: the newer revision has its own task
-        if study.state in (DONE, DEAD_LETTER, DELIVERING):
-            return "duplicate"
-        if study.state not in _CLAIMABLE:
-            return f"state {study.state}"
-        if not move(s, study_id, PROCESSING, f"revision {revision}"):
-            return "taken by another worker"
-    return None
-
-
 class Pipeline:
     """The study pipeline, holding the model once per worker process."""
 
@@ -175,38 +154,110 @@ class Pipeline:
         self.algorithm = Algorithm(card.name, card.version, card.weights_sha256)
         self.spool = Spool(settings.spool_dir, fsync=settings.fsync)
 
-    def process(self, study_id: int, revision: int) -> Outcome:
-        """Classify a study revision, build and store its SC and SR, and list what to send."""
-        with self.sessions() as s:
-            study = s.get(Study, study_id)
-            uid = study.study_instance_uid if study else f"study-id-{study_id}"
-        with study_context(uid):
-            return self._process_claimed(study_id, revision)
+    def warm_up(self) -> float:
+        """Run a synthetic radiograph through the model, Grad-CAM and the SC and SR builders.
 
-    def _process_claimed(self, study_id: int, revision: int) -> Outcome:
+        Writes and records nothing. Called once per worker process before it takes tasks, so
+        that the first study does not pay for tracing graphs and first imports. Returns seconds.
+        """
+        from dicom_node.synthetic import radiograph
+        from models.imaging import dicom_to_image, shrink_factor
+
+        start = time.perf_counter()
+        ds = radiograph(rows=2000, columns=2400, bits=16, seed=1)
+        image = dicom_to_image(ds)
+        shrink = shrink_factor(image.shape, self.settings.sc_max_size)
+        pred = self.model.warm_up(image, shrink)  # type: ignore[attr-defined]
+        # A finding, whatever the model said of a synthetic image: the heatmap overlay runs too.
+        finding = next(lab for lab in self.model.labels if lab != "normal")  # type: ignore[attr-defined]
+        pred = replace(pred, label=finding)
+        warm = _Inferred([], [ds], [image], [pred], [], shrink)
+        self._build(ds.StudyInstanceUID, 1, warm, self._decide([pred]), Timer())
+        return time.perf_counter() - start
+
+    def process(self, study_id: int, revision: int) -> Outcome:
+        """Classify a study revision, build and store its SC and SR, and list what to send.
+
+        Raises what failed the study (after recording it ``failed``).
+        """
+        outcome = self.process_batch(study_id, revision, batch_size=1)[0]
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome
+
+    def process_batch(
+        self, study_id: int, revision: int, *, batch_size: int | None = None
+    ) -> list[Outcome]:
+        """Process a study together with up to ``batch_size - 1`` other queued studies.
+
+        Their images go through the model in one call; everything else is per study, as if
+        each had been processed alone. The first outcome is ``study_id``'s. A study that fails
+        is recorded ``failed`` and its outcome carries the exception; the others go on.
+        """
+        size = self.settings.batch_size if batch_size is None else batch_size
         reason = claim(self.sessions, study_id, revision)
+        if reason == IN_BATCH:
+            reason = wait_for_batch(self.sessions, study_id, revision)
         if reason is not None:
             logger.info("study %d revision %d not processed: %s", study_id, revision, reason)
-            return Outcome(reason)
-        try:
-            return self._process(study_id, revision)
-        except Exception as exc:
-            logger.exception("study %d failed", study_id)
-            with self.sessions.begin() as s:
-                detail = f"{type(exc).__name__}: {exc}"[:2000]
-                move(s, study_id, FAILED, detail, expect=[PROCESSING])
-            raise
+            return [Outcome(reason)]
+        batch = [Claimed(study_id, revision)]
+        if size > 1:
+            batch += claim_waiting(self.sessions, study_id, size - 1, self.settings.batch_wait)
+        if len(batch) > 1:
+            logger.info("study %d: batched with %d waiting studies", study_id, len(batch) - 1)
+        return self._process(batch)
 
-    def _process(self, study_id: int, revision: int) -> Outcome:
-        """load -> infer -> decide -> build -> record."""
-        timer = Timer()
-        loaded = self._load(study_id, timer)
-        inferred = self._infer(loaded, timer)
-        if not inferred.any_kept:
-            return self._skip_refused(study_id, revision, inferred.refusals, timer)
-        decision = self._decide(inferred.predictions)
-        built = self._build(loaded.study_uid, revision, inferred, decision, timer)
-        return self._record(study_id, revision, loaded.study_uid, inferred, decision, built, timer)
+    def _process(self, batch: list[Claimed]) -> list[Outcome]:
+        """load -> infer (one model call for the batch) -> decide -> build -> record."""
+        timers = {c.study_id: Timer() for c in batch}
+        outcomes: dict[int, Outcome] = {}
+        loaded: dict[int, _Loaded] = {}
+        for c in batch:
+            with self._failing_study(c, outcomes):
+                loaded[c.study_id] = self._load(c.study_id, timers[c.study_id])
+        try:
+            inferred = self._infer(loaded, timers)
+        except Exception as exc:  # the model call failed: every study in it failed
+            inferred = {}
+            for c in batch:
+                if c.study_id in loaded:
+                    with self._failing_study(c, outcomes):
+                        raise exc
+        for c in batch:
+            if c.study_id not in inferred:
+                continue
+            with self._failing_study(c, outcomes):
+                timer, done = timers[c.study_id], inferred[c.study_id]
+                if not done.any_kept:
+                    outcomes[c.study_id] = self._skip_refused(
+                        c.study_id, c.revision, done.refusals, timer
+                    )
+                    continue
+                uid = loaded[c.study_id].study_uid
+                decision = self._decide(done.predictions)
+                built = self._build(uid, c.revision, done, decision, timer)
+                self._store(uid, built, timer)
+                outcomes[c.study_id] = self._record(
+                    c.study_id, c.revision, uid, done, decision, built, timer
+                )
+        return [outcomes[c.study_id] for c in batch]
+
+    @contextmanager
+    def _failing_study(self, c: Claimed, outcomes: dict[int, Outcome]) -> Iterator[None]:
+        """Run one study's step; on an exception record it ``failed`` and leave the rest be."""
+        with self.sessions() as s:
+            study = s.get(Study, c.study_id)
+            uid = study.study_instance_uid if study else f"study-id-{c.study_id}"
+        with study_context(uid):
+            try:
+                yield
+            except Exception as exc:
+                logger.exception("study %d failed", c.study_id)
+                with self.sessions.begin() as s:
+                    detail = f"{type(exc).__name__}: {exc}"[:2000]
+                    move(s, c.study_id, FAILED, detail, expect=[PROCESSING])
+                outcomes[c.study_id] = Outcome(FAILED, error=exc)
 
     def _load(self, study_id: int, timer: Timer) -> _Loaded:
         """The study's eligible, spooled instances, read and turned into display images."""
@@ -232,31 +283,50 @@ class Pipeline:
             images = [dicom_to_image(ds) for ds in datasets]
         return _Loaded(study.study_instance_uid, list(instances), datasets, images)
 
-    def _infer(self, loaded: _Loaded, timer: Timer) -> _Inferred:
-        """Image check, classification and Grad-CAM; refused images are set apart."""
+    def _infer(self, loaded: dict[int, _Loaded], timers: dict[int, Timer]) -> dict[int, _Inferred]:
+        """Image check, classification and Grad-CAM of every study's images in one model call.
+
+        Refused images are set apart. Each study's timer gets the whole call's time: that is
+        what the study waited for.
+        """
         from models.imaging import is_colour, shrink_factor
 
-        # One shrink factor for the study: the SCs stay below CXR_SC_MAX_SIZE pixels a side.
-        shrink = max(shrink_factor(img.shape, self.settings.sc_max_size) for img in loaded.images)
-        with timer.step("predict_gradcam"):
-            colour = [is_colour(ds) for ds in loaded.datasets]
-            checked = self.model.predict(  # type: ignore[attr-defined]
-                loaded.images, heatmaps=True, heatmap_shrink=shrink, colour=colour
-            )
-        refusals = [
-            (inst, p.refused)
-            for inst, p in zip(loaded.instances, checked, strict=True)
-            if p.refused
-        ]
-        kept = [i for i, p in enumerate(checked) if not p.refused]
-        return _Inferred(
-            instances=[loaded.instances[i] for i in kept],
-            datasets=[loaded.datasets[i] for i in kept],
-            images=[loaded.images[i] for i in kept],
-            predictions=[checked[i] for i in kept],
-            refusals=refusals,
-            shrink=shrink,
+        if not loaded:
+            return {}
+        # One shrink factor per study: its SCs stay below CXR_SC_MAX_SIZE pixels a side.
+        shrinks = {
+            sid: max(shrink_factor(img.shape, self.settings.sc_max_size) for img in ld.images)
+            for sid, ld in loaded.items()
+        }
+        images = [img for ld in loaded.values() for img in ld.images]
+        start = time.perf_counter()
+        checked = self.model.predict(  # type: ignore[attr-defined]
+            images,
+            heatmaps=True,
+            heatmap_shrink=[shrinks[sid] for sid, ld in loaded.items() for _ in ld.images],
+            colour=[is_colour(ds) for ld in loaded.values() for ds in ld.datasets],
         )
+        seconds = time.perf_counter() - start
+        out: dict[int, _Inferred] = {}
+        at = 0
+        for sid, ld in loaded.items():
+            timers[sid].steps.append(("predict_gradcam", seconds))
+            mine = checked[at : at + len(ld.images)]
+            at += len(ld.images)
+            kept = [i for i, p in enumerate(mine) if not p.refused]
+            out[sid] = _Inferred(
+                instances=[ld.instances[i] for i in kept],
+                datasets=[ld.datasets[i] for i in kept],
+                images=[ld.images[i] for i in kept],
+                predictions=[mine[i] for i in kept],
+                refusals=[
+                    (inst, p.refused)
+                    for inst, p in zip(ld.instances, mine, strict=True)
+                    if p.refused
+                ],
+                shrink=shrinks[sid],
+            )
+        return out
 
     def _decide(self, predictions: list[Prediction]) -> StudyDecision:
         thresholds = {
@@ -273,7 +343,7 @@ class Pipeline:
         decision: StudyDecision,
         timer: Timer,
     ) -> list[_Built]:
-        """The Grad-CAM SCs and the SR, written to the outputs folder.
+        """The Grad-CAM SCs and the SR (not yet written: see :meth:`_store`).
 
         An SC is named by its input (source pixels, model, scale), not by the revision: an image
         unchanged since an earlier revision keeps its SC, UIDs and file, so a new revision does
@@ -342,12 +412,14 @@ class Pipeline:
                 sop_instance_uid=derived_uid(root, *key, "sr"),
                 device_uid=derived_uid(root, "device", algo.name, algo.version),
             )
-        built = [*scs, _Built("sr", sr, None)]
+        return [*scs, _Built("sr", sr, None)]
+
+    def _store(self, study_uid: str, built: list[_Built], timer: Timer) -> None:
+        """Write the objects not kept from an earlier revision into the outputs folder."""
         with timer.step("store"):
             for b in built:
                 if b.path is None:
-                    b.path = write_object(b.ds, outputs, study_uid)
-        return built
+                    b.path = write_object(b.ds, self.settings.outputs_dir, study_uid)
 
     def _kept_object(self, sop_instance_uid: str) -> str | None:
         """The path of an object already produced with this UID, if its file is still there."""

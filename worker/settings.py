@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     delivery_retries: int = Field(5, ge=0)
     delivery_backoff: float = Field(10.0, ge=0)
     worker_concurrency: int = Field(1, ge=1)
+    batch_size: int = Field(8, ge=1)
+    batch_wait: float = Field(0.05, ge=0, le=5)
     sc_max_size: int = Field(1280, ge=0)
     # Observability: /metrics, /healthz, /readyz (port 0: off)
     metrics_bind: str = "127.0.0.1"

@@ -1,0 +1,128 @@
+"""Claims: a task's own study, waiting studies taken into its batch, and the races between them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from worker import claims
+from worker.claims import BATCHED, IN_BATCH, claim, claim_waiting, wait_for_batch
+from worker.db.engine import make_engine, make_session_factory
+from worker.db.migrate import ensure_schema
+from worker.db.models import Study, StudyEvent, StudyState
+from worker.db.transitions import created, move
+
+_PATH = [StudyState.COMPLETE, StudyState.QUEUEING, StudyState.QUEUED]
+
+
+@pytest.fixture
+def sessions(db_url: str):  # type: ignore[no-untyped-def]
+    engine = make_engine(db_url)
+    ensure_schema(engine, auto_migrate=True)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def _study(sessions: Any, uid: str, upto: StudyState) -> int:
+    """A new study moved along the way to the queue as far as ``upto``."""
+    with sessions.begin() as s:
+        study = Study(study_instance_uid=uid, state=StudyState.RECEIVING)
+        s.add(study)
+        s.flush()
+        created(s, study, "first instance")
+        study_id = study.id
+    for to in _PATH[: _PATH.index(upto) + 1]:
+        with sessions.begin() as s:
+            assert move(s, study_id, to, f"to {to}")
+    return study_id
+
+
+def _state(sessions: Any, study_id: int) -> str:
+    with sessions() as s:
+        return str(s.get_one(Study, study_id).state)
+
+
+def test_waiting_studies_join_a_batch_oldest_first_and_their_own_tasks_stand_back(sessions) -> None:  # type: ignore[no-untyped-def]
+    leader = _study(sessions, "1.2.1", StudyState.QUEUED)
+    others = [_study(sessions, f"1.2.{n}", StudyState.QUEUED) for n in (2, 3, 4)]
+    not_yet = _study(sessions, "1.2.5", StudyState.COMPLETE)  # not queued: not taken
+    assert claim(sessions, leader, 1) is None
+    taken = claim_waiting(sessions, leader, limit=2)
+    assert [c.study_id for c in taken] == others[:2]
+    assert _state(sessions, others[2]) == "queued" and _state(sessions, not_yet) == "complete"
+    with sessions() as s:
+        detail = s.scalars(
+            select(StudyEvent.detail)
+            .where(StudyEvent.study_id == others[0])
+            .order_by(StudyEvent.id.desc())
+        ).first()
+    assert detail == f"{BATCHED} {leader}"
+    # The batched study's own task must not process it a second time while the batch lives.
+    assert claim(sessions, others[0], 1) == IN_BATCH
+    with sessions.begin() as s:
+        assert move(s, others[0], StudyState.DELIVERING, "batch recorded it")
+    assert wait_for_batch(sessions, others[0], 1) == "duplicate"
+
+
+def test_a_batch_that_died_lets_the_study_s_own_task_take_it_over(sessions, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    leader = _study(sessions, "1.3.1", StudyState.QUEUED)
+    other = _study(sessions, "1.3.2", StudyState.QUEUED)
+    assert claim(sessions, leader, 1) is None
+    assert [c.study_id for c in claim_waiting(sessions, leader, limit=4)] == [other]
+    monkeypatch.setattr(claims, "BATCH_LEASE", 0.0)  # the lease has run out
+    assert claim(sessions, other, 1) is None
+    assert _state(sessions, other) == "processing"
+
+
+class _Interleaved:
+    """Sessions that run another process's moves between two of claim()'s transactions."""
+
+    def __init__(self, sessions: Any) -> None:
+        self.sessions = sessions
+        self.pending: list[Any] = []
+
+    def begin(self) -> Any:
+        while self.pending:
+            self.pending.pop(0)()
+        return self.sessions.begin()
+
+    def __call__(self) -> Any:
+        return self.sessions()
+
+
+def _lose_first_move(monkeypatch: Any, interleaved: _Interleaved, to: StudyState) -> None:
+    """claim()'s first move finds the row changed: another process moved it to ``to``."""
+    real_move = claims.move
+    calls: list[int] = []
+
+    def other_first(s: Any, sid: int, state: Any, detail: str, **kw: Any) -> bool:
+        if calls:
+            return real_move(s, sid, state, detail, **kw)
+        calls.append(sid)
+
+        def other() -> None:
+            with interleaved.sessions.begin() as o:
+                assert real_move(o, sid, to, "the other process")
+
+        interleaved.pending.append(other)
+        return False
+
+    monkeypatch.setattr(claims, "move", other_first)
+
+
+def test_a_task_that_overtakes_the_node_s_queued_commit_still_claims(sessions, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The broker delivers the task before the node has recorded queueing -> queued."""
+    study_id = _study(sessions, "1.4.1", StudyState.QUEUEING)
+    interleaved = _Interleaved(sessions)
+    _lose_first_move(monkeypatch, interleaved, StudyState.QUEUED)
+    assert claim(interleaved, study_id, 1) is None  # type: ignore[arg-type]
+    assert _state(sessions, study_id) == "processing"
+
+
+def test_a_task_that_loses_the_race_to_another_worker_stands_back(sessions, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    study_id = _study(sessions, "1.5.1", StudyState.QUEUED)
+    interleaved = _Interleaved(sessions)
+    _lose_first_move(monkeypatch, interleaved, StudyState.PROCESSING)
+    assert claim(interleaved, study_id, 1) == "taken by another worker"  # type: ignore[arg-type]

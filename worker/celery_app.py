@@ -34,5 +34,8 @@ def create_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         result_backend=None,
         task_ignore_result=True,
+        # A prefork child loads the model and warms up before it reports up (seconds, more on
+        # a busy machine); billiard's default of 4 s would kill it in the middle.
+        worker_proc_alive_timeout=300.0,
     )
     return app

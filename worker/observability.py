@@ -2,8 +2,9 @@
 
 Counts come from the database, not from process memory, so they stay right across several
 listener and worker processes, restarts included. Served on a small HTTP server:
-``/metrics`` (Prometheus text format), ``/healthz`` (alive) and ``/readyz`` (database, broker and
-spool space; 503 with the failing checks otherwise).
+``/metrics`` (Prometheus text format), ``/healthz`` (alive) and ``/readyz`` (database, broker,
+spool space and, on a worker, a warm model in every worker process; 503 with the failing checks
+otherwise).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ from worker.db.models import (
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+#: A process's own readiness checks: name -> "ok" or why not.
+MoreChecks = Callable[[], dict[str, str]]
 
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -143,13 +147,19 @@ def queue_depth(app: Celery, queue: str) -> int:
 
 
 def start_observability(
-    sessions: sessionmaker[Session], settings: Settings, port: int
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    port: int,
+    more_checks: MoreChecks | None = None,
 ) -> ObservabilityServer | None:
-    """Start the server on ``port``; None if the port is 0 or taken (logged, not fatal)."""
+    """Start the server on ``port``; None if the port is 0 or taken (logged, not fatal).
+
+    ``more_checks`` adds the process's own readiness checks (the worker's: its model is warm).
+    """
     if port == 0:
         return None
     try:
-        server = ObservabilityServer(sessions, settings, port)
+        server = ObservabilityServer(sessions, settings, port, more_checks)
     except OSError as exc:
         logger.warning(
             "metrics and health endpoints off: cannot bind %s:%d (%s)",
@@ -195,7 +205,13 @@ def readiness(sessions: sessionmaker[Session], settings: Settings, app: Celery) 
 class ObservabilityServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` on ``bind:port`` in a daemon thread."""
 
-    def __init__(self, sessions: sessionmaker[Session], settings: Settings, port: int) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        settings: Settings,
+        port: int,
+        more_checks: MoreChecks | None = None,
+    ) -> None:
         registry = CollectorRegistry()
         # One Celery app for the server's life: building one per scrape re-reads settings and
         # sets up a new connection pool each time.
@@ -210,6 +226,8 @@ class ObservabilityServer:
                     self._send(200, b'{"status": "ok"}', "application/json")
                 elif self.path == "/readyz":
                     checks = readiness(sessions, settings, app)
+                    if more_checks is not None:
+                        checks.update(more_checks())
                     ok = all(v == "ok" for v in checks.values())
                     body = json.dumps({"ready": ok, "checks": checks}).encode()
                     self._send(200 if ok else 503, body, "application/json")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from typing import Any
 
 from celery import Celery
@@ -12,6 +13,7 @@ from dicom_node.addresses import parse_destination
 from dicom_node.sender import SenderOptions
 from dicom_node.stow import StowOptions
 from worker.settings import Settings
+from worker.warm import WarmMarks
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,22 @@ class _Process:
             self._pipeline = Pipeline(self.settings, self.sessions, model)
         return self._pipeline
 
+    def warm_up(self, marks: WarmMarks) -> None:
+        """Load the model and run the warm-up, then mark this process warm (or failed).
+
+        A failure is logged and marked, not raised: the pool would restart the process into the
+        same failure forever. Readiness then names it, and tasks fail with it.
+        """
+        pid = os.getpid()
+        try:
+            seconds = self.pipeline.warm_up()
+        except Exception as exc:
+            logger.exception("worker process %d could not warm up", pid)
+            marks.failed(pid, f"{type(exc).__name__}: {exc}")
+            return
+        logger.info("worker process %d warm in %.1f s (model loaded, one inference)", pid, seconds)
+        marks.mark(pid, seconds)
+
     @functools.cached_property
     def sender_options(self) -> SenderOptions:
         # Built once per process: a TLS context loads certificates from disk.
@@ -58,8 +76,8 @@ class _Process:
         return self.settings.stow_options()
 
 
-def register_tasks(app: Celery, settings: Settings) -> None:
-    """Register the study and delivery tasks on ``app``."""
+def register_tasks(app: Celery, settings: Settings) -> _Process:
+    """Register the study and delivery tasks on ``app``; return the per-process state."""
     from worker.delivery import attempt_delivery
 
     proc = _Process(settings)
@@ -87,12 +105,16 @@ def register_tasks(app: Celery, settings: Settings) -> None:
     # shared=False: a task registered on one app must not leak into every other Celery app.
     @app.task(name=settings.study_task, shared=False)
     def process_study(study_id: int, study_instance_uid: str, revision: int) -> str:
-        outcome = proc.pipeline.process(study_id, revision)
+        # This study, and other queued ones in the same model call (CXR_BATCH_SIZE).
+        outcomes = proc.pipeline.process_batch(study_id, revision)
         # First delivery attempt inline: results reach the PACS without another queue hop.
-        for object_id, destination in outcome.to_deliver:
-            deliver_now(object_id, destination, 1)
-        return outcome.state
+        for outcome in outcomes:
+            for object_id, destination in outcome.to_deliver:
+                deliver_now(object_id, destination, 1)
+        return outcomes[0].state
 
     @app.task(name=DELIVER_TASK, shared=False)
     def deliver(object_id: int, destination: str, attempt: int) -> None:
         deliver_now(object_id, destination, attempt)
+
+    return proc

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -49,8 +49,11 @@ class ProcessGroup:
         if self._log:
             self._log.close()
 
-    def wait(self) -> int:
-        """Block until SIGINT/SIGTERM or until one child exits; then stop all. Returns a code."""
+    def wait(self, tick: Callable[[], None] | None = None) -> int:
+        """Block until SIGINT/SIGTERM or until one child exits; then stop all. Returns a code.
+
+        ``tick`` is called about five times a second meanwhile (e.g. to report readiness).
+        """
         stopping = False
 
         def stop(*_: object) -> None:
@@ -68,6 +71,8 @@ class ProcessGroup:
                     "process %d exited with %s; stopping the others", exited.pid, exited.returncode
                 )
                 break
+            if tick is not None:
+                tick()
             time.sleep(0.2)
         self.stop()
         return code

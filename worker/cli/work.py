@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from worker.settings import Settings
 
@@ -13,7 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="run a worker: classify queued studies, build and send SC + SR",
         description=(
             "Consume the inference queue (CXR_INFERENCE_QUEUE) from CXR_BROKER_URL. Each worker "
-            "process loads the model once, after the fork. Results go to CXR_DESTINATIONS."
+            "process loads the model once, after the fork, and runs one warm-up inference and "
+            "Grad-CAM before it takes a task (/readyz says so). Queued studies are classified "
+            "in batches of up to CXR_BATCH_SIZE. Results go to CXR_DESTINATIONS."
         ),
     )
     p.add_argument(
@@ -23,18 +26,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from celery.signals import worker_process_init
+
     from worker.celery_app import create_celery
     from worker.db.engine import make_session_factory, open_database
     from worker.observability import start_observability
     from worker.tasks import register_tasks
+    from worker.warm import WarmMarks
 
     app = create_celery(settings)
-    register_tasks(app, settings)
+    proc = register_tasks(app, settings)
+    concurrency = args.concurrency or settings.worker_concurrency
+    marks = WarmMarks(settings, os.getpid())
+    marks.reset()
+
+    # In each prefork child, before the pool gives it a task: load the model and warm up.
+    def warm_child(**_: object) -> None:
+        proc.warm_up(WarmMarks(settings, os.getppid()))
+
+    worker_process_init.connect(warm_child, weak=False)
     # In the worker's main process (no TensorFlow here): counts come from the database.
     start_observability(
-        make_session_factory(open_database(settings)), settings, settings.worker_metrics_port
+        make_session_factory(open_database(settings)),
+        settings,
+        settings.worker_metrics_port,
+        lambda: {"model": marks.check(concurrency)},
     )
-    concurrency = args.concurrency or settings.worker_concurrency
     app.worker_main(
         [
             "worker",

@@ -10,16 +10,29 @@ arrive. :func:`install_reader` gives one association's DUL a reader that
 - takes the PDU into one buffer with ``recv_into`` (pynetdicom appends 4 KiB at a time: about
   3,700 system calls and copies for a 15 MB image);
 - lets the owner look at every P-DATA-TF before it is decoded (``on_pdata``), so the listener can
-  check free space as a dataset arrives.
+  check free space as a dataset arrives;
+- streams the middle of a C-STORE dataset straight into its file (:func:`_write_fragments`).
 
-The DUL's state machine still decides what every PDU means. Upstream would need a maximum PDU
-length on receive and a read deadline in ``_read_pdu_data`` to make this unnecessary.
+The DUL's state machine still decides what every other PDU means: association set-up, every
+command, the last fragment of each dataset (which completes the DIMSE message), release and
+abort. A P-DATA-TF that carries only non-final dataset fragments of the message being received
+changes nothing in that machine (Sta6 + Evt10 -> DT-2 -> Sta6); pynetdicom would decode it into
+PDV items, a primitive, an event and a queue entry, copy each fragment twice and write it
+through the temporary file's wrapper with a flush, then sleep 1 ms in its reactor loop before
+reading the next PDU. Here its fragments are written from the receive buffer into the same
+file object, in order, and the next PDU is read at once while more data is waiting. Nothing
+binds EVT_PDU_RECV or EVT_DATA_RECV in this node, the two events this path does not fire.
+
+Upstream would need a maximum PDU length on receive and a read deadline in
+``_read_pdu_data`` to make the first two points unnecessary.
 """
 
 from __future__ import annotations
 
 import logging
+import select
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -77,37 +90,87 @@ def _recv_into(sock: socket.socket, view: memoryview, deadline: float) -> int:
     return nr_read
 
 
+#: PDUs streamed in one call of the reader before it returns to the DUL's loop (8 MiB at
+#: 128 KiB PDUs), so that queued primitives (an A-ABORT from stop()) go out without long delays.
+_STREAM_BATCH = 64
+#: How long the reader waits for the next PDU of a dataset before it returns to the DUL's loop
+#: (which would otherwise sleep 1 ms before it looks at the socket again).
+_NEXT_PDU_WAIT = 0.005
+
+
+def _write_fragments(dul: Any, data: bytearray | memoryview) -> bool:
+    """Write a P-DATA-TF straight into the C-STORE dataset file, if that is all it carries.
+
+    True when written: every PDV is a dataset fragment, not the last, of the message whose
+    command was decoded on the same presentation context, and that message is being received
+    into a file. Otherwise False, and the DUL decodes the PDU as usual.
+    """
+    # Anything still queued for the state machine must reach the file first.
+    if dul.state_machine.current_state != "Sta6" or not dul._recv_pdu.empty():
+        return False
+    message = getattr(dul.assoc.dimse, "message", None)
+    target = getattr(message, "_data_set_file", None)
+    if target is None:
+        return False
+    context_id = getattr(message, "context_id", None)
+    spans = []
+    offset, end = 6, len(data)
+    while offset < end:
+        if end - offset < 6:
+            return False
+        item_length, pdv_context, control = struct.unpack_from(">LBB", data, offset)
+        stop = offset + 4 + item_length
+        # A command fragment (bit 0) or the last dataset fragment (bit 1) goes to the DUL.
+        if item_length < 2 or stop > end or pdv_context != context_id or control & 0x03:
+            return False
+        spans.append((offset + 6, stop))
+        offset = stop
+    out = getattr(target, "file", target)  # the buffered file under NamedTemporaryFile
+    view = memoryview(data)
+    for start, stop in spans:
+        out.write(view[start:stop])
+    return True
+
+
+def _data_waiting(sock: Any, timeout: float) -> bool:
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    try:
+        ready, _, _ = select.select([sock], [], [], timeout)
+    except (OSError, ValueError):
+        return False
+    return bool(ready)
+
+
 def install_reader(
     dul: Any,
     limits: PduLimits,
     *,
     on_pdata: Callable[[Any, int], None] | None = None,
     peer: str = "?",
+    stream_datasets: bool = True,
 ) -> None:
     """Replace ``dul``'s PDU reader with one that enforces ``limits``.
 
     ``on_pdata(dul, length)`` is called for each P-DATA-TF after it was read and before the DUL
-    decodes it.
+    decodes it (or its fragments are streamed: ``stream_datasets``).
     """
 
-    def read(self: Any) -> None:
+    def read_pdu(self: Any, sock: Any) -> tuple[int, bytearray | memoryview] | None:
+        """One PDU, or None when an event (closed, abort) has been queued instead."""
         wrapper = self.socket
-        sock = getattr(wrapper, "socket", None)
-        if sock is None:
-            self.event_queue.put("Evt17")
-            return
         deadline = time.monotonic() + limits.timeout
         header = bytearray(6)
         try:
             got = _recv_into(sock, memoryview(header), deadline)
             if got < 6:
                 self.event_queue.put("Evt17")  # the peer closed the connection
-                return
+                return None
             pdu_type, _, length = struct.unpack(">BBL", header)
             if pdu_type not in _KNOWN_TYPES:
                 logger.warning("%s sent an unknown PDU type 0x%02X; aborting", peer, pdu_type)
                 self.event_queue.put("Evt19")
-                return
+                return None
             if length > limits.limit(pdu_type):
                 logger.warning(
                     "%s declared a %d-byte PDU of type 0x%02X (limit %d); aborting",
@@ -117,34 +180,62 @@ def install_reader(
                     limits.limit(pdu_type),
                 )
                 self.event_queue.put("Evt19")
-                return
-            data = bytearray(6 + length)
+                return None
+            if pdu_type == P_DATA_TF:
+                # One buffer per association for P-DATA, most of which is streamed out of it:
+                # a fresh 128 KiB+ buffer per PDU costs an allocation and page faults each time.
+                if len(scratch[0]) < 6 + length:
+                    scratch[0] = bytearray(6 + length)  # views of the old one stay valid
+                data: bytearray | memoryview = memoryview(scratch[0])[: 6 + length]
+            else:
+                data = bytearray(6 + length)
             data[:6] = header
-            with memoryview(data) as view:
-                got = _recv_into(sock, view[6:], deadline)
+            got = _recv_into(sock, memoryview(data)[6:], deadline)
             if got < length:
                 self.event_queue.put("Evt17")
-                return
+                return None
         except TimeoutError as exc:
             logger.warning(
                 "%s did not send a whole PDU within %.0f s (%s); closing", peer, limits.timeout, exc
             )
             wrapper.close()  # queues Evt17
-            return
+            return None
         except OSError:
             self.event_queue.put("Evt17")
-            return
+            return None
+        return pdu_type, data
 
-        if pdu_type == P_DATA_TF and on_pdata is not None:
-            on_pdata(self, length)
-        try:
-            pdu, event = self._decode_pdu(data)
-        except Exception as exc:
-            logger.warning("%s sent an undecodable PDU of type 0x%02X: %s", peer, pdu_type, exc)
-            self.event_queue.put("Evt19")
+    scratch = [bytearray()]
+
+    def read(self: Any) -> None:
+        sock = getattr(self.socket, "socket", None)
+        if sock is None:
+            self.event_queue.put("Evt17")
             return
-        self.event_queue.put(event)
-        self._recv_pdu.put(pdu)
+        for _ in range(_STREAM_BATCH):
+            pdu = read_pdu(self, sock)
+            if pdu is None:
+                return
+            pdu_type, data = pdu
+            if pdu_type == P_DATA_TF:
+                if on_pdata is not None:
+                    on_pdata(self, len(data) - 6)
+                if stream_datasets and _write_fragments(self, data):
+                    if self._kill_thread or not _data_waiting(sock, _NEXT_PDU_WAIT):
+                        return
+                    continue
+            try:
+                # The DUL keeps what it decodes: its own copy, not the shared buffer.
+                decoded, event = self._decode_pdu(
+                    bytearray(data) if isinstance(data, memoryview) else data
+                )
+            except Exception as exc:
+                logger.warning("%s sent an undecodable PDU of type 0x%02X: %s", peer, pdu_type, exc)
+                self.event_queue.put("Evt19")
+                return
+            self.event_queue.put(event)
+            self._recv_pdu.put(decoded)
+            return
 
     dul._read_pdu_data = MethodType(read, dul)
     # Sends to a peer that stops reading fail after the same time instead of blocking forever.

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.uid import generate_uid
 
+from dicom_node import synthetic
 from dicom_node.eligibility import OUR_MANUFACTURER
 from dicom_node.sender import AssociationFailed, echo
 from dicom_node.statuses import CANNOT_UNDERSTAND, INVALID_UID, OUT_OF_RESOURCES
@@ -279,3 +281,39 @@ def test_the_listener_sets_no_process_wide_switch(make_settings, monkeypatch) ->
         node.engine.dispose()
     assert not _config.STORE_RECV_CHUNKED_DATASET and tempfile.tempdir is None
     assert not sends_as_files
+
+
+def test_large_datasets_in_many_pdus_arrive_byte_for_byte(start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The P-DATA streaming path (dicom_node.pdu_reader): ~1,000 PDUs per image, three images."""
+    require(Path("/usr/bin/storescu").exists(), "dcmtk storescu is not installed")
+    node = start_node(max_pdu=16384)
+    study = generate_uid()
+    sent = [
+        synthetic.radiograph(rows=2000, columns=2400, bits=16, study_uid=study, seed=n)
+        for n in range(3)
+    ]
+    paths = [synthetic.write(ds, tmp_path / f"{n}.dcm") for n, ds in enumerate(sent)]
+    port = str(node.listener.port)
+    proc = subprocess.run(
+        [
+            "/usr/bin/storescu",
+            "-aec",
+            "CXR_TRIAGE",
+            "--max-pdu",
+            "16384",
+            "127.0.0.1",
+            port,
+            *paths,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"TCP_NODELAY": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    kept = {dcmread(p).SOPInstanceUID: dcmread(p) for p in _spooled(node)}
+    assert len(kept) == 3
+    for ds in sent:
+        back = kept[ds.SOPInstanceUID]
+        assert back.PixelData == ds.PixelData
+        assert [e.tag for e in back] == [e.tag for e in ds]

@@ -1,18 +1,26 @@
-"""Study completion -> SC and SR accepted by the PACS: latency and sustained throughput.
+"""Worker start to first result; latency percentiles; throughput of 1, 8 and 32 queued studies.
 
-    .venv/bin/python bench/pipeline_latency.py --studies 20 --burst 20
+    .venv/bin/python bench/pipeline_latency.py --studies 20 --concurrency 1 --batch-size 8
 
-Starts dcmtk ``storescp`` as the PACS, then ``cxr-triage listen`` and ``cxr-triage work`` (one
-worker process, the default model) on Redis (127.0.0.1:6379, database 15) and SQLite in a
-temporary folder. Latency: single-image studies (synthetic 2500x3000 16-bit DX) sent one at a
-time; each is measured from the study's ``completed_at`` to its last delivery accepted by the
-PACS. Throughput: ``--burst`` studies sent at once; studies per minute from the first completion
-to the last delivery. Also prints the mean time of each pipeline step. A benchmark, not a test.
+Starts dcmtk ``storescp`` as the PACS, a private ``redis-server`` on a free loopback port, then
+``cxr-triage listen`` and ``cxr-triage work`` (the default model) on SQLite in a temporary
+folder, with synthetic 2500x3000 16-bit DX, one image per study. It reports
+
+- how long the worker takes to be ready (``/readyz``: model loaded and warmed up);
+- the first study sent after that: completion (``completed_at``, after the quiet period) to the
+  last delivery accepted by the PACS;
+- the same latency for ``--studies`` studies sent one at a time (p50, p95, max);
+- throughput for bursts of 1, 8 and 32 studies sent in one association: studies per second
+  from the first completion to the last delivery, and the batch sizes the worker used;
+- the mean time of each pipeline step.
+
+A benchmark, not a test: nothing asserts on the numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import signal
@@ -22,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 
@@ -32,6 +41,7 @@ from bench.receive_throughput import free_port, wait_port  # noqa: E402
 from dicom_node import synthetic  # noqa: E402
 
 CLI = [sys.executable, "-m", "worker.cli.main"]
+BURSTS = (1, 8, 32)
 
 
 def _ts(value: str) -> float:
@@ -39,7 +49,7 @@ def _ts(value: str) -> float:
 
 
 def _rows(db: Path, sql: str, *args: object) -> list[tuple]:
-    with sqlite3.connect(db) as conn:
+    with sqlite3.connect(db, timeout=30) as conn:
         return list(conn.execute(sql, args).fetchall())
 
 
@@ -67,77 +77,118 @@ def _wait(db: Path, uids: list[str], timeout: float) -> None:
     raise TimeoutError("results did not arrive in time")
 
 
+def _ready(port: int, timeout: float) -> float:
+    """Seconds until the worker's /readyz says ready."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if json.load(r)["ready"]:
+                    return time.monotonic() - start
+        except OSError:
+            pass  # not listening yet, or 503 (HTTPError is an OSError)
+        time.sleep(0.1)
+    raise TimeoutError("the worker did not become ready")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--studies", type=int, default=20, help="sequential single studies")
-    parser.add_argument("--burst", type=int, default=20, help="studies sent at once")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--studies", type=int, default=20, help="studies sent one at a time")
+    parser.add_argument("--concurrency", type=int, default=1, help="worker processes")
+    parser.add_argument("--batch-size", type=int, default=8, help="CXR_BATCH_SIZE")
+    parser.add_argument("--log-level", default="WARNING", help="CXR_LOG_LEVEL of the processes")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="cxr-latency-"))
-    files = []
-    for i in range(args.studies + args.burst):
+    studies = [*BURSTS, args.studies + 1]  # +1: the first study after start
+    files: list[tuple[str, Path]] = []
+    for i in range(sum(studies)):
         ds = synthetic.radiograph(rows=2500, columns=3000, bits=16, seed=i)
         files.append((ds.StudyInstanceUID, synthetic.write(ds, work / "in" / f"{i}.dcm")))
-    pacs_port, node_port = free_port(), free_port()
+    pacs_port, node_port, redis_port, ready_port = (free_port() for _ in range(4))
     (work / "pacs").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
     env.update(
         CXR_DATA_DIR=str(work / "data"),
         CXR_PORT=str(node_port),
         CXR_MIN_FREE_MB="0",
-        CXR_BROKER_URL=args.redis,
+        CXR_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
         CXR_QUIET_SECONDS="0.2",
         CXR_MONITOR_INTERVAL="0.05",
         CXR_DESTINATIONS=f"PACS@127.0.0.1:{pacs_port}",
-        CXR_LOG_LEVEL="WARNING",
+        CXR_BATCH_SIZE=str(args.batch_size),
+        CXR_METRICS_PORT="0",
+        CXR_WORKER_METRICS_PORT=str(ready_port),
+        CXR_LOG_LEVEL=args.log_level,
     )
     subprocess.run([*CLI, "db", "upgrade"], env=env, check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(
-        ["redis-cli", "-u", args.redis, "flushdb"], check=True, stdout=subprocess.DEVNULL
-    )
+    redis = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""]
     procs = [
+        subprocess.Popen([*redis, "--appendonly", "no"], stdout=subprocess.DEVNULL),
         subprocess.Popen(
             ["storescp", "-aet", "PACS", "-od", str(work / "pacs"), str(pacs_port)],
             env={**os.environ, "TCP_NODELAY": "1"},
         ),
-        subprocess.Popen([*CLI, "listen"], env=env),
-        subprocess.Popen([*CLI, "work", "--concurrency", "1"], env=env),
     ]
     db = work / "data" / "cxr-triage.sqlite"
+    send = [*CLI, "send", "--quiet", "--to", f"CXR_TRIAGE@127.0.0.1:{node_port}"]
+
+    def send_files(paths: list[Path]) -> None:
+        subprocess.run([*send, *map(str, paths)], env=env, check=True, stdout=subprocess.DEVNULL)
+
     try:
+        wait_port(redis_port)
         wait_port(pacs_port)
-        wait_port(node_port)
-        send = [*CLI, "send", "--quiet", "--to", f"CXR_TRIAGE@127.0.0.1:{node_port}"]
-        # Warm-up: the worker loads the model and compiles its functions on the first study.
-        warm = synthetic.write(
-            synthetic.radiograph(rows=2500, columns=3000, bits=16, seed=999), work / "warm.dcm"
+        procs.append(subprocess.Popen([*CLI, "listen"], env=env))
+        procs.append(
+            subprocess.Popen([*CLI, "work", "--concurrency", str(args.concurrency)], env=env)
         )
-        subprocess.run([*send, str(warm)], env=env, check=True, stdout=subprocess.DEVNULL)
-        _wait(db, [str(_rows(db, "select study_instance_uid from studies")[0][0])], 300)
+        wait_port(node_port)
+        ready_after = _ready(ready_port, 300)
+        (first_uid, first_path), *rest = files[: args.studies + 1]
+        send_files([first_path])
+        _wait(db, [first_uid], 120)
+        first = _latency(db, first_uid) or 0.0
 
         latencies = []
-        for uid, path in files[: args.studies]:
-            subprocess.run([*send, str(path)], env=env, check=True, stdout=subprocess.DEVNULL)
+        for uid, path in rest:
+            send_files([path])
             _wait(db, [uid], 120)
             latencies.append(_latency(db, uid) or 0.0)
-        burst = files[args.studies :]
-        subprocess.run(
-            [*send, *[str(p) for _, p in burst]], env=env, check=True, stdout=subprocess.DEVNULL
-        )
-        uids = [u for u, _ in burst]
-        _wait(db, uids, 600)
-        marks = ",".join("?" * len(uids))
-        ((first, last),) = _rows(
-            db,
-            f"""
-            select min(s.completed_at), max(d.at) from studies s
-            join produced_objects o on o.study_id = s.id
-            join deliveries d on d.object_id = o.id
-            where s.study_instance_uid in ({marks})""",
-            *uids,
-        )
-        minutes = (_ts(last) - _ts(first)) / 60
+
+        throughput = []
+        at = args.studies + 1
+        for size in BURSTS:
+            burst = files[at : at + size]
+            at += size
+            send_files([p for _, p in burst])
+            uids = [u for u, _ in burst]
+            _wait(db, uids, 600)
+            marks = ",".join("?" * len(uids))
+            ((start, end),) = _rows(
+                db,
+                f"""
+                select min(s.completed_at), max(d.at) from studies s
+                join produced_objects o on o.study_id = s.id
+                join deliveries d on d.object_id = o.id
+                where s.study_instance_uid in ({marks})""",
+                *uids,
+            )
+            batched = _rows(
+                db,
+                f"""
+                select count(*) from study_events e join studies s on s.id = e.study_id
+                where s.study_instance_uid in ({marks}) and e.detail like 'batched with%'""",
+                *uids,
+            )[0][0]
+            seconds = _ts(end) - _ts(start)
+            per_study = [_latency(db, u) or 0.0 for u in uids]
+            throughput.append((size, seconds, batched, per_study))
         steps = _rows(db, "select step, avg(seconds), count(*) from step_timings group by step")
     finally:
         for p in reversed(procs):
@@ -145,18 +196,25 @@ def main() -> int:
         for p in procs:
             p.wait(60)
 
-    latencies.sort()
-    p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
     print(
         f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs; "
-        f"one worker process; 2500x3000 16-bit DX, one image per study"
+        f"{args.concurrency} worker process(es), CXR_BATCH_SIZE={args.batch_size}; "
+        f"2500x3000 16-bit DX, one image per study"
     )
+    print(f"worker ready (model loaded and warmed up) {ready_after:.1f} s after start")
+    print(f"first study after ready: completion -> SC+SR accepted in {first * 1000:.0f} ms")
     print(
-        f"latency completion -> SC+SR accepted, {len(latencies)} studies: "
-        f"p50 {statistics.median(latencies) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "
-        f"max {latencies[-1] * 1000:.0f} ms"
+        f"latency, {len(latencies)} studies one at a time: "
+        f"p50 {statistics.median(latencies) * 1000:.0f} ms, "
+        f"p95 {_percentile(latencies, 0.95) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
     )
-    print(f"burst of {len(uids)} studies: {len(uids) / minutes:.1f} studies/minute")
+    for size, seconds, batched, per_study in throughput:
+        print(
+            f"burst of {size:2} studies: {size / seconds:5.2f} studies/s "
+            f"({60 * size / seconds:5.0f}/min), {batched} taken into a batch; latency "
+            f"p50 {statistics.median(per_study) * 1000:.0f} ms, "
+            f"max {max(per_study) * 1000:.0f} ms"
+        )
     for step, mean, n in steps:
         print(f"  step {step:16} mean {mean * 1000:7.1f} ms  (n={n})")
     return 0

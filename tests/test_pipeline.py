@@ -212,7 +212,11 @@ def test_run_on_the_embedded_default_with_orthanc(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
         log.close()
-    assert code == 0, (tmp_path / "run.log").read_text()[-2000:]
+    text = (tmp_path / "run.log").read_text()
+    assert code == 0, text[-2000:]
+    # `run` said ready only once the node listened and the worker had warmed up.
+    ready = text.index("ready in")
+    assert text.index("listening as CXR_TRIAGE") < ready and text.index("warm in") < ready
 
 
 def test_results_wait_for_a_destination_that_comes_back(

@@ -56,6 +56,8 @@ logger = logging.getLogger(__name__)
 
 # How often the accept loop looks for incoming/ files nobody is writing any more.
 _SWEEP_INTERVAL = 30.0
+# How many received bytes between two free-space checks while a dataset arrives.
+_SPACE_CHECK_BYTES = 4 * 2**20
 # Requested receive buffer per association (the kernel caps it at net.core.rmem_max * 2).
 _RCVBUF = 8 * 2**20
 
@@ -310,13 +312,22 @@ class Listener:
             logger.exception("could not record the end of association %d", assoc_id)
 
     def _check_space_in_flight(self, dul: Any, length: int) -> None:
-        """Before a P-DATA-TF is written into incoming/: would it cross the watermark?"""
+        """Before a P-DATA-TF is written into incoming/: would it cross the watermark?
+
+        Asked once per :data:`_SPACE_CHECK_BYTES` received, not per PDU (a ``statfs`` each):
+        the watermark may be crossed by at most that much before writing stops.
+        """
+        unchecked = getattr(dul, "_cxr_unchecked", 0) + length
+        if unchecked < _SPACE_CHECK_BYTES:
+            dul._cxr_unchecked = unchecked
+            return
+        dul._cxr_unchecked = 0
         message = getattr(dul.assoc.dimse, "message", None)
         target = getattr(message, "_data_set_file", None)
         if message is None or target is None or isinstance(target, PartialDataset):
             return
         try:
-            self.spool.check_space(length)
+            self.spool.check_space(unchecked)
         except LowDiskSpaceError as exc:
             # Stop writing; the C-STORE is answered 0xA700 once the rest has arrived.
             message._data_set_file = PartialDataset.discard(target, str(exc))

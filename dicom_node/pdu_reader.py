@@ -74,20 +74,88 @@ class PduLimits:
         return MAX_ASSOCIATION_PDU
 
 
-def _recv_into(sock: socket.socket, view: memoryview, deadline: float) -> int:
-    """Fill ``view`` before ``deadline``; return bytes read (fewer if the peer closed)."""
-    nr_read = 0
-    size = len(view)
-    while nr_read < size:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"{nr_read} of {size} bytes")
-        sock.settimeout(remaining)
-        n = sock.recv_into(view[nr_read:], size - nr_read)
-        if n == 0:
-            break
-        nr_read += n
-    return nr_read
+class _Inbox:
+    """One association's socket, read a PDU at a time with one ``recv`` where possible.
+
+    Each payload is received together with up to 6 bytes of what follows: the next PDU's
+    header, kept in ``pending``. The rest of that next PDU is then still on the socket (or yet to
+    come), so the DUL's readiness check on the socket still sees it. A peer whose next PDU is a
+    bare 6-byte header (length 0, which no valid PDU has) is left to the idle timeout.
+    """
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self.sock = sock
+        self.timeout = timeout
+        self.pending = bytearray()
+        self.scratch = bytearray()
+        sock.settimeout(timeout)
+
+    def fill(self, view: memoryview, minimum: int, deadline: float) -> int:
+        """Receive at least ``minimum`` bytes into ``view`` (at most its length) by ``deadline``.
+
+        Returns the bytes received (fewer than ``minimum`` if the peer closed). The first
+        ``recv`` runs under the socket's own timeout (the whole ``timeout``, as the PDU has just
+        started); only a PDU that needs several is timed against its deadline call by call.
+        """
+        got = 0
+        narrowed = False
+        try:
+            while got < minimum:
+                if got:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError(f"{got} of {minimum} bytes")
+                    self.sock.settimeout(remaining)
+                    narrowed = True
+                n = self.sock.recv_into(view[got:])
+                if n == 0:
+                    break
+                got += n
+        finally:
+            if narrowed:
+                self.sock.settimeout(self.timeout)
+        return got
+
+    def header(self, deadline: float) -> bytes | None:
+        """The next 6-byte PDU header, or None if the peer closed first."""
+        have = len(self.pending)
+        if have < 6:
+            rest = bytearray(6 - have)
+            got = self.fill(memoryview(rest), 6 - have, deadline)
+            self.pending += rest[:got]
+            if len(self.pending) < 6:
+                return None
+        head, self.pending = bytes(self.pending[:6]), self.pending[6:]
+        return head
+
+    def payload(self, head: bytes, length: int, deadline: float, *, shared: bool) -> Any:
+        """The whole PDU (header + ``length`` bytes), or None if the peer closed first.
+
+        ``shared``: into the association's reusable buffer (valid until the next call), for
+        P-DATA that is mostly streamed out at once; otherwise a new ``bytearray`` of its own.
+        """
+        size = 6 + length + 6  # room for the next header
+        if shared:
+            if len(self.scratch) < size:
+                self.scratch = bytearray(size)  # views of the old buffer stay valid
+            buffer = self.scratch
+        else:
+            buffer = bytearray(size)
+        view = memoryview(buffer)
+        view[:6] = head
+        got = self.fill(view[6:size], length, deadline)
+        if got < length:
+            return None
+        self.pending += view[6 + length : 6 + got]
+        if shared:
+            return view[: 6 + length]
+        del view
+        del buffer[6 + length :]
+        return buffer
+
+    def waiting(self, timeout: float) -> bool:
+        """Is the next PDU already arriving (within ``timeout`` seconds)?"""
+        return bool(self.pending) or _data_waiting(self.sock, timeout)
 
 
 #: PDUs streamed in one call of the reader before it returns to the DUL's loop (8 MiB at
@@ -156,17 +224,17 @@ def install_reader(
     decodes it (or its fragments are streamed: ``stream_datasets``).
     """
 
-    def read_pdu(self: Any, sock: Any) -> tuple[int, bytearray | memoryview] | None:
+    inbox: list[_Inbox] = []  # made on the first read, once the DUL has its socket
+
+    def read_pdu(self: Any, box: _Inbox) -> tuple[int, bytearray | memoryview] | None:
         """One PDU, or None when an event (closed, abort) has been queued instead."""
-        wrapper = self.socket
         deadline = time.monotonic() + limits.timeout
-        header = bytearray(6)
         try:
-            got = _recv_into(sock, memoryview(header), deadline)
-            if got < 6:
+            head = box.header(deadline)
+            if head is None:
                 self.event_queue.put("Evt17")  # the peer closed the connection
                 return None
-            pdu_type, _, length = struct.unpack(">BBL", header)
+            pdu_type, _, length = struct.unpack(">BBL", head)
             if pdu_type not in _KNOWN_TYPES:
                 logger.warning("%s sent an unknown PDU type 0x%02X; aborting", peer, pdu_type)
                 self.event_queue.put("Evt19")
@@ -181,39 +249,31 @@ def install_reader(
                 )
                 self.event_queue.put("Evt19")
                 return None
-            if pdu_type == P_DATA_TF:
-                # One buffer per association for P-DATA, most of which is streamed out of it:
-                # a fresh 128 KiB+ buffer per PDU costs an allocation and page faults each time.
-                if len(scratch[0]) < 6 + length:
-                    scratch[0] = bytearray(6 + length)  # views of the old one stay valid
-                data: bytearray | memoryview = memoryview(scratch[0])[: 6 + length]
-            else:
-                data = bytearray(6 + length)
-            data[:6] = header
-            got = _recv_into(sock, memoryview(data)[6:], deadline)
-            if got < length:
+            data = box.payload(head, length, deadline, shared=pdu_type == P_DATA_TF)
+            if data is None:
                 self.event_queue.put("Evt17")
                 return None
         except TimeoutError as exc:
             logger.warning(
                 "%s did not send a whole PDU within %.0f s (%s); closing", peer, limits.timeout, exc
             )
-            wrapper.close()  # queues Evt17
+            self.socket.close()  # queues Evt17
             return None
         except OSError:
             self.event_queue.put("Evt17")
             return None
         return pdu_type, data
 
-    scratch = [bytearray()]
-
     def read(self: Any) -> None:
         sock = getattr(self.socket, "socket", None)
         if sock is None:
             self.event_queue.put("Evt17")
             return
+        if not inbox or inbox[0].sock is not sock:
+            inbox[:] = [_Inbox(sock, limits.timeout)]
+        box = inbox[0]
         for _ in range(_STREAM_BATCH):
-            pdu = read_pdu(self, sock)
+            pdu = read_pdu(self, box)
             if pdu is None:
                 return
             pdu_type, data = pdu
@@ -221,7 +281,7 @@ def install_reader(
                 if on_pdata is not None:
                     on_pdata(self, len(data) - 6)
                 if stream_datasets and _write_fragments(self, data):
-                    if self._kill_thread or not _data_waiting(sock, _NEXT_PDU_WAIT):
+                    if self._kill_thread or not box.waiting(_NEXT_PDU_WAIT):
                         return
                     continue
             try:

@@ -12,6 +12,9 @@ it. Three things then go wrong with a hostile or buggy peer:
   silent connections lock out real senders (here connections have their own, larger bound and
   only associations count against the association limit).
 
+It also lets the association thread wait for DIMSE messages instead of polling for them
+(:func:`_wake_on_messages`).
+
 :class:`ConnectionOwner` is what the server reports to; the listener implements it. Its
 ``connection_finished`` is called exactly once per admitted connection, after the association
 thread has ended, whatever the way it ended.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import socket
 import ssl
 from typing import Any, Protocol, cast
@@ -103,6 +107,34 @@ def _guard_association_thread(assoc: Any) -> None:
     assoc._target = guarded
 
 
+#: How long the association thread waits for a DIMSE message before it goes round its loop
+#: (release, abort and DUL checks) again.
+_MESSAGE_WAIT = 0.005
+
+
+def _wake_on_messages(assoc: Any) -> None:
+    """Let the association thread wait for the next DIMSE message instead of polling for it.
+
+    pynetdicom's acceptor loop sleeps 1 ms, then looks for a message without blocking: each
+    C-STORE waits for the next tick (0.5 ms on average) before its handler runs, and the idle
+    thread wakes a thousand times a second. Here the look waits up to :data:`_MESSAGE_WAIT`
+    on the message queue, so a complete message is served at once; the loop's other checks
+    (release, abort) run at least every 6 ms instead of every 1 ms.
+    """
+    dimse = assoc.dimse
+    get_msg = dimse.get_msg
+
+    def get_message(block: bool = False) -> Any:
+        if block:
+            return get_msg(block=True)
+        try:
+            return dimse.msg_queue.get(timeout=_MESSAGE_WAIT)
+        except queue.Empty:
+            return None, None
+
+    dimse.get_msg = get_message
+
+
 def _wait(assoc: Any) -> None:
     """Wait for the association thread; wake it if the connection dies before an A-ASSOCIATE-RQ.
 
@@ -140,6 +172,7 @@ class ConnectionHandler(RequestHandler):
             assoc = self._create_association()
             _guard_state_machine(assoc)
             _guard_association_thread(assoc)
+            _wake_on_messages(assoc)
             owner.connection_opened(assoc)
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": address})
             assoc.start()

@@ -61,6 +61,7 @@ class Spool:
         self.studies = self.root / "studies"
         for d in (self.root, self.incoming, self.studies):
             d.mkdir(parents=True, exist_ok=True)
+        self._studies_real = self.studies.resolve()
 
     def free_bytes(self) -> int:
         """Free space available to this process on the spool's file system."""
@@ -89,9 +90,10 @@ class Spool:
             validate_uid(sop_uid, "SOPInstanceUID") + ".dcm",
         )
         relative = "/".join(parts)
-        path = (self.studies / relative).resolve()
-        # Belt and braces: validate_uid already forbids separators and "..".
-        if self.studies.resolve() not in path.parents:
+        path = Path(os.path.normpath(self._studies_real / relative))
+        # Belt and braces: validate_uid already forbids separators and "..". Normalised as
+        # text: resolving every component on disk cost more than the rest of the lookup.
+        if path.parent.parent.parent != self._studies_real:
             raise ValueError(f"spool path {path} escapes {self.studies}")
         return SpoolLocation(relative=relative, path=path)
 

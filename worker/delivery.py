@@ -44,44 +44,76 @@ def attempt_delivery(
     ``final`` marks the last allowed attempt: a failure is then recorded as ``dead`` and the
     study moves to ``dead_letter`` (``cxr-triage replay`` sends it again later).
     """
+    sent = attempt_deliveries(
+        sessions, outputs, [object_id], destination, attempt, options, final=final, stow=stow
+    )
+    return sent[object_id]
+
+
+def attempt_deliveries(
+    sessions: sessionmaker[Session],
+    outputs: Path,
+    object_ids: list[int],
+    destination: AnyDestination,
+    attempt: int,
+    options: SenderOptions,
+    *,
+    final: bool,
+    stow: StowOptions | None = None,
+) -> dict[int, bool]:
+    """:func:`attempt_delivery` for several objects over one association; object id -> stored.
+
+    Each object's attempt is recorded on its own, as if it had been sent alone.
+    """
     with sessions() as s:
-        obj = s.get_one(ProducedObject, object_id)
-        path = outputs / obj.path
+        objects = {i: s.get_one(ProducedObject, i) for i in object_ids}
+    paths = {i: outputs / o.path for i, o in objects.items()}
     try:
         if isinstance(destination, StowDestination):
-            result = stow_files([path], destination, stow).results[0]
+            summary = stow_files(paths.values(), destination, stow)
         else:
-            result = send_files([path], destination, options).results[0]
+            summary = send_files(paths.values(), destination, options)
+        by_path = {r.source: r for r in summary.results}
+        results = {
+            i: by_path.get(str(p)) or SendResult(str(p), "", None, "no result from the sender")
+            for i, p in paths.items()
+        }
     except Exception as exc:
         # Whatever went wrong is one failed attempt for this destination only.
-        logger.exception("delivery of %s to %s raised", path.name, destination)
-        result = SendResult(str(path), "", None, f"{type(exc).__name__}: {exc}")
-    outcome = "delivered" if result.ok else ("dead" if final else "retry")
+        logger.exception("delivery to %s raised", destination)
+        error = f"{type(exc).__name__}: {exc}"
+        results = {i: SendResult(str(p), "", None, error) for i, p in paths.items()}
+    outcomes = {
+        i: "delivered" if r.ok else ("dead" if final else "retry") for i, r in results.items()
+    }
     with sessions.begin() as s:
-        s.add(
-            Delivery(
-                object_id=object_id,
-                destination=str(destination),
-                attempt=attempt,
-                status=result.status,
-                outcome=outcome,
-                error=result.error,
-                at=utcnow(),
+        for i, result in results.items():
+            s.add(
+                Delivery(
+                    object_id=i,
+                    destination=str(destination),
+                    attempt=attempt,
+                    status=result.status,
+                    outcome=outcomes[i],
+                    error=result.error,
+                    at=utcnow(),
+                )
             )
-        )
-    if result.ok:
-        logger.info("delivered %s to %s (attempt %d)", path.name, destination, attempt)
-    else:
-        logger.warning(
-            "delivery of %s to %s failed (attempt %d, %s): %s",
-            path.name,
-            destination,
-            attempt,
-            outcome,
-            result.error or result.label,
-        )
-    update_study_state(sessions, obj.study_id)
-    return result.ok
+    for i, result in results.items():
+        if result.ok:
+            logger.info("delivered %s to %s (attempt %d)", paths[i].name, destination, attempt)
+        else:
+            logger.warning(
+                "delivery of %s to %s failed (attempt %d, %s): %s",
+                paths[i].name,
+                destination,
+                attempt,
+                outcomes[i],
+                result.error or result.label,
+            )
+    for study_id in sorted({o.study_id for o in objects.values()}):
+        update_study_state(sessions, study_id)
+    return {i: r.ok for i, r in results.items()}
 
 
 def latest_attempts(

@@ -78,43 +78,49 @@ class _Process:
 
 def register_tasks(app: Celery, settings: Settings) -> _Process:
     """Register the study and delivery tasks on ``app``; return the per-process state."""
-    from worker.delivery import attempt_delivery
+    from worker.delivery import attempt_deliveries
 
     proc = _Process(settings)
 
-    def deliver_now(object_id: int, destination: str, attempt: int) -> None:
+    def deliver_now(object_ids: list[int], destination: str, attempt: int) -> None:
+        """One association to ``destination`` for all ``object_ids``; each retried alone."""
         final = attempt > settings.delivery_retries
-        ok = attempt_delivery(
+        sent = attempt_deliveries(
             proc.sessions,
             settings.outputs_dir,
-            object_id,
+            object_ids,
             parse_destination(destination),
             attempt,
             proc.sender_options,
             final=final,
             stow=proc.stow_options,
         )
-        if not ok and not final:
-            delay = settings.delivery_backoff * 2 ** (attempt - 1)
-            deliver.apply_async(
-                args=[object_id, destination, attempt + 1],
-                countdown=delay,
-                queue=settings.inference_queue,
-            )
+        for object_id, ok in sent.items():
+            if not ok and not final:
+                delay = settings.delivery_backoff * 2 ** (attempt - 1)
+                deliver.apply_async(
+                    args=[object_id, destination, attempt + 1],
+                    countdown=delay,
+                    queue=settings.inference_queue,
+                )
 
     # shared=False: a task registered on one app must not leak into every other Celery app.
     @app.task(name=settings.study_task, shared=False)
     def process_study(study_id: int, study_instance_uid: str, revision: int) -> str:
         # This study, and other queued ones in the same model call (CXR_BATCH_SIZE).
         outcomes = proc.pipeline.process_batch(study_id, revision)
-        # First delivery attempt inline: results reach the PACS without another queue hop.
+        # First delivery attempt inline: results reach the PACS without another queue hop,
+        # every object of the batch for one destination over one association.
+        by_destination: dict[str, list[int]] = {}
         for outcome in outcomes:
             for object_id, destination in outcome.to_deliver:
-                deliver_now(object_id, destination, 1)
+                by_destination.setdefault(destination, []).append(object_id)
+        for destination, object_ids in by_destination.items():
+            deliver_now(object_ids, destination, 1)
         return outcomes[0].state
 
     @app.task(name=DELIVER_TASK, shared=False)
     def deliver(object_id: int, destination: str, attempt: int) -> None:
-        deliver_now(object_id, destination, attempt)
+        deliver_now([object_id], destination, attempt)
 
     return proc

@@ -109,6 +109,14 @@ def main() -> int:
     # mapped back to the source at the SC's size (shrink 2 for a 2500x3000 film at 1280 px).
     full = median_ms(lambda: default.predict([image], heatmaps=True, heatmap_shrink=3), args.repeat)
     print(f"{'default: check + crop + predict + Grad-CAM':44} {full:>9.1f}", flush=True)
+    # The same for a batch of studies waiting together (one model call): per image.
+    for n in (8, 32):
+        images = [image] * n
+        ms = median_ms(
+            lambda images=images: default.predict(images, heatmaps=True, heatmap_shrink=3),
+            max(3, args.repeat // 2),
+        )
+        print(f"{f'  same, batch of {n}, per image':44} {ms / n:>9.1f}", flush=True)
     for name in ("cr_pa_chest_jpeg_baseline.dcm", "dx_chest_no_view_tags.dcm"):
         path = ROOT.parent / "shared" / "data" / "dicom" / name
         if path.is_file():

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -96,14 +98,32 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--studies", type=int, default=20, help="studies sent one at a time")
-    parser.add_argument("--concurrency", type=int, default=1, help="worker processes")
-    parser.add_argument("--batch-size", type=int, default=8, help="CXR_BATCH_SIZE")
-    parser.add_argument("--log-level", default="WARNING", help="CXR_LOG_LEVEL of the processes")
-    args = parser.parse_args()
+@dataclass
+class Burst:
+    studies: int
+    seconds: float
+    batched: int
+    latencies: list[float]
 
+
+@dataclass
+class PipelineResult:
+    concurrency: int
+    batch_size: int
+    ready_after: float
+    first: float
+    latencies: list[float]
+    bursts: list[Burst]
+    steps: list[tuple[str, float, int]]
+
+
+def measure(
+    studies: int, concurrency: int, batch_size: int, log_level: str = "WARNING"
+) -> PipelineResult:
+    """Start the PACS, Redis, node and worker; measure; stop everything."""
+    args = argparse.Namespace(
+        studies=studies, concurrency=concurrency, batch_size=batch_size, log_level=log_level
+    )
     work = Path(tempfile.mkdtemp(prefix="cxr-latency-"))
     studies = [*BURSTS, args.studies + 1]  # +1: the first study after start
     files: list[tuple[str, Path]] = []
@@ -195,28 +215,56 @@ def main() -> int:
             p.send_signal(signal.SIGTERM)
         for p in procs:
             p.wait(60)
+        shutil.rmtree(work, ignore_errors=True)  # about 2 GB of images, spool and results
 
+    return PipelineResult(
+        args.concurrency,
+        args.batch_size,
+        ready_after,
+        first,
+        latencies,
+        [Burst(*t) for t in throughput],
+        steps,
+    )
+
+
+def print_result(r: PipelineResult) -> None:
     print(
         f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs; "
-        f"{args.concurrency} worker process(es), CXR_BATCH_SIZE={args.batch_size}; "
+        f"{r.concurrency} worker process(es), CXR_BATCH_SIZE={r.batch_size}; "
         f"2500x3000 16-bit DX, one image per study"
     )
-    print(f"worker ready (model loaded and warmed up) {ready_after:.1f} s after start")
-    print(f"first study after ready: completion -> SC+SR accepted in {first * 1000:.0f} ms")
+    print(f"worker ready (model loaded and warmed up) {r.ready_after:.1f} s after start")
+    print(f"first study after ready: completion -> SC+SR accepted in {r.first * 1000:.0f} ms")
     print(
-        f"latency, {len(latencies)} studies one at a time: "
-        f"p50 {statistics.median(latencies) * 1000:.0f} ms, "
-        f"p95 {_percentile(latencies, 0.95) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
+        f"latency, {len(r.latencies)} studies one at a time: "
+        f"p50 {statistics.median(r.latencies) * 1000:.0f} ms, "
+        f"p95 {_percentile(r.latencies, 0.95) * 1000:.0f} ms, "
+        f"max {max(r.latencies) * 1000:.0f} ms"
     )
-    for size, seconds, batched, per_study in throughput:
+    for b in r.bursts:
         print(
-            f"burst of {size:2} studies: {size / seconds:5.2f} studies/s "
-            f"({60 * size / seconds:5.0f}/min), {batched} taken into a batch; latency "
-            f"p50 {statistics.median(per_study) * 1000:.0f} ms, "
-            f"max {max(per_study) * 1000:.0f} ms"
+            f"burst of {b.studies:2} studies: {b.studies / b.seconds:5.2f} studies/s "
+            f"({60 * b.studies / b.seconds:5.0f}/min), {b.batched} taken into a batch; latency "
+            f"p50 {statistics.median(b.latencies) * 1000:.0f} ms, "
+            f"p95 {_percentile(b.latencies, 0.95) * 1000:.0f} ms"
         )
-    for step, mean, n in steps:
+    for step, mean, n in r.steps:
         print(f"  step {step:16} mean {mean * 1000:7.1f} ms  (n={n})")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--studies", type=int, default=20, help="studies sent one at a time")
+    parser.add_argument("--concurrency", type=int, default=1, help="worker processes")
+    parser.add_argument("--batch-size", type=int, default=8, help="CXR_BATCH_SIZE")
+    parser.add_argument("--log-level", default="WARNING", help="CXR_LOG_LEVEL of the processes")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args()
+    print_result(measure(args.studies, args.concurrency, args.batch_size, args.log_level))
     return 0
 
 

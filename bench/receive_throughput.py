@@ -8,8 +8,10 @@ Run from the repository root:
 It writes synthetic 2500x3000 16-bit DX images (about 15 MB each) once into --source, then for
 1 and for 4 concurrent associations times: storescp (one process; --fork for 4), our listener
 with fsync (the product default), our listener without fsync (like-for-like with storescp, which
-does not fsync), and N listener processes sharing the port (SO_REUSEPORT). It prints MB/s and the
-ratio to dcmtk. This is a benchmark, not a test: nothing asserts on the numbers.
+does not fsync), N listener processes sharing the port (SO_REUSEPORT), and Orthanc (its own
+SQLite index; storescu runs inside Orthanc's network namespace, see tests/orthanc.py, so no
+relay is in the way). It prints MB/s and the ratio to dcmtk. This is a benchmark, not a test:
+nothing asserts on the numbers. ``bench/compare.py`` runs it together with the pipeline.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,15 +65,21 @@ def make_files(source: Path, count: int) -> list[Path]:
     return sorted(source.glob("*.dcm"))[:count]
 
 
-def send(files: list[Path], port: int, ae: str, associations: int) -> float:
-    """Send with `associations` concurrent storescu processes; return wall seconds."""
+def send(
+    files: list[Path], port: int, ae: str, associations: int, wrap: list[str] | None = None
+) -> float:
+    """Send with `associations` concurrent storescu processes; return wall seconds.
+
+    ``wrap`` prefixes each storescu command (nsenter into Orthanc's network namespace).
+    """
     env = {**os.environ, "TCP_NODELAY": "1"}
     chunks = [files[i::associations] for i in range(associations)]
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
             [
-                "storescu",
+                *(wrap or []),
+                "/usr/bin/storescu",  # dcmtk's, not the one pynetdicom puts in the venv
                 "-aet",
                 "BENCH",
                 "-aec",
@@ -96,7 +106,7 @@ def send(files: list[Path], port: int, ae: str, associations: int) -> float:
 def run_storescp(files: list[Path], target: Path, associations: int) -> float:
     port = free_port()
     target.mkdir(parents=True)
-    args = ["storescp", "-aet", "DCMTK", "-od", str(target), "--max-pdu", "131072"]
+    args = ["/usr/bin/storescp", "-aet", "DCMTK", "-od", str(target), "--max-pdu", "131072"]
     if associations > 1:
         args.append("--fork")
     proc = subprocess.Popen([*args, str(port)], env={**os.environ, "TCP_NODELAY": "1"})
@@ -106,6 +116,23 @@ def run_storescp(files: list[Path], target: Path, associations: int) -> float:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def run_orthanc(files: list[Path], target: Path, associations: int) -> float:
+    """Orthanc (its own SQLite index, files in ``target``), storescu sent from inside its
+    network namespace straight to its port: no relay in the way."""
+    from tests.orthanc import Orthanc
+
+    orthanc = Orthanc(
+        target,
+        free_port(),
+        config={"MaximumPduLength": 131072, "DicomThreadsCount": max(4, associations)},
+    )
+    orthanc.start()
+    try:
+        return send(files, 4242, "ORTHANC", associations, orthanc.in_namespace([]))
+    finally:
+        orthanc.stop()
 
 
 def run_ours(
@@ -148,54 +175,91 @@ def run_ours(
             p.wait(30)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=200)
+@dataclass
+class Row:
+    receiver: str
+    associations: int
+    seconds: float
+    mb_per_s: float
+    vs_dcmtk: float
+
+
+def measure(
+    files: list[Path], target: Path, *, repeat: int, processes: int, orthanc: bool
+) -> list[Row]:
+    """Best of ``repeat`` runs of each receiver on ``files``; dcmtk first for each count."""
+    total_mb = sum(f.stat().st_size for f in files) / 1e6
+    configs: list[tuple[str, int, Callable[[Path], float]]] = [
+        ("dcmtk storescp", 1, lambda t: run_storescp(files, t, 1)),
+        ("cxr-triage, fsync", 1, lambda t: run_ours(files, t, 1, fsync=True)),
+        ("cxr-triage, no fsync", 1, lambda t: run_ours(files, t, 1, fsync=False)),
+        ("dcmtk storescp --fork", 4, lambda t: run_storescp(files, t, 4)),
+        ("cxr-triage, fsync", 4, lambda t: run_ours(files, t, 4, fsync=True)),
+        (
+            f"cxr-triage --processes {processes}, fsync",
+            4,
+            lambda t: run_ours(files, t, 4, fsync=True, processes=processes),
+        ),
+    ]
+    if orthanc:
+        configs.insert(3, ("Orthanc", 1, lambda t: run_orthanc(files, t, 1)))
+        configs.append(("Orthanc", 4, lambda t: run_orthanc(files, t, 4)))
+    baseline: dict[int, float] = {}
+    rows = []
+    for name, assocs, run in configs:
+        best = float("inf")
+        for _ in range(repeat):
+            shutil.rmtree(target, ignore_errors=True)
+            best = min(best, run(target))
+        shutil.rmtree(target, ignore_errors=True)
+        rate = total_mb / best
+        baseline.setdefault(assocs, rate)
+        rows.append(Row(name, assocs, best, rate, rate / baseline[assocs]))
+        print(f"  measured {name} x{assocs}: {rate:.0f} MB/s", file=sys.stderr, flush=True)
+    return rows
+
+
+def print_rows(rows: list[Row]) -> None:
+    print(f"{'receiver':40} {'assocs':>6} {'seconds':>8} {'MB/s':>8} {'vs dcmtk':>8}")
+    for r in rows:
+        print(
+            f"{r.receiver:40} {r.associations:>6} {r.seconds:>8.2f} {r.mb_per_s:>8.0f} "
+            f"{r.vs_dcmtk:>8.2f}"
+        )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--count", type=int, default=200, help="synthetic 15 MB DX files")
     parser.add_argument("--source", type=Path, default=Path("/tmp/cxr-bench-source"))
     parser.add_argument("--target", type=Path, default=Path("/dev/shm/cxr-bench"))
     parser.add_argument(
         "--processes", type=int, default=4, help="listener processes for the reuse-port run"
     )
     parser.add_argument("--repeat", type=int, default=1, help="best of N runs per configuration")
-    args = parser.parse_args()
-    for tool in ("storescu", "storescp"):
-        if shutil.which(tool) is None:
-            parser.error(f"{tool} not found: apt-get install dcmtk")
+    parser.add_argument("--no-orthanc", action="store_true", help="leave Orthanc out")
 
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args()
+    for tool in ("/usr/bin/storescu", "/usr/bin/storescp"):
+        if not Path(tool).exists():
+            parser.error(f"{tool} not found: apt-get install dcmtk")
     files = make_files(args.source, args.count)
     total_mb = sum(f.stat().st_size for f in files) / 1e6
     print(
         f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs; {len(files)} files, {total_mb:.0f} MB; target {args.target}"
     )
-
-    configs = [
-        ("dcmtk storescp", 1, lambda t: run_storescp(files, t, 1)),
-        ("cxr-triage, fsync", 1, lambda t: run_ours(files, t, 1, fsync=True)),
-        ("cxr-triage, no fsync", 1, lambda t: run_ours(files, t, 1, fsync=False)),
-        ("dcmtk storescp --fork", 4, lambda t: run_storescp(files, t, 4)),
-        ("cxr-triage, fsync", 4, lambda t: run_ours(files, t, 4, fsync=True)),
-        ("cxr-triage, no fsync", 4, lambda t: run_ours(files, t, 4, fsync=False)),
-        (
-            f"cxr-triage x{args.processes} processes, fsync",
-            4,
-            lambda t: run_ours(files, t, 4, fsync=True, processes=args.processes),
-        ),
-    ]
-    baseline: dict[int, float] = {}
-    print(f"{'receiver':40} {'assocs':>6} {'seconds':>8} {'MB/s':>8} {'vs dcmtk':>8}")
-    for name, assocs, run in configs:
-        best = float("inf")
-        for _ in range(args.repeat):
-            shutil.rmtree(args.target, ignore_errors=True)
-            best = min(best, run(args.target))
-        shutil.rmtree(args.target, ignore_errors=True)
-        rate = total_mb / best
-        baseline.setdefault(assocs, rate)
-        print(
-            f"{name:40} {assocs:>6} {best:>8.2f} {rate:>8.0f} {rate / baseline[assocs]:>8.2f}",
-            flush=True,
-        )
+    rows = measure(
+        files,
+        args.target,
+        repeat=args.repeat,
+        processes=args.processes,
+        orthanc=not args.no_orthanc and shutil.which("Orthanc") is not None,
+    )
+    print_rows(rows)
     return 0
 
 

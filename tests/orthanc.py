@@ -32,7 +32,13 @@ class Orthanc:
     """Start with :meth:`start`, stop with :meth:`stop` (by process group); bounded waits."""
 
     def __init__(
-        self, workdir: Path, node_port: int, node_ae: str = "CXR_TRIAGE", *, dicomweb: bool = False
+        self,
+        workdir: Path,
+        node_port: int,
+        node_ae: str = "CXR_TRIAGE",
+        *,
+        dicomweb: bool = False,
+        config: dict[str, Any] | None = None,
     ) -> None:
         for tool in ("Orthanc", "socat", "unshare", "ip"):
             require(shutil.which(tool) is not None, f"{tool} is not installed")
@@ -40,6 +46,7 @@ class Orthanc:
         self.node_port = node_port
         self.node_ae = node_ae
         self.dicomweb = dicomweb
+        self.extra_config = config or {}
         self.dicom_port = free_port()
         self.http_port = free_port()
         self._procs: list[subprocess.Popen[bytes]] = []
@@ -73,6 +80,7 @@ class Orthanc:
             "DicomAlwaysAllowStore": True,
             # Inside the namespace our node is reached through a relay on its loopback.
             "DicomModalities": {"cxr": [self.node_ae, "127.0.0.1", 11112]},
+            **self.extra_config,
         }
         (self.dir / "orthanc.json").write_text(json.dumps(config))
         inside = (
@@ -119,6 +127,13 @@ class Orthanc:
                         f"Orthanc did not answer in {timeout} s; see {self.dir}"
                     ) from exc
                 time.sleep(0.25)
+
+    def in_namespace(self, command: list[str]) -> list[str]:
+        """``command`` run inside Orthanc's network namespace, where it listens on 4242.
+
+        For a sender that should reach Orthanc directly, without the relays (the benchmark).
+        """
+        return ["nsenter", f"--net=/proc/{self._procs[0].pid}/ns/net", *command]
 
     def stop(self) -> None:
         for proc in self._procs:

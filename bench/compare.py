@@ -1,0 +1,58 @@
+"""The numbers of docs/performance.md in one run: receive MB/s against dcmtk and Orthanc, then
+the pipeline (time to ready, first result, latency percentiles, batched throughput).
+
+    .venv/bin/python bench/compare.py --count 80 --repeat 5 --studies 20 --concurrency 2
+
+Receiving: ``bench/receive_throughput.py`` (the same synthetic 15 MB DX files sent by dcmtk
+``storescu`` to each receiver in turn; best of ``--repeat`` runs; ratios to dcmtk from this
+run). Pipeline: ``bench/pipeline_latency.py``. A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import pipeline_latency, receive_throughput  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    receive_throughput.add_arguments(parser)
+    pipeline_latency.add_arguments(parser)
+    args = parser.parse_args()
+    print(
+        f"{datetime.date.today()}; machine: {platform.node()} "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    )
+    files = receive_throughput.make_files(args.source, args.count)
+    total_mb = sum(f.stat().st_size for f in files) / 1e6
+    print(
+        f"\nreceiving {len(files)} files, {total_mb:.0f} MB, best of {args.repeat}, "
+        f"target {args.target}"
+    )
+    rows = receive_throughput.measure(
+        files,
+        args.target,
+        repeat=args.repeat,
+        processes=args.processes,
+        orthanc=not args.no_orthanc and shutil.which("Orthanc") is not None,
+    )
+    receive_throughput.print_rows(rows)
+    print("\npipeline")
+    pipeline_latency.print_result(
+        pipeline_latency.measure(args.studies, args.concurrency, args.batch_size, args.log_level)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

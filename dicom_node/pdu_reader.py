@@ -7,11 +7,12 @@ arrive. :func:`install_reader` gives one association's DUL a reader that
 - refuses a PDU longer than the peer may send (what we advertised for P-DATA-TF, a fixed bound
   for everything else) without reading or allocating it: the DUL then aborts (Evt19);
 - receives each PDU within ``timeout`` seconds of its first byte, or closes the connection;
-- takes the PDU into one buffer with ``recv_into`` (pynetdicom appends 4 KiB at a time: about
-  3,700 system calls and copies for a 15 MB image);
-- lets the owner look at every P-DATA-TF before it is decoded (``on_pdata``), so the listener can
-  check free space as a dataset arrives;
-- streams the middle of a C-STORE dataset straight into its file (:func:`_write_fragments`).
+- receives into one buffer per association, up to 1 MiB per ``recv_into`` (pynetdicom appends
+  4 KiB at a time: about 3,700 system calls and copies for a 15 MB image);
+- lets the owner look at P-DATA-TF bytes before they are handed on (``on_pdata``), so the
+  listener can check free space as a dataset arrives;
+- streams the middle of a C-STORE dataset straight from that buffer into its file, every PDU
+  that arrived together in one ``writev`` (:func:`_fragment_spans`, :func:`_write_spans`).
 
 The DUL's state machine still decides what every other PDU means: association set-up, every
 command, the last fragment of each dataset (which completes the DIMSE message), release and
@@ -20,8 +21,10 @@ changes nothing in that machine (Sta6 + Evt10 -> DT-2 -> Sta6); pynetdicom would
 PDV items, a primitive, an event and a queue entry, copy each fragment twice and write it
 through the temporary file's wrapper with a flush, then sleep 1 ms in its reactor loop before
 reading the next PDU. Here its fragments are written from the receive buffer into the same
-file object, in order, and the next PDU is read at once while more data is waiting. Nothing
-binds EVT_PDU_RECV or EVT_DATA_RECV in this node, the two events this path does not fire.
+file, in order, and the socket is read again at once while more data is waiting. A PDU the DUL
+must see is copied out and queued with its event, after everything before it has been written;
+once one is queued, the rest of that read goes to the DUL too. Nothing binds EVT_PDU_RECV or
+EVT_DATA_RECV in this node, the two events this path does not fire.
 
 Upstream would need a maximum PDU length on receive and a read deadline in
 ``_read_pdu_data`` to make the first two points unnecessary.
@@ -30,6 +33,7 @@ Upstream would need a maximum PDU length on receive and a read deadline in
 from __future__ import annotations
 
 import logging
+import os
 import select
 import socket
 import ssl
@@ -74,130 +78,146 @@ class PduLimits:
         return MAX_ASSOCIATION_PDU
 
 
-class _Inbox:
-    """One association's socket, read a PDU at a time with one ``recv`` where possible.
-
-    Each payload is received together with up to 6 bytes of what follows: the next PDU's
-    header, kept in ``pending``. The rest of that next PDU is then still on the socket (or yet to
-    come), so the DUL's readiness check on the socket still sees it. A peer whose next PDU is a
-    bare 6-byte header (length 0, which no valid PDU has) is left to the idle timeout.
-    """
-
-    def __init__(self, sock: socket.socket, timeout: float) -> None:
-        self.sock = sock
-        self.timeout = timeout
-        self.pending = bytearray()
-        self.scratch = bytearray()
-        sock.settimeout(timeout)
-
-    def fill(self, view: memoryview, minimum: int, deadline: float) -> int:
-        """Receive at least ``minimum`` bytes into ``view`` (at most its length) by ``deadline``.
-
-        Returns the bytes received (fewer than ``minimum`` if the peer closed). The first
-        ``recv`` runs under the socket's own timeout (the whole ``timeout``, as the PDU has just
-        started); only a PDU that needs several is timed against its deadline call by call.
-        """
-        got = 0
-        narrowed = False
-        try:
-            while got < minimum:
-                if got:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError(f"{got} of {minimum} bytes")
-                    self.sock.settimeout(remaining)
-                    narrowed = True
-                n = self.sock.recv_into(view[got:])
-                if n == 0:
-                    break
-                got += n
-        finally:
-            if narrowed:
-                self.sock.settimeout(self.timeout)
-        return got
-
-    def header(self, deadline: float) -> bytes | None:
-        """The next 6-byte PDU header, or None if the peer closed first."""
-        have = len(self.pending)
-        if have < 6:
-            rest = bytearray(6 - have)
-            got = self.fill(memoryview(rest), 6 - have, deadline)
-            self.pending += rest[:got]
-            if len(self.pending) < 6:
-                return None
-        head, self.pending = bytes(self.pending[:6]), self.pending[6:]
-        return head
-
-    def payload(self, head: bytes, length: int, deadline: float, *, shared: bool) -> Any:
-        """The whole PDU (header + ``length`` bytes), or None if the peer closed first.
-
-        ``shared``: into the association's reusable buffer (valid until the next call), for
-        P-DATA that is mostly streamed out at once; otherwise a new ``bytearray`` of its own.
-        """
-        size = 6 + length + 6  # room for the next header
-        if shared:
-            if len(self.scratch) < size:
-                self.scratch = bytearray(size)  # views of the old buffer stay valid
-            buffer = self.scratch
-        else:
-            buffer = bytearray(size)
-        view = memoryview(buffer)
-        view[:6] = head
-        got = self.fill(view[6:size], length, deadline)
-        if got < length:
-            return None
-        self.pending += view[6 + length : 6 + got]
-        if shared:
-            return view[: 6 + length]
-        del view
-        del buffer[6 + length :]
-        return buffer
-
-    def waiting(self, timeout: float) -> bool:
-        """Is the next PDU already arriving (within ``timeout`` seconds)?"""
-        return bool(self.pending) or _data_waiting(self.sock, timeout)
-
-
-#: PDUs streamed in one call of the reader before it returns to the DUL's loop (8 MiB at
-#: 128 KiB PDUs), so that queued primitives (an A-ABORT from stop()) go out without long delays.
-_STREAM_BATCH = 64
+#: Bytes asked of the socket per ``recv`` (several 128 KiB PDUs at once when they are waiting).
+_CHUNK = 2**20
+#: Reads of the socket in one call of the reader before it returns to the DUL's loop, so that
+#: queued primitives (an A-ABORT from stop()) go out without long delays.
+_STREAM_BATCH = 32
 #: How long the reader waits for the next PDU of a dataset before it returns to the DUL's loop
 #: (which would otherwise sleep 1 ms before it looks at the socket again).
 _NEXT_PDU_WAIT = 0.005
 
 
-def _write_fragments(dul: Any, data: bytearray | memoryview) -> bool:
-    """Write a P-DATA-TF straight into the C-STORE dataset file, if that is all it carries.
+class _Inbox:
+    """One association's receive buffer: ``buf[start:end]`` holds bytes not yet consumed.
 
-    True when written: every PDV is a dataset fragment, not the last, of the message whose
-    command was decoded on the same presentation context, and that message is being received
-    into a file. Otherwise False, and the DUL decodes the PDU as usual.
+    Whole PDUs are taken from it in order. What is left after the reader returns to the DUL is
+    always less than one PDU, so the rest of that PDU is still to come on the socket, where the
+    DUL's readiness check sees it.
     """
-    # Anything still queued for the state machine must reach the file first.
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self.sock = sock
+        self.timeout = timeout
+        self.buf = bytearray()  # sized on the first receive
+        self.start = 0
+        self.end = 0
+        self.partial_since = 0.0  # when the first byte of the buffered partial PDU arrived
+        sock.settimeout(timeout)
+
+    @property
+    def buffered(self) -> int:
+        return self.end - self.start
+
+    def header(self) -> tuple[int, int] | None:
+        """(type, length) of the PDU at ``start``, once its 6-byte header is buffered."""
+        if self.end - self.start < 6:
+            return None
+        pdu_type, _, length = struct.unpack_from(">BBL", self.buf, self.start)
+        return pdu_type, length
+
+    def receive(self, need: int) -> int:
+        """One ``recv`` towards ``need`` buffered bytes; returns bytes received (0: closed).
+
+        Raises TimeoutError once the buffered PDU has taken ``timeout`` since its first byte.
+        """
+        if len(self.buf) - self.start < need + _CHUNK:
+            # Move the partial PDU to the front of a buffer large enough (the consumed bytes
+            # are written out already). A new buffer's pages are only touched as data arrives.
+            n = self.end - self.start
+            if len(self.buf) < need + _CHUNK:
+                grown = bytearray(need + _CHUNK)
+                grown[:n] = self.buf[self.start : self.end]
+                self.buf = grown
+            else:
+                self.buf[:n] = self.buf[self.start : self.end]
+            self.start, self.end = 0, n
+        now = time.monotonic()
+        if self.buffered == 0:
+            self.partial_since = now
+            timeout = self.timeout
+        else:
+            timeout = self.partial_since + self.timeout - now
+            if timeout <= 0:
+                raise TimeoutError(f"{self.buffered} of {need} bytes")
+        if timeout != self.timeout:
+            self.sock.settimeout(timeout)
+        try:
+            with memoryview(self.buf) as view:
+                got = self.sock.recv_into(view[self.end :], _CHUNK)
+        finally:
+            if timeout != self.timeout:
+                self.sock.settimeout(self.timeout)
+        if got and self.buffered == 0:
+            self.partial_since = time.monotonic()
+        self.end += got
+        return got
+
+    def take(self, length: int) -> tuple[int, int]:
+        """Consume the PDU of ``length`` bytes (header included) at ``start``: its span."""
+        span = (self.start, self.start + length)
+        self.start += length
+        if self.start == self.end:
+            self.start = self.end = 0
+        else:
+            self.partial_since = time.monotonic()
+        return span
+
+    def waiting(self, timeout: float) -> bool:
+        """Is more of the peer's data here or arriving (within ``timeout`` seconds)?"""
+        return self.buffered > 0 or _data_waiting(self.sock, timeout)
+
+
+def _fragment_spans(dul: Any, buf: bytearray, start: int, stop: int) -> list[tuple[int, int]]:
+    """Where the dataset bytes of the P-DATA-TF in ``buf[start:stop]`` are, if it can stream.
+
+    It can when every PDV is a dataset fragment, not the last, of the message whose command
+    was decoded on the same presentation context, that message is being received into a file,
+    and nothing is still queued for the state machine. Otherwise [] and the DUL decodes it.
+    """
     if dul.state_machine.current_state != "Sta6" or not dul._recv_pdu.empty():
-        return False
+        return []
     message = getattr(dul.assoc.dimse, "message", None)
-    target = getattr(message, "_data_set_file", None)
-    if target is None:
-        return False
+    if getattr(message, "_data_set_file", None) is None:
+        return []
     context_id = getattr(message, "context_id", None)
     spans = []
-    offset, end = 6, len(data)
-    while offset < end:
-        if end - offset < 6:
-            return False
-        item_length, pdv_context, control = struct.unpack_from(">LBB", data, offset)
-        stop = offset + 4 + item_length
+    offset = start + 6
+    while offset < stop:
+        if stop - offset < 6:
+            return []
+        item_length, pdv_context, control = struct.unpack_from(">LBB", buf, offset)
+        end = offset + 4 + item_length
         # A command fragment (bit 0) or the last dataset fragment (bit 1) goes to the DUL.
-        if item_length < 2 or stop > end or pdv_context != context_id or control & 0x03:
-            return False
-        spans.append((offset + 6, stop))
-        offset = stop
+        if item_length < 2 or end > stop or pdv_context != context_id or control & 0x03:
+            return []
+        spans.append((offset + 6, end))
+        offset = end
+    return spans
+
+
+def _write_spans(target: Any, buf: bytearray, spans: list[tuple[int, int]]) -> None:
+    """Append ``buf``'s spans to the dataset file, in one system call for a real file."""
+    if target is None:  # cannot happen: the spans were taken for a message with a file
+        raise RuntimeError("streamed dataset fragments without a dataset file")
     out = getattr(target, "file", target)  # the buffered file under NamedTemporaryFile
-    view = memoryview(data)
-    for start, stop in spans:
-        out.write(view[start:stop])
-    return True
+    with memoryview(buf) as view:
+        parts = [view[a:b] for a, b in spans]
+        try:
+            fd = out.fileno()
+        except (AttributeError, OSError):  # a PartialDataset: discards what it is given
+            for part in parts:
+                out.write(part)
+            return
+        out.flush()  # pynetdicom's buffered file meta header goes first
+        written = os.writev(fd, parts)
+        total = sum(len(p) for p in parts)
+        if written < total:  # a short write: the rest, in order
+            rest = memoryview(b"".join(parts))[written:]
+            while rest:
+                rest = rest[os.write(fd, rest) :]
+        for part in parts:
+            part.release()
 
 
 def _data_waiting(sock: Any, timeout: float) -> bool:
@@ -220,39 +240,42 @@ def install_reader(
 ) -> None:
     """Replace ``dul``'s PDU reader with one that enforces ``limits``.
 
-    ``on_pdata(dul, length)`` is called for each P-DATA-TF after it was read and before the DUL
-    decodes it (or its fragments are streamed: ``stream_datasets``).
+    ``on_pdata(dul, length)`` is called before P-DATA-TF bytes are handed on: for each PDU the
+    DUL decodes, and for each run of streamed PDUs before it is written (``stream_datasets``).
     """
-
     inbox: list[_Inbox] = []  # made on the first read, once the DUL has its socket
 
-    def read_pdu(self: Any, box: _Inbox) -> tuple[int, bytearray | memoryview] | None:
-        """One PDU, or None when an event (closed, abort) has been queued instead."""
-        deadline = time.monotonic() + limits.timeout
+    def complete_pdu(self: Any, box: _Inbox) -> tuple[int, int] | None:
+        """Receive until a whole PDU is buffered: (type, length); None if an event was queued."""
         try:
-            head = box.header(deadline)
-            if head is None:
-                self.event_queue.put("Evt17")  # the peer closed the connection
-                return None
-            pdu_type, _, length = struct.unpack(">BBL", head)
-            if pdu_type not in _KNOWN_TYPES:
-                logger.warning("%s sent an unknown PDU type 0x%02X; aborting", peer, pdu_type)
-                self.event_queue.put("Evt19")
-                return None
-            if length > limits.limit(pdu_type):
-                logger.warning(
-                    "%s declared a %d-byte PDU of type 0x%02X (limit %d); aborting",
-                    peer,
-                    length,
-                    pdu_type,
-                    limits.limit(pdu_type),
-                )
-                self.event_queue.put("Evt19")
-                return None
-            data = box.payload(head, length, deadline, shared=pdu_type == P_DATA_TF)
-            if data is None:
-                self.event_queue.put("Evt17")
-                return None
+            while True:
+                head = box.header()
+                if head is not None:
+                    pdu_type, length = head
+                    if pdu_type not in _KNOWN_TYPES:
+                        logger.warning(
+                            "%s sent an unknown PDU type 0x%02X; aborting", peer, pdu_type
+                        )
+                        self.event_queue.put("Evt19")
+                        return None
+                    if length > limits.limit(pdu_type):
+                        logger.warning(
+                            "%s declared a %d-byte PDU of type 0x%02X (limit %d); aborting",
+                            peer,
+                            length,
+                            pdu_type,
+                            limits.limit(pdu_type),
+                        )
+                        self.event_queue.put("Evt19")
+                        return None
+                    if box.buffered >= 6 + length:
+                        return head
+                    need = 6 + length
+                else:
+                    need = 6
+                if box.receive(need) == 0:
+                    self.event_queue.put("Evt17")  # the peer closed the connection
+                    return None
         except TimeoutError as exc:
             logger.warning(
                 "%s did not send a whole PDU within %.0f s (%s); closing", peer, limits.timeout, exc
@@ -262,7 +285,51 @@ def install_reader(
         except OSError:
             self.event_queue.put("Evt17")
             return None
-        return pdu_type, data
+
+    def hand_on(self: Any, box: _Inbox) -> bool:
+        """Stream or queue every whole PDU buffered, in order; True if the DUL has work."""
+        spans: list[tuple[int, int]] = []
+        streamed = 0
+
+        def flush() -> None:
+            nonlocal streamed
+            if spans:
+                if on_pdata is not None:
+                    on_pdata(self, streamed)
+                # Checked when the spans were taken; on_pdata may have swapped in a discard.
+                message = getattr(self.assoc.dimse, "message", None)
+                _write_spans(getattr(message, "_data_set_file", None), box.buf, spans)
+                spans.clear()
+                streamed = 0
+
+        queued = False
+        while True:
+            head = box.header()
+            if head is None or box.buffered < 6 + head[1]:
+                break
+            pdu_type, length = head
+            start, stop = box.take(6 + length)
+            if pdu_type == P_DATA_TF and stream_datasets and not queued:
+                mine = _fragment_spans(self, box.buf, start, stop)
+                if mine:
+                    spans.extend(mine)
+                    streamed += length
+                    continue
+            flush()  # what came before goes first
+            if pdu_type == P_DATA_TF and on_pdata is not None:
+                on_pdata(self, length)
+            try:
+                # The DUL keeps what it decodes: a copy, not the shared buffer.
+                decoded, event = self._decode_pdu(box.buf[start:stop])
+            except Exception as exc:
+                logger.warning("%s sent an undecodable PDU of type 0x%02X: %s", peer, pdu_type, exc)
+                self.event_queue.put("Evt19")
+                return True
+            self.event_queue.put(event)
+            self._recv_pdu.put(decoded)
+            queued = True
+        flush()
+        return queued
 
     def read(self: Any) -> None:
         sock = getattr(self.socket, "socket", None)
@@ -272,30 +339,17 @@ def install_reader(
         if not inbox or inbox[0].sock is not sock:
             inbox[:] = [_Inbox(sock, limits.timeout)]
         box = inbox[0]
-        for _ in range(_STREAM_BATCH):
-            pdu = read_pdu(self, box)
-            if pdu is None:
-                return
-            pdu_type, data = pdu
-            if pdu_type == P_DATA_TF:
-                if on_pdata is not None:
-                    on_pdata(self, len(data) - 6)
-                if stream_datasets and _write_fragments(self, data):
-                    if self._kill_thread or not box.waiting(_NEXT_PDU_WAIT):
-                        return
-                    continue
-            try:
-                # The DUL keeps what it decodes: its own copy, not the shared buffer.
-                decoded, event = self._decode_pdu(
-                    bytearray(data) if isinstance(data, memoryview) else data
-                )
-            except Exception as exc:
-                logger.warning("%s sent an undecodable PDU of type 0x%02X: %s", peer, pdu_type, exc)
-                self.event_queue.put("Evt19")
-                return
-            self.event_queue.put(event)
-            self._recv_pdu.put(decoded)
+        if not self._recv_pdu.empty():
+            # Let the DUL work through what is queued first (a command, the fragments that
+            # came with it): until then nothing can stream, and reading on would queue all of
+            # the dataset behind it. What is buffered is less than a PDU, the rest waits on
+            # the socket.
             return
+        for _ in range(_STREAM_BATCH):
+            if complete_pdu(self, box) is None or hand_on(self, box) or self._kill_thread:
+                return
+            if not box.waiting(_NEXT_PDU_WAIT):
+                return
 
     dul._read_pdu_data = MethodType(read, dul)
     # Sends to a peer that stops reading fail after the same time instead of blocking forever.

@@ -23,7 +23,8 @@ through the temporary file's wrapper with a flush, then sleep 1 ms in its reacto
 reading the next PDU. Here its fragments are written from the receive buffer into the same
 file, in order, and the socket is read again at once while more data is waiting. A PDU the DUL
 must see is copied out and queued with its event, after everything before it has been written;
-once one is queued, the rest of that read goes to the DUL too. Nothing binds EVT_PDU_RECV or
+what follows it waits in the buffer until the DUL has acted on it (a C-STORE command opens the
+file its fragments then stream into). Nothing binds EVT_PDU_RECV or
 EVT_DATA_RECV in this node, the two events this path does not fire.
 
 Upstream would need a maximum PDU length on receive and a read deadline in
@@ -92,8 +93,9 @@ class _Inbox:
     """One association's receive buffer: ``buf[start:end]`` holds bytes not yet consumed.
 
     Whole PDUs are taken from it in order. What is left after the reader returns to the DUL is
-    always less than one PDU, so the rest of that PDU is still to come on the socket, where the
-    DUL's readiness check sees it.
+    either less than one PDU (the rest is still to come on the socket, where the DUL's readiness
+    check sees it) or PDUs held back behind one the DUL has still to act on (the reader's
+    ``transport_event`` hands them on next).
     """
 
     def __init__(self, sock: socket.socket, timeout: float) -> None:
@@ -309,7 +311,7 @@ def install_reader(
                 break
             pdu_type, length = head
             start, stop = box.take(6 + length)
-            if pdu_type == P_DATA_TF and stream_datasets and not queued:
+            if pdu_type == P_DATA_TF and stream_datasets:
                 mine = _fragment_spans(self, box.buf, start, stop)
                 if mine:
                     spans.extend(mine)
@@ -327,7 +329,11 @@ def install_reader(
                 return True
             self.event_queue.put(event)
             self._recv_pdu.put(decoded)
+            # Leave the rest buffered until the DUL has acted on it: after a C-STORE command,
+            # the fragments that came with it stream once the command has opened its file.
+            # (``transport_event`` brings the DUL back here for them.)
             queued = True
+            break
         flush()
         return queued
 
@@ -351,7 +357,32 @@ def install_reader(
             if not box.waiting(_NEXT_PDU_WAIT):
                 return
 
+    def buffered_pdu(box: _Inbox) -> bool:
+        """Is a whole PDU (or a header to refuse) waiting in the buffer, not on the socket?"""
+        head = box.header()
+        if head is None:
+            return False
+        pdu_type, length = head
+        invalid = pdu_type not in _KNOWN_TYPES or length > limits.limit(pdu_type)
+        return invalid or box.buffered >= 6 + length
+
+    original_transport_event = dul._is_transport_event
+
+    def transport_event(self: Any) -> bool:
+        # pynetdicom reads only when the socket is readable; PDUs this reader has buffered
+        # but not handed on yet are not on the socket any more.
+        if (
+            inbox
+            and self.state_machine.current_state != "Sta13"
+            and self._recv_pdu.empty()
+            and buffered_pdu(inbox[0])
+        ):
+            self._read_pdu_data()
+            return True
+        return bool(original_transport_event())
+
     dul._read_pdu_data = MethodType(read, dul)
+    dul._is_transport_event = MethodType(transport_event, dul)
     # Sends to a peer that stops reading fail after the same time instead of blocking forever.
     sock = getattr(dul.socket, "socket", None)
     if sock is not None:

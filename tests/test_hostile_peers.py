@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
@@ -390,3 +391,20 @@ def test_negotiation_error_is_aborted_not_a_thread_crash(start_node, monkeypatch
     wait_for(lambda: node.listener.open_connections == 0, timeout=5)
     assert crashed == []
     assert _echo_time(node) < 5
+
+
+def test_a_whole_store_and_a_pipelined_echo_in_one_write_are_both_answered(start_node) -> None:  # type: ignore[no-untyped-def]
+    """The reader's buffer: a command, ~60 fragments and the last one, then a C-ECHO that the
+    peer did not wait to send, all in one TCP write. Everything after the command waits in the
+    buffer until the DUL has acted on it, and nothing is left there unanswered."""
+    node = start_node()
+    ds = factories.radiograph(modality="CR", rows=1024, columns=1024, bits=16)
+    burst = b"".join(store_rq(ds)) + b"".join(echo_rq(context_id=1, message_id=2))
+    with RawPeer(node.listener.port) as peer:
+        assert peer.associate().pdu_type == A_ASSOCIATE_AC
+        peer.send(burst)
+        assert dimse_response_status(peer.receive()) == 0x0000  # the C-STORE
+        assert dimse_response_status(peer.receive()) == 0x0000  # the C-ECHO
+    (row,) = rows(node.engine, Instance)
+    assert row.sop_instance_uid == ds.SOPInstanceUID and row.spool_path
+    assert pydicom.dcmread(node.listener.spool.path_of(row.spool_path)).PixelData == ds.PixelData

@@ -79,6 +79,27 @@ def _wait(db: Path, uids: list[str], timeout: float) -> None:
     raise TimeoutError("results did not arrive in time")
 
 
+def _timeline(db: Path, uid: str) -> list[tuple[str, float]]:
+    """Where a study's time went: each state it entered and each pipeline step, in ms."""
+    events = _rows(
+        db,
+        """
+        select e.to_state, e.at from study_events e join studies s on s.id = e.study_id
+        where s.study_instance_uid = ? order by e.id""",
+        uid,
+    )
+    start = next(_ts(at) for state, at in events if state == "complete")
+    out = [(f"-> {state}", (_ts(at) - start) * 1000) for state, at in events if _ts(at) >= start]
+    steps = _rows(
+        db,
+        """
+        select t.step, t.seconds from step_timings t join studies s on s.id = t.study_id
+        where s.study_instance_uid = ? order by t.id""",
+        uid,
+    )
+    return out + [(f"step {step}", seconds * 1000) for step, seconds in steps]
+
+
 def _ready(port: int, timeout: float) -> float:
     """Seconds until the worker's /readyz says ready."""
     start = time.monotonic()
@@ -112,6 +133,7 @@ class PipelineResult:
     batch_size: int
     ready_after: float
     first: float
+    first_timeline: list[tuple[str, float]]
     latencies: list[float]
     bursts: list[Burst]
     steps: list[tuple[str, float, int]]
@@ -174,6 +196,7 @@ def measure(
         send_files([first_path])
         _wait(db, [first_uid], 120)
         first = _latency(db, first_uid) or 0.0
+        first_path_taken = _timeline(db, first_uid)
 
         latencies = []
         for uid, path in rest:
@@ -222,6 +245,7 @@ def measure(
         args.batch_size,
         ready_after,
         first,
+        first_path_taken,
         latencies,
         [Burst(*t) for t in throughput],
         steps,
@@ -236,6 +260,7 @@ def print_result(r: PipelineResult) -> None:
     )
     print(f"worker ready (model loaded and warmed up) {r.ready_after:.1f} s after start")
     print(f"first study after ready: completion -> SC+SR accepted in {r.first * 1000:.0f} ms")
+    print("  " + ", ".join(f"{name} {ms:.0f}" for name, ms in r.first_timeline))
     print(
         f"latency, {len(r.latencies)} studies one at a time: "
         f"p50 {statistics.median(r.latencies) * 1000:.0f} ms, "

@@ -67,6 +67,7 @@ class Node:
     store: NodeStore
     listener: Listener
     monitor: CompletionMonitor
+    enqueue: StudyEnqueuer
     observability: Any = None
 
     def start(self) -> None:
@@ -75,6 +76,9 @@ class Node:
         self.store.close_orphaned_associations()
         self.listener.start()
         self.monitor.start()
+        # The first study should not pay for the broker connection; a broker that is slow or
+        # down must not hold up the listener either.
+        threading.Thread(target=self.enqueue.connect, name="broker-connect", daemon=True).start()
         self.observability = start_observability(
             self.store.sessions, self.settings, self.settings.metrics_port
         )
@@ -108,7 +112,7 @@ def build_node(settings: Settings) -> Node:
     )
     listener = Listener(listener_config(settings), spool, store)
     monitor = CompletionMonitor(store, settings.monitor_interval)
-    return Node(settings, engine, store, listener, monitor)
+    return Node(settings, engine, store, listener, monitor, enqueue)
 
 
 def serve(settings: Settings) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 
 from worker.db.models import Study
+
+logger = logging.getLogger(__name__)
 
 
 def study_task_id(study: Study) -> str:
@@ -29,6 +33,18 @@ class StudyEnqueuer:
         self.app = app
         self.task_name = task_name
         self.queue = queue
+
+    def connect(self) -> None:
+        """Open the publishing connection and declare the queue now, not on the first study.
+
+        A broker that is down only costs a log line: the outbox sends when it is back.
+        """
+        try:
+            with self.app.producer_or_acquire() as producer:
+                producer.connection.ensure_connection(max_retries=1)
+                producer.maybe_declare(self.app.amqp.queues[self.queue])
+        except Exception as exc:
+            logger.warning("broker not reachable yet (%s); studies wait in the outbox", exc)
 
     def __call__(self, study: Study) -> str:
         task_id = study_task_id(study)

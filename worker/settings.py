@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     delivery_backoff: float = Field(10.0, ge=0)
     worker_concurrency: int = Field(1, ge=1)
     batch_size: int = Field(8, ge=1)
-    batch_wait: float = Field(0.05, ge=0, le=5)
+    batch_wait: float = Field(0.02, ge=0, le=5)
     sc_max_size: int = Field(1280, ge=0)
     # Observability: /metrics, /healthz, /readyz (port 0: off)
     metrics_bind: str = "127.0.0.1"

@@ -509,3 +509,26 @@ def test_queued_studies_share_one_model_call_with_their_own_results(start_node, 
     ]
     # The fourth (the dog) is processed by its own task: refused alone, skipped.
     assert pipeline.process_batch(studies[3].id, studies[3].revision)[0].state == "skipped"
+
+
+def test_a_task_whose_study_is_in_a_dead_batch_works_meanwhile_then_takes_it_over(
+    start_node, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from worker import claims
+    from worker.db.models import QUEUED
+
+    node = start_node(batch_size=4, batch_wait=0.0)
+    cr = shared_file("cr_pa_chest_jpeg_baseline.dcm")
+    studies = [_received(node, [_as_new_study(cr, tmp_path / f"cr{n}.dcm")]) for n in range(3)]
+    for study in studies:
+        wait_for(lambda uid=study.study_instance_uid: _study(node, uid).state == QUEUED)
+    sessions = make_session_factory(node.engine)
+    # A batch whose worker died after taking the oldest study.
+    (held,) = claims.claim_waiting(sessions, leader=10**9, limit=1)
+    assert held.study_id == studies[0].id
+    monkeypatch.setattr(claims, "BATCH_LEASE", 2.0)
+    outcomes = _pipeline(node).process_batch(studies[0].id, studies[0].revision)
+    # Its own task batched the two others meanwhile, then took its study over from the dead
+    # batch once the lease ran out: first outcome its own.
+    assert [o.state for o in outcomes] == ["done", "done", "done"]
+    assert all(_study(node, s.study_instance_uid).state == "done" for s in studies)

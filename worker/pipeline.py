@@ -191,16 +191,27 @@ class Pipeline:
         """Process a study together with up to ``batch_size - 1`` other queued studies.
 
         Their images go through the model in one call; everything else is per study, as if
-        each had been processed alone. The first outcome is ``study_id``'s. A study that fails
-        is recorded ``failed`` and its outcome carries the exception; the others go on.
+        each had been processed alone. The first outcome is ``study_id``'s; the others follow
+        (also those of a batch taken while another task's batch held ``study_id``). A study
+        that fails is recorded ``failed`` and its outcome carries the exception; the others go
+        on.
         """
         size = self.settings.batch_size if batch_size is None else batch_size
         reason = claim(self.sessions, study_id, revision)
+        meanwhile: list[Outcome] = []
         if reason == IN_BATCH:
+            # Another task's batch holds our study. Rather than wait idle, take a batch of what
+            # else is queued; then see what became of ours.
+            if size > 1:
+                others = claim_waiting(self.sessions, study_id, size, 0.0)
+                if others:
+                    meanwhile = self._process(others)
             reason = wait_for_batch(self.sessions, study_id, revision)
         if reason is not None:
             logger.info("study %d revision %d not processed: %s", study_id, revision, reason)
-            return [Outcome(reason)]
+            return [Outcome(reason), *meanwhile]
+        if meanwhile:  # our study came back to us (its batch died): alone, it is late already
+            return [*self._process([Claimed(study_id, revision)]), *meanwhile]
         batch = [Claimed(study_id, revision)]
         if size > 1:
             batch += claim_waiting(self.sessions, study_id, size - 1, self.settings.batch_wait)

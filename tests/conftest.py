@@ -53,6 +53,18 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def sessions(db_url: str) -> Iterator[Any]:
+    """A session factory on a migrated database (SQLite and PostgreSQL, via ``db_url``)."""
+    from worker.db.engine import make_engine, make_session_factory
+    from worker.db.migrate import ensure_schema
+
+    engine = make_engine(db_url)
+    ensure_schema(engine, auto_migrate=True)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path)
     server.start()

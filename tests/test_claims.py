@@ -4,25 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 
 from worker import claims
 from worker.claims import BATCHED, IN_BATCH, claim, claim_waiting, wait_for_batch
-from worker.db.engine import make_engine, make_session_factory
-from worker.db.migrate import ensure_schema
 from worker.db.models import Study, StudyEvent, StudyState
 from worker.db.transitions import created, move
 
 _PATH = [StudyState.COMPLETE, StudyState.QUEUEING, StudyState.QUEUED]
-
-
-@pytest.fixture
-def sessions(db_url: str):  # type: ignore[no-untyped-def]
-    engine = make_engine(db_url)
-    ensure_schema(engine, auto_migrate=True)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def _study(sessions: Any, uid: str, upto: StudyState) -> int:

@@ -6,18 +6,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker.db.engine import make_engine, make_session_factory
-from worker.db.migrate import ensure_schema
 from worker.db.models import TRANSITIONS, Study, StudyEvent, StudyState
 from worker.db.transitions import InvalidTransitionError, created, move
-
-
-@pytest.fixture
-def sessions(db_url: str):  # type: ignore[no-untyped-def]
-    engine = make_engine(db_url)
-    ensure_schema(engine, auto_migrate=True)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def _new_study(sessions, uid: str = "1.2.3") -> int:  # type: ignore[no-untyped-def]

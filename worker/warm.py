@@ -9,21 +9,11 @@ marks of children still alive; ``cxr-triage run`` reads the same folder from out
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from pathlib import Path
 
+from worker.pids import pid_alive
 from worker.settings import Settings
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class WarmMarks:
@@ -39,7 +29,7 @@ class WarmMarks:
         # Marks of workers that are gone would otherwise pile up.
         for old in self.folder.parent.glob("worker-*"):
             pid = old.name.removeprefix("worker-")
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(old, ignore_errors=True)
 
     def mark(self, pid: int, seconds: float) -> None:
@@ -60,7 +50,7 @@ class WarmMarks:
         if not self.folder.is_dir():
             return []
         return [
-            p for p in self.folder.glob(f"*{suffix}") if p.stem.isdigit() and _alive(int(p.stem))
+            p for p in self.folder.glob(f"*{suffix}") if p.stem.isdigit() and pid_alive(int(p.stem))
         ]
 
     def check(self, expected: int) -> str:

@@ -32,6 +32,7 @@ from worker.db.models import (
     StudyState,
 )
 from worker.db.transitions import created, move
+from worker.pids import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -267,7 +268,7 @@ class NodeStore:
             ).all()
             for row in rows:
                 pid = int(row.node.rsplit(":", 1)[1])
-                if pid != os.getpid() and _pid_alive(pid):
+                if pid != os.getpid() and pid_alive(pid):
                     continue
                 row.ended_at = _now()
                 row.outcome = "interrupted"
@@ -492,13 +493,3 @@ class NodeStore:
                     expect=[DELIVERING],
                 )
         return len(waiting)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -78,6 +78,14 @@ class PduLimits:
             return (self.max_pdata or MAX_UNLIMITED_PDATA) + 6 * 16
         return MAX_ASSOCIATION_PDU
 
+    def refusal(self, pdu_type: int, length: int) -> str | None:
+        """Why a PDU with this header is refused unread, or None."""
+        if pdu_type not in _KNOWN_TYPES:
+            return f"an unknown PDU type 0x{pdu_type:02X}"
+        if length > self.limit(pdu_type):
+            return f"a {length}-byte PDU of type 0x{pdu_type:02X} (limit {self.limit(pdu_type)})"
+        return None
+
 
 #: Bytes asked of the socket per ``recv`` (several 128 KiB PDUs at once when they are waiting).
 _CHUNK = 2**20
@@ -105,7 +113,6 @@ class _Inbox:
         self.start = 0
         self.end = 0
         self.partial_since = 0.0  # when the first byte of the buffered partial PDU arrived
-        sock.settimeout(timeout)
 
     @property
     def buffered(self) -> int:
@@ -134,12 +141,10 @@ class _Inbox:
             else:
                 self.buf[:n] = self.buf[self.start : self.end]
             self.start, self.end = 0, n
-        now = time.monotonic()
         if self.buffered == 0:
-            self.partial_since = now
-            timeout = self.timeout
+            timeout = self.timeout  # a new PDU: its clock starts with its first byte
         else:
-            timeout = self.partial_since + self.timeout - now
+            timeout = self.partial_since + self.timeout - time.monotonic()
             if timeout <= 0:
                 raise TimeoutError(f"{self.buffered} of {need} bytes")
         if timeout != self.timeout:
@@ -238,12 +243,11 @@ def install_reader(
     *,
     on_pdata: Callable[[Any, int], None] | None = None,
     peer: str = "?",
-    stream_datasets: bool = True,
 ) -> None:
     """Replace ``dul``'s PDU reader with one that enforces ``limits``.
 
     ``on_pdata(dul, length)`` is called before P-DATA-TF bytes are handed on: for each PDU the
-    DUL decodes, and for each run of streamed PDUs before it is written (``stream_datasets``).
+    DUL decodes, and for each run of streamed PDUs before it is written.
     """
     inbox: list[_Inbox] = []  # made on the first read, once the DUL has its socket
 
@@ -254,20 +258,9 @@ def install_reader(
                 head = box.header()
                 if head is not None:
                     pdu_type, length = head
-                    if pdu_type not in _KNOWN_TYPES:
-                        logger.warning(
-                            "%s sent an unknown PDU type 0x%02X; aborting", peer, pdu_type
-                        )
-                        self.event_queue.put("Evt19")
-                        return None
-                    if length > limits.limit(pdu_type):
-                        logger.warning(
-                            "%s declared a %d-byte PDU of type 0x%02X (limit %d); aborting",
-                            peer,
-                            length,
-                            pdu_type,
-                            limits.limit(pdu_type),
-                        )
+                    refused = limits.refusal(pdu_type, length)
+                    if refused is not None:
+                        logger.warning("%s sent %s; aborting", peer, refused)
                         self.event_queue.put("Evt19")
                         return None
                     if box.buffered >= 6 + length:
@@ -311,7 +304,7 @@ def install_reader(
                 break
             pdu_type, length = head
             start, stop = box.take(6 + length)
-            if pdu_type == P_DATA_TF and stream_datasets:
+            if pdu_type == P_DATA_TF:
                 mine = _fragment_spans(self, box.buf, start, stop)
                 if mine:
                     spans.extend(mine)
@@ -346,10 +339,10 @@ def install_reader(
             inbox[:] = [_Inbox(sock, limits.timeout)]
         box = inbox[0]
         if not self._recv_pdu.empty():
-            # Let the DUL work through what is queued first (a command, the fragments that
-            # came with it): until then nothing can stream, and reading on would queue all of
-            # the dataset behind it. What is buffered is less than a PDU, the rest waits on
-            # the socket.
+            # Let the DUL act on what is queued first (a command opens the file its fragments
+            # stream into): reading on would queue the whole dataset behind it. What is
+            # buffered meanwhile is handed on by ``transport_event``; the rest waits on the
+            # socket.
             return
         for _ in range(_STREAM_BATCH):
             if complete_pdu(self, box) is None or hand_on(self, box) or self._kill_thread:
@@ -363,8 +356,7 @@ def install_reader(
         if head is None:
             return False
         pdu_type, length = head
-        invalid = pdu_type not in _KNOWN_TYPES or length > limits.limit(pdu_type)
-        return invalid or box.buffered >= 6 + length
+        return limits.refusal(pdu_type, length) is not None or box.buffered >= 6 + length
 
     original_transport_event = dul._is_transport_event
 

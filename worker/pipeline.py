@@ -164,7 +164,8 @@ class Pipeline:
         from models.imaging import dicom_to_image, shrink_factor
 
         start = time.perf_counter()
-        ds = radiograph(rows=2000, columns=2400, bits=16, seed=1)
+        # Large enough to be decimated for the SC, small enough to make quickly.
+        ds = radiograph(rows=1400, columns=1700, bits=16, seed=1)
         image = dicom_to_image(ds)
         shrink = shrink_factor(image.shape, self.settings.sc_max_size)
         pred = self.model.warm_up(image, shrink)  # type: ignore[attr-defined]
@@ -221,11 +222,22 @@ class Pipeline:
 
     def _process(self, batch: list[Claimed]) -> list[Outcome]:
         """load -> infer (one model call for the batch) -> decide -> build -> record."""
+        with self.sessions() as s:
+            found = s.execute(
+                select(Study.id, Study.study_instance_uid).where(
+                    Study.id.in_([c.study_id for c in batch])
+                )
+            )
+            uids = {study_id: uid for study_id, uid in found}
         timers = {c.study_id: Timer() for c in batch}
         outcomes: dict[int, Outcome] = {}
         loaded: dict[int, _Loaded] = {}
+
+        def failing(c: Claimed) -> Any:
+            return self._failing_study(c, uids.get(c.study_id, f"study-id-{c.study_id}"), outcomes)
+
         for c in batch:
-            with self._failing_study(c, outcomes):
+            with failing(c):
                 loaded[c.study_id] = self._load(c.study_id, timers[c.study_id])
         try:
             inferred = self._infer(loaded, timers)
@@ -233,12 +245,11 @@ class Pipeline:
             inferred = {}
             for c in batch:
                 if c.study_id in loaded:
-                    with self._failing_study(c, outcomes):
-                        raise exc
+                    self._fail(c, exc, outcomes)
         for c in batch:
             if c.study_id not in inferred:
                 continue
-            with self._failing_study(c, outcomes):
+            with failing(c):
                 timer, done = timers[c.study_id], inferred[c.study_id]
                 if not done.any_kept:
                     outcomes[c.study_id] = self._skip_refused(
@@ -255,20 +266,20 @@ class Pipeline:
         return [outcomes[c.study_id] for c in batch]
 
     @contextmanager
-    def _failing_study(self, c: Claimed, outcomes: dict[int, Outcome]) -> Iterator[None]:
+    def _failing_study(self, c: Claimed, uid: str, outcomes: dict[int, Outcome]) -> Iterator[None]:
         """Run one study's step; on an exception record it ``failed`` and leave the rest be."""
-        with self.sessions() as s:
-            study = s.get(Study, c.study_id)
-            uid = study.study_instance_uid if study else f"study-id-{c.study_id}"
         with study_context(uid):
             try:
                 yield
             except Exception as exc:
-                logger.exception("study %d failed", c.study_id)
-                with self.sessions.begin() as s:
-                    detail = f"{type(exc).__name__}: {exc}"[:2000]
-                    move(s, c.study_id, FAILED, detail, expect=[PROCESSING])
-                outcomes[c.study_id] = Outcome(FAILED, error=exc)
+                self._fail(c, exc, outcomes)
+
+    def _fail(self, c: Claimed, exc: Exception, outcomes: dict[int, Outcome]) -> None:
+        logger.exception("study %d failed", c.study_id, exc_info=exc)
+        with self.sessions.begin() as s:
+            detail = f"{type(exc).__name__}: {exc}"[:2000]
+            move(s, c.study_id, FAILED, detail, expect=[PROCESSING])
+        outcomes[c.study_id] = Outcome(FAILED, error=exc)
 
     def _load(self, study_id: int, timer: Timer) -> _Loaded:
         """The study's eligible, spooled instances, read and turned into display images."""

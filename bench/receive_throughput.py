@@ -147,32 +147,44 @@ def run_ours(
         "CXR_FSYNC": "true" if fsync else "false",
         "CXR_MAX_PDU": "131072",
         "CXR_QUIET_SECONDS": "3600",  # completion and queueing are not what we measure here
-        "CXR_REUSE_PORT": "true" if processes > 1 else "false",
         "CXR_LOG_LEVEL": "WARNING",
         "CXR_METRICS_PORT": "0",  # N processes cannot share one metrics port
     }
     target.mkdir(parents=True)
-    # Create the schema once, before several processes race to do it.
-    subprocess.run(
-        [sys.executable, "-m", "worker.cli.main", "db", "upgrade"],
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        cwd=ROOT,
-    )
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "worker.cli.main", "listen"], env=env, cwd=ROOT)
-        for _ in range(processes)
-    ]
+    command = [sys.executable, "-m", "worker.cli.main", "listen", "--processes", str(processes)]
+    proc = subprocess.Popen(command, env=env, cwd=ROOT)
     try:
         wait_port(port)
-        time.sleep(1.0 if processes > 1 else 0.2)  # let every process bind
+        wait_started(proc.pid, processes)
         return send(files, port, "CXR_TRIAGE", associations)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait(30)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def wait_started(pid: int, processes: int, timeout: float = 60.0) -> None:
+    """Wait until the listener (and its ``processes`` children) stop using CPU: started.
+
+    With ``--processes N`` the port opens before the children have imported anything, and
+    children still starting would take CPU from the run being measured.
+    """
+    deadline = time.monotonic() + timeout
+    last = -1
+    while time.monotonic() < deadline:
+        pids = [pid]
+        if processes > 1:
+            pids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        ticks = sum(_cpu_ticks(int(p)) for p in pids)
+        if len(pids) == processes and 0 <= ticks - last <= 2:  # under 4% of a core
+            return
+        last = ticks
+        time.sleep(0.5)
+    raise TimeoutError("the listener processes did not settle")
 
 
 @dataclass

@@ -60,6 +60,10 @@ _SWEEP_INTERVAL = 30.0
 _SPACE_CHECK_BYTES = 4 * 2**20
 # Requested receive buffer per association (the kernel caps it at net.core.rmem_max * 2).
 _RCVBUF = 8 * 2**20
+# On a socket shared by sibling processes, how long a process waits per connection it already
+# holds before it accepts a new one (at most _MAX_DEFERRED of them): an idle sibling takes it.
+_DEFER_PER_CONNECTION = 0.01
+_MAX_DEFERRED = 5
 
 
 @dataclass(frozen=True)
@@ -84,21 +88,54 @@ class ListenerConfig:
     keep_ineligible: bool = False
     reuse_port: bool = False
     ssl_context: ssl.SSLContext | None = None
+    #: File descriptor of a listening socket that sibling processes share (``listen
+    #: --processes N``): accept from it instead of binding one.
+    shared_socket: int | None = None
 
 
 class _Server(GuardedAssociationServer):
-    """The guarded server plus SO_REUSEPORT, a large receive buffer and incoming/ housekeeping."""
+    """The guarded server plus a shared or SO_REUSEPORT socket, a large receive buffer and
+    incoming/ housekeeping."""
 
     listener: Listener
 
     def server_bind(self) -> None:
-        if self.socket is not None:
-            if self.listener.config.reuse_port:
-                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            # Accepted sockets inherit a large receive buffer: pynetdicom's reader thread sleeps
-            # 1 ms when no data is waiting, and the sender should not stall meanwhile.
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
-        super().server_bind()
+        assert self.socket is not None  # made by TCPServer before it binds
+        shared = self.listener.config.shared_socket
+        if shared is not None:
+            self.socket.close()
+            self.socket = socket.socket(fileno=shared)
+            # Non-blocking: a sibling may take the connection between select() and accept().
+            self.socket.setblocking(False)
+            self.server_address = self.socket.getsockname()
+        elif self.listener.config.reuse_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        # Accepted sockets inherit a large receive buffer: the sender should not stall while
+        # the handler of the previous C-STORE runs.
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+        if shared is None:
+            super().server_bind()
+
+    def server_activate(self) -> None:
+        if self.listener.config.shared_socket is None:
+            super().server_activate()  # a shared socket is listening already
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        if self.listener.config.shared_socket is not None:
+            # Every sibling wakes for a new connection; the least busy accepts first. (The
+            # kernel's SO_REUSEPORT hash often gives one process two associations and another
+            # none.)
+            held = min(self.listener.open_connections, _MAX_DEFERRED)
+            if held:
+                time.sleep(held * _DEFER_PER_CONNECTION)
+        return super().get_request()  # BlockingIOError if a sibling was quicker: ignored
+
+    def server_close(self) -> None:
+        if self.listener.config.shared_socket is not None:
+            if self.socket is not None:
+                self.socket.close()  # shutdown() would stop the siblings' listening too
+            return
+        super().server_close()
 
     def service_actions(self) -> None:
         super().service_actions()

@@ -11,8 +11,9 @@ arrive. :func:`install_reader` gives one association's DUL a reader that
   4 KiB at a time: about 3,700 system calls and copies for a 15 MB image);
 - lets the owner look at P-DATA-TF bytes before they are handed on (``on_pdata``), so the
   listener can check free space as a dataset arrives;
-- streams the middle of a C-STORE dataset straight from that buffer into its file, every PDU
-  that arrived together in one ``writev`` (:func:`_fragment_spans`, :func:`_write_spans`).
+- streams the middle of a C-STORE dataset from that buffer into its file: the fragments of
+  every PDU that arrived together, gathered into one page-aligned area, in one ``write``
+  (:func:`_fragment_spans`, :meth:`_Inbox.gather`, :func:`_write_spans`).
 
 The DUL's state machine still decides what every other PDU means: association set-up, every
 command, the last fragment of each dataset (which completes the DIMSE message), release and
@@ -20,11 +21,11 @@ abort. A P-DATA-TF that carries only non-final dataset fragments of the message 
 changes nothing in that machine (Sta6 + Evt10 -> DT-2 -> Sta6); pynetdicom would decode it into
 PDV items, a primitive, an event and a queue entry, copy each fragment twice and write it
 through the temporary file's wrapper with a flush, then sleep 1 ms in its reactor loop before
-reading the next PDU. Here its fragments are written from the receive buffer into the same
-file, in order, and the socket is read again at once while more data is waiting. A PDU the DUL
-must see is copied out and queued with its event, after everything before it has been written;
-what follows it waits in the buffer until the DUL has acted on it (a C-STORE command opens the
-file its fragments then stream into). Nothing binds EVT_PDU_RECV or
+reading the next PDU. Here its fragments are gathered from the receive buffer and written into
+the same file, in order, and the socket is read again at once while more data is waiting. A
+PDU the DUL must see is copied out and queued with its event, after everything before it has
+been written; what follows it waits in the buffer until the DUL has acted on it (a C-STORE
+command opens the file its fragments then stream into). Nothing binds EVT_PDU_RECV or
 EVT_DATA_RECV in this node, the two events this path does not fire.
 
 Upstream would need a maximum PDU length on receive and a read deadline in
@@ -34,6 +35,7 @@ Upstream would need a maximum PDU length on receive and a read deadline in
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import select
 import socket
@@ -113,6 +115,7 @@ class _Inbox:
         self.start = 0
         self.end = 0
         self.partial_since = 0.0  # when the first byte of the buffered partial PDU arrived
+        self.stage: mmap.mmap | None = None  # page-aligned: see gather()
 
     @property
     def buffered(self) -> int:
@@ -170,6 +173,26 @@ class _Inbox:
             self.partial_since = time.monotonic()
         return span
 
+    def gather(self, spans: list[tuple[int, int]]) -> memoryview:
+        """The bytes of ``spans`` end to end, copied into a page-aligned area.
+
+        The fragments start 12 bytes into each PDU. The kernel's copy into the page cache from
+        such a source took several times the CPU of one from an aligned one while four
+        associations were received at once (perf: its share of samples fell from about 40%
+        to 10%), far more than this copy costs.
+        """
+        total = sum(b - a for a, b in spans)
+        if self.stage is None or len(self.stage) < total:
+            if self.stage is not None:
+                self.stage.close()
+            self.stage = mmap.mmap(-1, total + _CHUNK)
+        at = 0
+        with memoryview(self.buf) as view:
+            for a, b in spans:
+                self.stage[at : at + b - a] = view[a:b]
+                at += b - a
+        return memoryview(self.stage)[:total]
+
     def waiting(self, timeout: float) -> bool:
         """Is more of the peer's data here or arriving (within ``timeout`` seconds)?"""
         return self.buffered > 0 or _data_waiting(self.sock, timeout)
@@ -203,28 +226,21 @@ def _fragment_spans(dul: Any, buf: bytearray, start: int, stop: int) -> list[tup
     return spans
 
 
-def _write_spans(target: Any, buf: bytearray, spans: list[tuple[int, int]]) -> None:
-    """Append ``buf``'s spans to the dataset file, in one system call for a real file."""
+def _write_spans(target: Any, box: _Inbox, spans: list[tuple[int, int]]) -> None:
+    """Append the buffered spans to the dataset file, in one system call for a real file."""
     if target is None:  # cannot happen: the spans were taken for a message with a file
         raise RuntimeError("streamed dataset fragments without a dataset file")
     out = getattr(target, "file", target)  # the buffered file under NamedTemporaryFile
-    with memoryview(buf) as view:
-        parts = [view[a:b] for a, b in spans]
+    with box.gather(spans) as data:
         try:
             fd = out.fileno()
         except (AttributeError, OSError):  # a PartialDataset: discards what it is given
-            for part in parts:
-                out.write(part)
+            out.write(data)
             return
         out.flush()  # pynetdicom's buffered file meta header goes first
-        written = os.writev(fd, parts)
-        total = sum(len(p) for p in parts)
-        if written < total:  # a short write: the rest, in order
-            rest = memoryview(b"".join(parts))[written:]
-            while rest:
-                rest = rest[os.write(fd, rest) :]
-        for part in parts:
-            part.release()
+        rest = data
+        while rest:  # a short write: the rest, in order
+            rest = rest[os.write(fd, rest) :]
 
 
 def _data_waiting(sock: Any, timeout: float) -> bool:
@@ -293,7 +309,7 @@ def install_reader(
                     on_pdata(self, streamed)
                 # Checked when the spans were taken; on_pdata may have swapped in a discard.
                 message = getattr(self.assoc.dimse, "message", None)
-                _write_spans(getattr(message, "_data_set_file", None), box.buf, spans)
+                _write_spans(getattr(message, "_data_set_file", None), box, spans)
                 spans.clear()
                 streamed = 0
 

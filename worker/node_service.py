@@ -27,7 +27,7 @@ from worker.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-def listener_config(settings: Settings) -> ListenerConfig:
+def listener_config(settings: Settings, shared_socket: int | None = None) -> ListenerConfig:
     ssl_context = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         ssl_context = server_context(
@@ -55,6 +55,7 @@ def listener_config(settings: Settings) -> ListenerConfig:
         keep_ineligible=settings.keep_ineligible,
         reuse_port=settings.reuse_port,
         ssl_context=ssl_context,
+        shared_socket=shared_socket,
     )
 
 
@@ -91,8 +92,11 @@ class Node:
         self.engine.dispose()
 
 
-def build_node(settings: Settings) -> Node:
-    """Build (but do not start) the node described by ``settings``."""
+def build_node(settings: Settings, shared_socket: int | None = None) -> Node:
+    """Build (but do not start) the node described by ``settings``.
+
+    ``shared_socket`` is a listening socket's descriptor inherited from ``listen --processes``.
+    """
     engine = open_database(settings)
     celery = create_celery(settings)
     enqueue = StudyEnqueuer(celery, settings.study_task, settings.inference_queue)
@@ -110,15 +114,15 @@ def build_node(settings: Settings) -> Node:
     spool = Spool(
         settings.spool_dir, min_free_bytes=settings.min_free_mb * 2**20, fsync=settings.fsync
     )
-    listener = Listener(listener_config(settings), spool, store)
+    listener = Listener(listener_config(settings, shared_socket), spool, store)
     monitor = CompletionMonitor(store, settings.monitor_interval)
     return Node(settings, engine, store, listener, monitor, enqueue)
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, shared_socket: int | None = None) -> None:
     """Run the node until SIGINT or SIGTERM."""
     io_switches.configure(settings.spool_dir / "incoming")
-    node = build_node(settings)
+    node = build_node(settings, shared_socket)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -30,10 +30,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=1,
         metavar="N",
         help=(
-            "run N listener processes sharing the port (SO_REUSEPORT): the kernel spreads "
-            "associations across them, so receiving scales past one Python process"
+            "run N listener processes sharing one listening socket: each new association "
+            "goes to the least busy, so receiving scales past one Python process"
         ),
     )
+    # Set by the parent of `--processes N` for its children: the socket they share.
+    p.add_argument("--shared-socket", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from worker.node_service import serve
 
     try:
-        serve(settings)
+        serve(settings, args.shared_socket)
     except SchemaOutOfDateError as exc:
         print(f"cxr-triage listen: {exc}", file=sys.stderr)
         return 2
@@ -63,7 +65,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _supervise(args: argparse.Namespace, settings: Settings) -> int:
-    """Start N single-process listeners on one port; stop them all when one stops or on signal."""
+    """Start N single-process listeners on one socket; stop them all when one stops or on signal.
+
+    The socket is opened here and inherited, rather than each child binding its own with
+    SO_REUSEPORT: the kernel's hash then decides which process takes an association, often
+    two for one process and none for another; on one shared socket the least busy takes it.
+    """
+    import socket
+
     from worker.cli.processes import ProcessGroup, child_env, cli_command
     from worker.db.engine import open_database
 
@@ -76,12 +85,22 @@ def _supervise(args: argparse.Namespace, settings: Settings) -> int:
     except SchemaOutOfDateError as exc:
         print(f"cxr-triage listen: {exc}", file=sys.stderr)
         return 2
+    family = socket.AF_INET6 if ":" in settings.bind else socket.AF_INET
+    try:
+        sock = socket.create_server(
+            (settings.bind, settings.port), family=family, backlog=settings.max_connections
+        )
+    except OSError as exc:
+        print(
+            f"cxr-triage listen: cannot listen on {settings.bind}:{settings.port}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
     env = child_env(
-        CXR_REUSE_PORT="true",
-        CXR_PORT=str(settings.port),
-        CXR_BIND=settings.bind,
-        CXR_AE_TITLE=settings.ae_title,
+        CXR_PORT=str(settings.port), CXR_BIND=settings.bind, CXR_AE_TITLE=settings.ae_title
     )
-    group = ProcessGroup([[*cli_command(args.config), "listen"]] * args.processes, env)
+    command = [*cli_command(args.config), "listen", "--shared-socket", str(sock.fileno())]
+    with sock:
+        group = ProcessGroup([command] * args.processes, env, pass_fds=(sock.fileno(),))
     logger.info("started %d listener processes on port %d", args.processes, settings.port)
     return group.wait()

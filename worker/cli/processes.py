@@ -23,12 +23,22 @@ class ProcessGroup:
     """Child processes that live and die together (bounded waits everywhere)."""
 
     def __init__(
-        self, commands: Sequence[list[str]], env: dict[str, str], log: Path | None = None
+        self,
+        commands: Sequence[list[str]],
+        env: dict[str, str],
+        log: Path | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         self._log = open(log, "ab") if log else None  # noqa: SIM115 - closed in stop()
         out = self._log if self._log else None
         self.children = [
-            subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
+            subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+                pass_fds=tuple(pass_fds),
+            )
             for cmd in commands
         ]
 

@@ -136,27 +136,42 @@ def test_listen_reports_a_busy_port(tmp_path: Path) -> None:
 
 
 def test_listen_with_several_processes_shares_the_port(tmp_path: Path) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
     port = free_port()
     env = _env(tmp_path, CXR_PORT=str(port), CXR_QUIET_SECONDS="0.5", CXR_MONITOR_INTERVAL="0.2")
-    log = (tmp_path / "listen.log").open("w")
+    log_path = tmp_path / "listen.log"
+    log = log_path.open("w")
     proc = subprocess.Popen(
         [*CLI, "listen", "--processes", "3"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
+
+    def nodes() -> list[str]:
+        with sqlite3.connect(tmp_path / "data" / "cxr-triage.sqlite") as db:
+            return [r[0] for r in db.execute("select node from associations order by id")]
+
     try:
-        wait_port(port, timeout=30)
+        wait_for(lambda: log_path.read_text().count("listening as") == 3, timeout=60)
+        # Three associations open at once: each goes to a process that holds none yet.
+        ae = AE(ae_title="BALANCE")
+        ae.add_requested_context(Verification)
+        held = []
+        for _ in range(3):
+            assoc = ae.associate("127.0.0.1", port, ae_title="CXR_TRIAGE")
+            assert assoc.is_established
+            held.append(assoc)
+        wait_for(lambda: len(nodes()) == 3, timeout=10)
+        assert len(set(nodes())) == 3, nodes()
+        for assoc in held:
+            assoc.release()
+
         folder = tmp_path / "many"
         for i in range(12):
             factories.write(factories.radiograph(seed=i), folder / f"{i}.dcm")
-        # One association per file, so that the kernel spreads them over the processes.
         for f in sorted(folder.iterdir()):
             sent = _run(["send", str(f), "--to", f"CXR_TRIAGE@127.0.0.1:{port}", "--quiet"], env)
             assert sent.returncode == 0, sent.stderr
-
-        def nodes() -> set[str]:
-            with sqlite3.connect(tmp_path / "data" / "cxr-triage.sqlite") as db:
-                return {r[0] for r in db.execute("select node from associations")}
-
-        assert len(nodes()) >= 2  # more than one process took associations
         with sqlite3.connect(tmp_path / "data" / "cxr-triage.sqlite") as db:
             assert db.execute("select count(*) from instances").fetchone()[0] == 12
         wait_for(lambda: _all_queued(tmp_path), timeout=30)

@@ -8,9 +8,9 @@ import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import case, distinct, func, select, update
+from sqlalchemy import Connection, Table, case, distinct, func, insert, select, update
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -36,6 +36,10 @@ from worker.pids import pid_alive
 
 logger = logging.getLogger(__name__)
 
+_INSTANCES = cast(Table, Instance.__table__)
+_RECEIPTS = cast(Table, Receipt.__table__)
+_STUDIES = cast(Table, Study.__table__)
+
 #: Enqueue a study; returns the task id. Raises when the broker cannot take it.
 Enqueue = Callable[[Study], str]
 #: Enqueue one delivery attempt: (object id, destination, attempt number).
@@ -58,10 +62,10 @@ def _permanent(exc: StatementError) -> bool:
     return isinstance(exc, DataError) or isinstance(exc.orig, ValueError)
 
 
-def _add_receipt(s: Session, row: Instance, rec: ReceivedInstance, now: datetime) -> None:
-    s.add(
-        Receipt(
-            instance_id=row.id,
+def _add_receipt(conn: Connection, instance_id: int, rec: ReceivedInstance, now: datetime) -> None:
+    conn.execute(
+        insert(_RECEIPTS).values(
+            instance_id=instance_id,
             association_id=rec.association_id,
             received_at=now,
             size_bytes=rec.size_bytes,
@@ -183,21 +187,24 @@ class NodeStore:
                 raise
 
     def _record_instance(self, s: Session, rec: ReceivedInstance) -> None:
+        # Core statements on the session's connection, not ORM objects: this runs before every
+        # C-STORE is acknowledged, and the unit of work cost more than the SQL itself.
         now = _now()
-        row = s.scalars(
-            select(Instance).where(Instance.sop_instance_uid == rec.sop_instance_uid)
-        ).one_or_none()
-        if row is not None and rec.duplicate:
+        conn = s.connection()
+        row_id = conn.scalar(
+            select(_INSTANCES.c.id).where(_INSTANCES.c.sop_instance_uid == rec.sop_instance_uid)
+        )
+        if row_id is not None and rec.duplicate:
             # The same bytes again (a PACS re-route, a manual resend): note who sent it, and
             # change nothing else, so no new revision and no second set of results.
-            _add_receipt(s, row, rec, now)
+            _add_receipt(conn, row_id, rec, now)
             return
-        study = s.scalars(
-            select(Study)
-            .where(Study.study_instance_uid == rec.study_instance_uid)
+        found = conn.execute(
+            select(_STUDIES.c.id, _STUDIES.c.state)
+            .where(_STUDIES.c.study_instance_uid == rec.study_instance_uid)
             .with_for_update()
         ).one_or_none()
-        if study is None:
+        if found is None:
             study = Study(
                 study_instance_uid=rec.study_instance_uid,
                 accession_number=rec.accession_number[:16],
@@ -209,47 +216,61 @@ class NodeStore:
             s.add(study)
             s.flush()
             created(s, study, "first instance")
-        elif study.state == RECEIVING:
-            study.last_instance_at = now
-        elif rec.decision.eligible:
-            # New images for a study already handled: process it again as a new revision.
-            move(
-                s,
-                study.id,
-                RECEIVING,
-                f"reopened by new eligible instance {rec.sop_instance_uid}",
-                at=now,
-                revision=Study.revision + 1,
-                first_instance_at=now,
-                last_instance_at=now,
-                completed_at=None,
-                queued_at=None,
-                completion=None,
-                task_id=None,
-            )
-        # else: an ineligible instance (e.g. our own output forwarded back) never reopens a study.
+            study_id = study.id
+        else:
+            study_id, state = found
+            if state == RECEIVING:
+                conn.execute(
+                    update(_STUDIES).where(_STUDIES.c.id == study_id).values(last_instance_at=now)
+                )
+            elif rec.decision.eligible:
+                # New images for a study already handled: process it again as a new revision.
+                move(
+                    s,
+                    study_id,
+                    RECEIVING,
+                    f"reopened by new eligible instance {rec.sop_instance_uid}",
+                    at=now,
+                    revision=Study.revision + 1,
+                    first_instance_at=now,
+                    last_instance_at=now,
+                    completed_at=None,
+                    queued_at=None,
+                    completion=None,
+                    task_id=None,
+                )
+            # else: an ineligible instance (e.g. our own output forwarded back) never reopens a
+            # study.
 
-        if row is None:
+        values = {
+            "study_id": study_id,
+            "series_instance_uid": rec.series_instance_uid,
+            "sop_class_uid": rec.sop_class_uid,
+            "transfer_syntax_uid": rec.transfer_syntax_uid,
+            "modality": rec.modality[:16],
+            "accession_number": rec.accession_number[:16],
+            "spool_path": rec.spool_path,
+            "size_bytes": rec.size_bytes,
+            "eligible": rec.decision.eligible,
+            "rule": rec.decision.rule,
+            "reason": rec.decision.reason,
+        }
+        if row_id is None:
             # received_at and association_id name the first arrival; receipts hold every one.
-            row = Instance(
-                sop_instance_uid=rec.sop_instance_uid,
-                received_at=now,
-                association_id=rec.association_id,
+            inserted = conn.execute(
+                insert(_INSTANCES).values(
+                    sop_instance_uid=rec.sop_instance_uid,
+                    received_at=now,
+                    association_id=rec.association_id,
+                    **values,
+                )
             )
-            s.add(row)
-        row.study_id = study.id
-        row.series_instance_uid = rec.series_instance_uid
-        row.sop_class_uid = rec.sop_class_uid
-        row.transfer_syntax_uid = rec.transfer_syntax_uid
-        row.modality = rec.modality[:16]
-        row.accession_number = rec.accession_number[:16]
-        row.spool_path = rec.spool_path
-        row.size_bytes = rec.size_bytes
-        row.eligible = rec.decision.eligible
-        row.rule = rec.decision.rule
-        row.reason = rec.decision.reason
-        s.flush()
-        _add_receipt(s, row, rec, now)
+            key = inserted.inserted_primary_key
+            assert key is not None  # an INSERT of one row
+            row_id = key[0]
+        else:
+            conn.execute(update(_INSTANCES).where(_INSTANCES.c.id == row_id).values(**values))
+        _add_receipt(conn, row_id, rec, now)
 
     # -- start-up -------------------------------------------------------------------------------
     def close_orphaned_associations(self) -> int:

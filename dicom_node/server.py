@@ -206,6 +206,19 @@ class ConnectionHandler(RequestHandler):
             self.request.close()
 
 
+class _SharedContexts(list[Any]):
+    """The server's presentation contexts, shared by its associations instead of copied.
+
+    pynetdicom deep-copies them for every association (17 ms of CPU for our 170 storage
+    contexts with 13 transfer syntaxes each, more than receiving a 15 MB image's PDUs).
+    Negotiation only reads them and builds new contexts for its answer, and the server never
+    changes its own once it serves.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return list(self)
+
+
 class GuardedAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with the connection life cycle described above.
 
@@ -219,6 +232,10 @@ class GuardedAssociationServer(ThreadedAssociationServer):
     # Connection threads live as long as their association; never wait for them on close.
     daemon_threads = True
     block_on_close = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.contexts = _SharedContexts(self.contexts)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:

@@ -317,3 +317,36 @@ def test_large_datasets_in_many_pdus_arrive_byte_for_byte(start_node, tmp_path) 
         back = kept[ds.SOPInstanceUID]
         assert back.PixelData == ds.PixelData
         assert [e.tag for e in back] == [e.tag for e in ds]
+
+
+def test_associations_negotiate_apart_on_the_shared_contexts(start_node) -> None:  # type: ignore[no-untyped-def]
+    """The server's presentation contexts are shared by its associations, not copied for each
+    (dicom_node.server): two open at once with different transfer syntaxes each get their own
+    answer, and the server's own contexts are left as they were."""
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import AE
+
+    node = start_node()
+    server = node.listener._server
+    before = [(cx.abstract_syntax, list(cx.transfer_syntax)) for cx in server.contexts]
+    datasets = [factories.radiograph(seed=n) for n in range(2)]
+    held = []
+    for ds, syntax in zip(datasets, (ExplicitVRLittleEndian, ImplicitVRLittleEndian), strict=True):
+        ae = AE(ae_title="TEST_SCU")
+        ae.add_requested_context(ds.SOPClassUID, [syntax])
+        assoc = ae.associate("127.0.0.1", node.listener.port, ae_title="CXR_TRIAGE")
+        assert assoc.is_established
+        assert [cx.transfer_syntax for cx in assoc.accepted_contexts] == [[syntax]]
+        held.append((assoc, ds))
+    for assoc, ds in held:
+        assert assoc.send_c_store(ds).Status == 0x0000
+        assoc.release()
+    assert [(cx.abstract_syntax, list(cx.transfer_syntax)) for cx in server.contexts] == before
+    syntaxes = {
+        i.sop_instance_uid: i.transfer_syntax_uid
+        for i in rows(node.engine, Instance, Instance.sop_instance_uid.is_not(None))
+    }
+    assert syntaxes == {
+        datasets[0].SOPInstanceUID: ExplicitVRLittleEndian,
+        datasets[1].SOPInstanceUID: ImplicitVRLittleEndian,
+    }

@@ -147,44 +147,34 @@ def run_ours(
         "CXR_FSYNC": "true" if fsync else "false",
         "CXR_MAX_PDU": "131072",
         "CXR_QUIET_SECONDS": "3600",  # completion and queueing are not what we measure here
-        "CXR_LOG_LEVEL": "WARNING",
+        "CXR_LOG_LEVEL": "INFO",  # the default; wait_listening reads it
         "CXR_METRICS_PORT": "0",  # N processes cannot share one metrics port
     }
     target.mkdir(parents=True)
+    log = target / "listen.log"
     command = [sys.executable, "-m", "worker.cli.main", "listen", "--processes", str(processes)]
-    proc = subprocess.Popen(command, env=env, cwd=ROOT)
+    with log.open("w") as out:
+        proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_port(port)
-        wait_started(proc.pid, processes)
+        wait_listening(proc, log, processes)
         return send(files, port, "CXR_TRIAGE", associations)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
 
 
-def _cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
-def wait_started(pid: int, processes: int, timeout: float = 60.0) -> None:
-    """Wait until the listener (and its ``processes`` children) stop using CPU: started.
+def wait_listening(proc: subprocess.Popen[bytes], log: Path, processes: int) -> None:
+    """Wait until every listener process says it is listening, then a moment more.
 
     With ``--processes N`` the port opens before the children have imported anything, and
     children still starting would take CPU from the run being measured.
     """
-    deadline = time.monotonic() + timeout
-    last = -1
-    while time.monotonic() < deadline:
-        pids = [pid]
-        if processes > 1:
-            pids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        ticks = sum(_cpu_ticks(int(p)) for p in pids)
-        if len(pids) == processes and 0 <= ticks - last <= 2:  # under 4% of a core
-            return
-        last = ticks
-        time.sleep(0.5)
-    raise TimeoutError("the listener processes did not settle")
+    deadline = time.monotonic() + 120
+    while log.read_text().count("listening as") < processes:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the listener did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    time.sleep(0.5)  # the broker connection each opens in the background
 
 
 @dataclass

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, case, distinct, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, case, distinct, func, insert, select, update
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,8 +37,22 @@ from worker.pids import pid_alive
 logger = logging.getLogger(__name__)
 
 _INSTANCES = cast(Table, Instance.__table__)
-_RECEIPTS = cast(Table, Receipt.__table__)
 _STUDIES = cast(Table, Study.__table__)
+# The statements of every C-STORE, built once (building them cost as much as running them).
+_FIND_INSTANCE = select(_INSTANCES.c.id).where(_INSTANCES.c.sop_instance_uid == bindparam("uid"))
+_FIND_STUDY = (
+    select(_STUDIES.c.id, _STUDIES.c.state)
+    .where(_STUDIES.c.study_instance_uid == bindparam("uid"))
+    .with_for_update()
+)
+_TOUCH_STUDY = (
+    update(_STUDIES)
+    .where(_STUDIES.c.id == bindparam("study"))
+    .values(last_instance_at=bindparam("at"))
+)
+_ADD_INSTANCE = insert(_INSTANCES)
+_UPDATE_INSTANCE = update(_INSTANCES).where(_INSTANCES.c.id == bindparam("row"))
+_ADD_RECEIPT = insert(cast(Table, Receipt.__table__))
 
 #: Enqueue a study; returns the task id. Raises when the broker cannot take it.
 Enqueue = Callable[[Study], str]
@@ -64,13 +78,14 @@ def _permanent(exc: StatementError) -> bool:
 
 def _add_receipt(conn: Connection, instance_id: int, rec: ReceivedInstance, now: datetime) -> None:
     conn.execute(
-        insert(_RECEIPTS).values(
-            instance_id=instance_id,
-            association_id=rec.association_id,
-            received_at=now,
-            size_bytes=rec.size_bytes,
-            duplicate=rec.duplicate,
-        )
+        _ADD_RECEIPT,
+        {
+            "instance_id": instance_id,
+            "association_id": rec.association_id,
+            "received_at": now,
+            "size_bytes": rec.size_bytes,
+            "duplicate": rec.duplicate,
+        },
     )
 
 
@@ -191,19 +206,13 @@ class NodeStore:
         # C-STORE is acknowledged, and the unit of work cost more than the SQL itself.
         now = _now()
         conn = s.connection()
-        row_id = conn.scalar(
-            select(_INSTANCES.c.id).where(_INSTANCES.c.sop_instance_uid == rec.sop_instance_uid)
-        )
+        row_id = conn.scalar(_FIND_INSTANCE, {"uid": rec.sop_instance_uid})
         if row_id is not None and rec.duplicate:
             # The same bytes again (a PACS re-route, a manual resend): note who sent it, and
             # change nothing else, so no new revision and no second set of results.
             _add_receipt(conn, row_id, rec, now)
             return
-        found = conn.execute(
-            select(_STUDIES.c.id, _STUDIES.c.state)
-            .where(_STUDIES.c.study_instance_uid == rec.study_instance_uid)
-            .with_for_update()
-        ).one_or_none()
+        found = conn.execute(_FIND_STUDY, {"uid": rec.study_instance_uid}).one_or_none()
         if found is None:
             study = Study(
                 study_instance_uid=rec.study_instance_uid,
@@ -220,9 +229,7 @@ class NodeStore:
         else:
             study_id, state = found
             if state == RECEIVING:
-                conn.execute(
-                    update(_STUDIES).where(_STUDIES.c.id == study_id).values(last_instance_at=now)
-                )
+                conn.execute(_TOUCH_STUDY, {"study": study_id, "at": now})
             elif rec.decision.eligible:
                 # New images for a study already handled: process it again as a new revision.
                 move(
@@ -258,18 +265,19 @@ class NodeStore:
         if row_id is None:
             # received_at and association_id name the first arrival; receipts hold every one.
             inserted = conn.execute(
-                insert(_INSTANCES).values(
-                    sop_instance_uid=rec.sop_instance_uid,
-                    received_at=now,
-                    association_id=rec.association_id,
+                _ADD_INSTANCE,
+                {
+                    "sop_instance_uid": rec.sop_instance_uid,
+                    "received_at": now,
+                    "association_id": rec.association_id,
                     **values,
-                )
+                },
             )
             key = inserted.inserted_primary_key
             assert key is not None  # an INSERT of one row
             row_id = key[0]
         else:
-            conn.execute(update(_INSTANCES).where(_INSTANCES.c.id == row_id).values(**values))
+            conn.execute(_UPDATE_INSTANCE, {"row": row_id, **values})
         _add_receipt(conn, row_id, rec, now)
 
     # -- start-up -------------------------------------------------------------------------------

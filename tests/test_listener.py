@@ -350,3 +350,29 @@ def test_associations_negotiate_apart_on_the_shared_contexts(start_node) -> None
         datasets[0].SOPInstanceUID: ExplicitVRLittleEndian,
         datasets[1].SOPInstanceUID: ImplicitVRLittleEndian,
     }
+
+
+@pytest.mark.parametrize("level", ["WARNING", "DEBUG"])
+def test_pynetdicom_logging_handlers_run_only_when_heard(start_node, level) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    from pynetdicom import AE, evt
+    from pynetdicom._handlers import standard_dimse_recv_handler
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    node = start_node()
+    library = logging.getLogger("pynetdicom")
+    saved = library.level
+    library.setLevel(level)
+    try:
+        ae = AE(ae_title="TEST_SCU")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", node.listener.port, ae_title="CXR_TRIAGE")
+        assert assoc.is_established
+        (served,) = node.listener._live.values()
+        bound = [h[0] for h in served.get_handlers(evt.EVT_DIMSE_RECV)]
+        assert (standard_dimse_recv_handler in bound) == (level == "DEBUG")
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+    finally:
+        library.setLevel(saved)

@@ -8,7 +8,7 @@ Run from the repository root:
 It writes synthetic 2500x3000 16-bit DX images (about 15 MB each) once into --source, then for
 1 and for 4 concurrent associations times: storescp (one process; --fork for 4), our listener
 with fsync (the product default), our listener without fsync (like-for-like with storescp, which
-does not fsync), N listener processes sharing the port (SO_REUSEPORT), and Orthanc (its own
+does not fsync), `listen --processes N` (N processes sharing one socket), and Orthanc (its own
 SQLite index; storescu runs inside Orthanc's network namespace, see tests/orthanc.py, so no
 relay is in the way). It prints MB/s and the ratio to dcmtk. This is a benchmark, not a test:
 nothing asserts on the numbers. ``bench/compare.py`` runs it together with the pipeline.

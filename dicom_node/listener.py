@@ -62,7 +62,9 @@ _SPACE_CHECK_BYTES = 4 * 2**20
 _RCVBUF = 8 * 2**20
 # On a socket shared by sibling processes, how long a process waits per connection it already
 # holds before it accepts a new one (at most _MAX_DEFERRED of them): an idle sibling takes it.
-_DEFER_PER_CONNECTION = 0.01
+# Long enough for a sibling starved of CPU to get there first (10 and 50 ms were not, with the
+# cores busy); at most a second's wait to be accepted when every process is busy.
+_DEFER_PER_CONNECTION = 0.2
 _MAX_DEFERRED = 5
 
 

@@ -152,7 +152,8 @@ def test_listen_with_several_processes_shares_the_port(tmp_path: Path) -> None:
             return [r[0] for r in db.execute("select node from associations order by id")]
 
     try:
-        wait_for(lambda: log_path.read_text().count("listening as") == 3, timeout=60)
+        # Every child started (it logs its database etc. once Node.start has returned).
+        wait_for(lambda: log_path.read_text().count(", spool ") == 3, timeout=60)
         # Three associations open at once: each goes to a process that holds none yet.
         ae = AE(ae_title="BALANCE")
         ae.add_requested_context(Verification)

@@ -96,52 +96,53 @@ class ListenerConfig:
 
 
 class _Server(GuardedAssociationServer):
-    """The guarded server plus a shared or SO_REUSEPORT socket, a large receive buffer and
-    incoming/ housekeeping."""
+    """The guarded server plus SO_REUSEPORT, a large receive buffer and incoming/ housekeeping."""
 
     listener: Listener
 
     def server_bind(self) -> None:
         assert self.socket is not None  # made by TCPServer before it binds
-        shared = self.listener.config.shared_socket
-        if shared is not None:
-            self.socket.close()
-            self.socket = socket.socket(fileno=shared)
-            # Non-blocking: a sibling may take the connection between select() and accept().
-            self.socket.setblocking(False)
-            self.server_address = self.socket.getsockname()
-        elif self.listener.config.reuse_port:
+        if self.listener.config.reuse_port:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         # Accepted sockets inherit a large receive buffer: the sender should not stall while
         # the handler of the previous C-STORE runs.
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
-        if shared is None:
-            super().server_bind()
-
-    def server_activate(self) -> None:
-        if self.listener.config.shared_socket is None:
-            super().server_activate()  # a shared socket is listening already
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        if self.listener.config.shared_socket is not None:
-            # Every sibling wakes for a new connection; the least busy accepts first. (The
-            # kernel's SO_REUSEPORT hash often gives one process two associations and another
-            # none.)
-            held = min(self.listener.open_connections, _MAX_DEFERRED)
-            if held:
-                time.sleep(held * _DEFER_PER_CONNECTION)
-        return super().get_request()  # BlockingIOError if a sibling was quicker: ignored
-
-    def server_close(self) -> None:
-        if self.listener.config.shared_socket is not None:
-            if self.socket is not None:
-                self.socket.close()  # shutdown() would stop the siblings' listening too
-            return
-        super().server_close()
+        super().server_bind()
 
     def service_actions(self) -> None:
         super().service_actions()
         self.listener._housekeeping()
+
+
+class _SiblingServer(_Server):
+    """A server on a listening socket that sibling processes share (``listen --processes N``).
+
+    Every sibling wakes for a new connection and the least busy accepts first: one holding
+    connections waits for each before it tries. (With SO_REUSEPORT the kernel's hash decides,
+    and often gives one process two associations and another none.)
+    """
+
+    def server_bind(self) -> None:
+        assert self.socket is not None and self.listener.config.shared_socket is not None
+        self.socket.close()
+        self.socket = socket.socket(fileno=self.listener.config.shared_socket)
+        # Non-blocking: a sibling may take the connection between select() and accept().
+        self.socket.setblocking(False)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        pass  # listening already
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        held = min(self.listener.open_connections, _MAX_DEFERRED)
+        if held:
+            time.sleep(held * _DEFER_PER_CONNECTION)
+        return super().get_request()  # BlockingIOError if a sibling was quicker: ignored
+
+    def server_close(self) -> None:
+        if self.socket is not None:
+            self.socket.close()  # shutdown() would stop the siblings' listening too
 
 
 def storage_contexts(
@@ -236,7 +237,7 @@ class Listener:
         ae = self._make_ae()
         server_class = type(
             "BoundServer",
-            (_Server,),
+            (_Server if self.config.shared_socket is None else _SiblingServer,),
             {
                 "listener": self,
                 "owner": self,

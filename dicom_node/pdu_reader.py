@@ -13,7 +13,7 @@ arrive. :func:`install_reader` gives one association's DUL a reader that
   listener can check free space as a dataset arrives;
 - streams the middle of a C-STORE dataset from that buffer into its file: the fragments of
   every PDU that arrived together, gathered into one page-aligned area, in one ``write``
-  (:func:`_fragment_spans`, :meth:`_Inbox.gather`, :func:`_write_spans`).
+  (:func:`_fragment_spans`, :meth:`_Inbox.gather`, :func:`_append`).
 
 The DUL's state machine still decides what every other PDU means: association set-up, every
 command, the last fragment of each dataset (which completes the DIMSE message), release and
@@ -226,21 +226,20 @@ def _fragment_spans(dul: Any, buf: bytearray, start: int, stop: int) -> list[tup
     return spans
 
 
-def _write_spans(target: Any, box: _Inbox, spans: list[tuple[int, int]]) -> None:
-    """Append the buffered spans to the dataset file, in one system call for a real file."""
+def _append(target: Any, data: memoryview) -> None:
+    """Append gathered dataset bytes to the message's dataset file, in one system call."""
     if target is None:  # cannot happen: the spans were taken for a message with a file
         raise RuntimeError("streamed dataset fragments without a dataset file")
     out = getattr(target, "file", target)  # the buffered file under NamedTemporaryFile
-    with box.gather(spans) as data:
-        try:
-            fd = out.fileno()
-        except (AttributeError, OSError):  # a PartialDataset: discards what it is given
-            out.write(data)
-            return
-        out.flush()  # pynetdicom's buffered file meta header goes first
-        rest = data
-        while rest:  # a short write: the rest, in order
-            rest = rest[os.write(fd, rest) :]
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError):  # a PartialDataset: discards what it is given
+        out.write(data)
+        return
+    out.flush()  # pynetdicom's buffered file meta header goes first
+    rest = data
+    while rest:  # a short write: the rest, in order
+        rest = rest[os.write(fd, rest) :]
 
 
 def _data_waiting(sock: Any, timeout: float) -> bool:
@@ -309,7 +308,8 @@ def install_reader(
                     on_pdata(self, streamed)
                 # Checked when the spans were taken; on_pdata may have swapped in a discard.
                 message = getattr(self.assoc.dimse, "message", None)
-                _write_spans(getattr(message, "_data_set_file", None), box, spans)
+                with box.gather(spans) as data:
+                    _append(getattr(message, "_data_set_file", None), data)
                 spans.clear()
                 streamed = 0
 

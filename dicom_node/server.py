@@ -152,9 +152,8 @@ _STANDARD_LOGGING = (
 def _drop_unheard_logging(assoc: Any) -> None:
     """Unbind pynetdicom's logging handlers when its logger would drop what they write.
 
-    They format every PDU and DIMSE message (about a tenth of the CPU of a C-STORE) for the
-    ``pynetdicom`` logger, which stays at WARNING unless the node logs at DEBUG
-    (:func:`worker.logs.configure_logging`).
+    They format every PDU and DIMSE message for the ``pynetdicom`` logger, which stays at
+    WARNING unless the node logs at DEBUG (:func:`worker.logs.configure_logging`).
     """
     if logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
         return
@@ -238,7 +237,7 @@ class _SharedContexts(list[Any]):
     """The server's presentation contexts, shared by its associations instead of copied.
 
     pynetdicom deep-copies them for every association (17 ms of CPU for our 170 storage
-    contexts with 13 transfer syntaxes each, more than receiving a 15 MB image's PDUs).
+    contexts with 13 transfer syntaxes each).
     Negotiation only reads them and builds new contexts for its answer, and the server never
     changes its own once it serves.
     """

@@ -37,6 +37,7 @@ from worker.pids import pid_alive
 logger = logging.getLogger(__name__)
 
 _INSTANCES = cast(Table, Instance.__table__)
+_RECEIPTS = cast(Table, Receipt.__table__)
 _STUDIES = cast(Table, Study.__table__)
 # The statements of every C-STORE, built once (building them cost as much as running them).
 _FIND_INSTANCE = select(_INSTANCES.c.id).where(_INSTANCES.c.sop_instance_uid == bindparam("uid"))
@@ -52,7 +53,7 @@ _TOUCH_STUDY = (
 )
 _ADD_INSTANCE = insert(_INSTANCES)
 _UPDATE_INSTANCE = update(_INSTANCES).where(_INSTANCES.c.id == bindparam("row"))
-_ADD_RECEIPT = insert(cast(Table, Receipt.__table__))
+_ADD_RECEIPT = insert(_RECEIPTS)
 
 #: Enqueue a study; returns the task id. Raises when the broker cannot take it.
 Enqueue = Callable[[Study], str]

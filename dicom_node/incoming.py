@@ -32,7 +32,8 @@ class PartialDataset:
 
     @classmethod
     def discard(cls, target: Any, reason: str) -> PartialDataset:
-        target.close()
+        with contextlib.suppress(OSError):  # its buffered bytes may not fit either
+            target.close()
         with open(target.name, "r+b") as fh:
             fh.truncate(0)
         return cls(target.name, reason)

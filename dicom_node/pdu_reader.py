@@ -7,12 +7,16 @@ arrive. :func:`install_reader` gives one association's DUL a reader that
 - refuses a PDU longer than the peer may send (what we advertised for P-DATA-TF, a fixed bound
   for everything else) without reading or allocating it: the DUL then aborts (Evt19);
 - receives each PDU within ``timeout`` seconds of its first byte, or closes the connection;
-- receives into one buffer per association, up to 1 MiB per ``recv_into`` (pynetdicom appends
-  4 KiB at a time: about 3,700 system calls and copies for a 15 MB image);
+- receives into one buffer per association (pynetdicom appends 4 KiB at a time: about 3,700
+  system calls and copies for a 15 MB image): on a plain socket exactly the PDU at hand, over
+  TLS up to 1 MiB per ``recv_into``;
 - lets the owner look at P-DATA-TF bytes before they are handed on (``on_pdata``), so the
   listener can check free space as a dataset arrives;
-- streams the middle of a C-STORE dataset from that buffer into its file: the fragments of
-  every PDU that arrived together, gathered into one page-aligned area, in one ``write``
+- streams the middle of a C-STORE dataset into its file without it passing through Python:
+  on a plain TCP socket only each PDU's 12-byte head is read, and its fragment is moved from
+  the socket into a pipe and from the pipe into the file by ``splice(2)`` (:class:`_Pipe`,
+  :func:`_spliceable`); elsewhere (TLS) the fragments of every PDU that arrived together are
+  gathered from the buffer into one page-aligned area and written with one ``write``
   (:func:`_fragment_spans`, :meth:`_Inbox.gather`, :func:`_append`).
 
 The DUL's state machine still decides what every other PDU means: association set-up, every
@@ -21,12 +25,14 @@ abort. A P-DATA-TF that carries only non-final dataset fragments of the message 
 changes nothing in that machine (Sta6 + Evt10 -> DT-2 -> Sta6); pynetdicom would decode it into
 PDV items, a primitive, an event and a queue entry, copy each fragment twice and write it
 through the temporary file's wrapper with a flush, then sleep 1 ms in its reactor loop before
-reading the next PDU. Here its fragments are gathered from the receive buffer and written into
-the same file, in order, and the socket is read again at once while more data is waiting. A
-PDU the DUL must see is copied out and queued with its event, after everything before it has
-been written; what follows it waits in the buffer until the DUL has acted on it (a C-STORE
-command opens the file its fragments then stream into). Nothing binds EVT_PDU_RECV or
-EVT_DATA_RECV in this node, the two events this path does not fire.
+reading the next PDU. Here its fragments are spliced or gathered into the same file, in order,
+and the socket is read again at once while more data is waiting. A PDU the DUL must see is
+copied out and queued with its event, after everything before it has been written; what
+follows it waits (on the socket, or over TLS in the buffer) until the DUL has acted on it (a
+C-STORE command opens the file its fragments then stream into). A write into that file that
+fails (a full disk) drops the rest of the dataset, so that its C-STORE is answered 0xA700 and
+the association goes on. Nothing binds EVT_PDU_RECV or EVT_DATA_RECV in this node, the two
+events this path does not fire.
 
 Upstream would need a maximum PDU length on receive and a read deadline in
 ``_read_pdu_data`` to make the first two points unnecessary.
@@ -34,6 +40,9 @@ Upstream would need a maximum PDU length on receive and a read deadline in
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import logging
 import mmap
 import os
@@ -46,6 +55,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import MethodType
 from typing import Any
+
+from dicom_node.incoming import PartialDataset
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +108,15 @@ _STREAM_BATCH = 32
 #: How long the reader waits for the next PDU of a dataset before it returns to the DUL's loop
 #: (which would otherwise sleep 1 ms before it looks at the socket again).
 _NEXT_PDU_WAIT = 0.005
+#: A P-DATA-TF's bytes before its first fragment: PDU header (6), PDV length (4), presentation
+#: context ID and message control header (2).
+_PDV_HEAD = 12
+#: Bytes spliced in one call of the reader before it returns to the DUL's loop (as _STREAM_BATCH).
+_SPLICE_BATCH = _STREAM_BATCH * _CHUNK
+#: Pipe size asked for (Linux caps unprivileged pipes at /proc/sys/fs/pipe-max-size, 1 MiB).
+_PIPE_SIZE = 2**20
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 
 class _Inbox:
@@ -111,6 +131,9 @@ class _Inbox:
     def __init__(self, sock: socket.socket, timeout: float) -> None:
         self.sock = sock
         self.timeout = timeout
+        # A plain socket's descriptor, read without Python's poll() before every recv (which a
+        # socket with a timeout makes) when data is already waiting. TLS must go through ssl.
+        self.fd = None if isinstance(sock, ssl.SSLSocket) else sock.fileno()
         self.buf = bytearray()  # sized on the first receive
         self.start = 0
         self.end = 0
@@ -128,8 +151,9 @@ class _Inbox:
         pdu_type, _, length = struct.unpack_from(">BBL", self.buf, self.start)
         return pdu_type, length
 
-    def receive(self, need: int) -> int:
-        """One ``recv`` towards ``need`` buffered bytes; returns bytes received (0: closed).
+    def receive(self, need: int, most: int = _CHUNK) -> int:
+        """One ``recv`` of at most ``most`` bytes towards ``need`` buffered bytes; returns bytes
+        received (0: closed).
 
         Raises TimeoutError once the buffered PDU has taken ``timeout`` since its first byte.
         """
@@ -154,10 +178,27 @@ class _Inbox:
             self.sock.settimeout(timeout)
         try:
             with memoryview(self.buf) as view:
-                got = self.sock.recv_into(view[self.end :], _CHUNK)
+                got = self.sock.recv_into(view[self.end :], most)
         finally:
             if timeout != self.timeout:
                 self.sock.settimeout(self.timeout)
+        if got and self.buffered == 0:
+            self.partial_since = time.monotonic()
+        self.end += got
+        return got
+
+    def receive_waiting(self, most: int) -> int | None:
+        """Up to ``most`` bytes of what is already waiting on a plain socket, without waiting:
+        bytes received (0: closed), or None if nothing is waiting (or the socket is TLS)."""
+        if self.fd is None:
+            return None
+        if len(self.buf) - self.end < most:
+            return None  # receive() makes room
+        try:
+            with memoryview(self.buf) as view:
+                got = os.readv(self.fd, [view[self.end : self.end + most]])
+        except (BlockingIOError, InterruptedError):
+            return None
         if got and self.buffered == 0:
             self.partial_since = time.monotonic()
         self.end += got
@@ -198,6 +239,96 @@ class _Inbox:
         return self.buffered > 0 or _data_waiting(self.sock, timeout)
 
 
+def _receiving_into_file(dul: Any) -> int | None:
+    """The presentation context of the message being received into a file, if the fragments
+    of its dataset may bypass the state machine: it is in Sta6 with nothing queued."""
+    if dul.state_machine.current_state != "Sta6" or not dul._recv_pdu.empty():
+        return None
+    message = getattr(dul.assoc.dimse, "message", None)
+    if getattr(message, "_data_set_file", None) is None:
+        return None
+    context_id = getattr(message, "context_id", None)
+    return context_id if isinstance(context_id, int) else None
+
+
+def _spliceable(dul: Any, buf: bytearray, start: int) -> bool:
+    """Can the P-DATA-TF whose first :data:`_PDV_HEAD` bytes are at ``buf[start:]`` be spliced?
+
+    It can when its one PDV is a dataset fragment, not the last, of the message being received
+    into a file (as in :func:`_fragment_spans`). A PDU of several PDVs takes the buffered path.
+    """
+    pdu_type, _, length, item_length, pdv_context, control = struct.unpack_from(
+        ">BBLLBB", buf, start
+    )
+    return (
+        pdu_type == P_DATA_TF
+        and item_length + 4 == length
+        and item_length >= 2
+        and not control & 0x03
+        and pdv_context == _receiving_into_file(dul)
+    )
+
+
+class _Pipe:
+    """A pipe that dataset fragments pass through from the socket to their file, by ``splice``.
+
+    The bytes never enter this process: the kernel moves the socket's pages into the pipe and
+    copies them once into the file, where a ``recv`` and a ``write`` copy them twice and the
+    gather a third time. Made for one run of streamed PDUs and closed after it.
+    """
+
+    def __init__(self) -> None:
+        self.read_end, self.write_end = os.pipe2(os.O_CLOEXEC)
+        # Refused, the default (64 KiB) holds less per splice and works the same.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self.write_end, _F_SETPIPE_SZ, _PIPE_SIZE)
+        self.capacity = fcntl.fcntl(self.write_end, _F_GETPIPE_SZ)
+        self.held = 0  # bytes in the pipe, not yet in the file
+
+    @staticmethod
+    def usable(sock: Any) -> bool:
+        """A plain TCP socket on a system with ``splice`` (TLS needs its bytes decrypted)."""
+        return hasattr(os, "splice") and not isinstance(sock, ssl.SSLSocket)
+
+    def fill(self, sock_fd: int, count: int) -> int:
+        """Move up to ``count`` bytes from the socket into the pipe; 0 if the peer closed.
+
+        Raises BlockingIOError when nothing is waiting on the socket or the pipe is full.
+        """
+        moved = os.splice(sock_fd, self.write_end, count, flags=os.SPLICE_F_NONBLOCK)
+        self.held += moved
+        return moved
+
+    def drain(self, target: Any) -> None:
+        """Everything in the pipe into the dataset file (or a PartialDataset, which drops it)."""
+        out = getattr(target, "file", target)  # the buffered file under NamedTemporaryFile
+        try:
+            fd = out.fileno()
+        except (AttributeError, OSError):
+            fd = None
+        if fd is not None:
+            out.flush()  # pynetdicom's buffered file meta header goes first
+            try:
+                while self.held:
+                    self.held -= os.splice(self.read_end, fd, self.held)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                # A file system that takes no splice: the rest by read and write.
+        while self.held:
+            data = os.read(self.read_end, min(self.held, _CHUNK))
+            self.held -= len(data)
+            if fd is None:
+                out.write(data)
+            else:
+                _append(target, memoryview(data))
+
+    def close(self) -> None:
+        os.close(self.read_end)
+        os.close(self.write_end)
+
+
 def _fragment_spans(dul: Any, buf: bytearray, start: int, stop: int) -> list[tuple[int, int]]:
     """Where the dataset bytes of the P-DATA-TF in ``buf[start:stop]`` are, if it can stream.
 
@@ -205,12 +336,9 @@ def _fragment_spans(dul: Any, buf: bytearray, start: int, stop: int) -> list[tup
     was decoded on the same presentation context, that message is being received into a file,
     and nothing is still queued for the state machine. Otherwise [] and the DUL decodes it.
     """
-    if dul.state_machine.current_state != "Sta6" or not dul._recv_pdu.empty():
+    context_id = _receiving_into_file(dul)
+    if context_id is None:
         return []
-    message = getattr(dul.assoc.dimse, "message", None)
-    if getattr(message, "_data_set_file", None) is None:
-        return []
-    context_id = getattr(message, "context_id", None)
     spans = []
     offset = start + 6
     while offset < stop:
@@ -242,6 +370,12 @@ def _append(target: Any, data: memoryview) -> None:
         rest = rest[os.write(fd, rest) :]
 
 
+def _dataset_file(dul: Any) -> Any:
+    """The file the message being received writes its dataset into (None: cannot happen once
+    its fragments were found to stream)."""
+    return getattr(getattr(dul.assoc.dimse, "message", None), "_data_set_file", None)
+
+
 def _data_waiting(sock: Any, timeout: float) -> bool:
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
         return True
@@ -265,6 +399,7 @@ def install_reader(
     DUL decodes, and for each run of streamed PDUs before it is written.
     """
     inbox: list[_Inbox] = []  # made on the first read, once the DUL has its socket
+    splice = False  # the socket is plain and the system has splice (set with the inbox)
 
     def complete_pdu(self: Any, box: _Inbox) -> tuple[int, int] | None:
         """Receive until a whole PDU is buffered: (type, length); None if an event was queued."""
@@ -283,7 +418,10 @@ def install_reader(
                     need = 6 + length
                 else:
                     need = 6
-                if box.receive(need) == 0:
+                # On a plain socket no more than this PDU: what follows a C-STORE command is
+                # spliced once the command has opened its file. TLS reads ahead.
+                most = need - box.buffered if splice else _CHUNK
+                if box.receive(need, most=most) == 0:
                     self.event_queue.put("Evt17")  # the peer closed the connection
                     return None
         except TimeoutError as exc:
@@ -307,9 +445,8 @@ def install_reader(
                 if on_pdata is not None:
                     on_pdata(self, streamed)
                 # Checked when the spans were taken; on_pdata may have swapped in a discard.
-                message = getattr(self.assoc.dimse, "message", None)
                 with box.gather(spans) as data:
-                    _append(getattr(message, "_data_set_file", None), data)
+                    write(self, data)
                 spans.clear()
                 streamed = 0
 
@@ -346,13 +483,123 @@ def install_reader(
         flush()
         return queued
 
+    def splice_payload(self: Any, box: _Inbox, pipe: _Pipe, count: int, deadline: float) -> None:
+        """Move the next ``count`` bytes on the socket, one PDU's fragment, into the pipe,
+        draining it into the file whenever it is full. Raises TimeoutError past ``deadline``
+        and ConnectionError if the peer closes first."""
+        sock_fd = box.sock.fileno()
+        while count:
+            room = pipe.capacity - pipe.held
+            if room <= 0:
+                drain(self, pipe)
+                continue
+            try:
+                moved = pipe.fill(sock_fd, min(count, room))
+            except BlockingIOError:  # nothing waiting, or the pipe's slots are used up
+                if pipe.held:
+                    drain(self, pipe)  # into the file while the peer's bytes are on their way
+                elif (
+                    not _data_waiting(box.sock, deadline - time.monotonic())
+                    and time.monotonic() >= deadline
+                ):
+                    raise TimeoutError(f"{count} bytes of a fragment missing") from None
+                continue
+            if moved == 0:
+                raise ConnectionError("the peer closed the connection mid-PDU")
+            count -= moved
+
+    def drain(self: Any, pipe: _Pipe) -> None:
+        if not pipe.held:
+            return
+        if on_pdata is not None:
+            on_pdata(self, pipe.held)
+        try:
+            # Looked up after on_pdata, which may have swapped in a discard.
+            pipe.drain(_dataset_file(self))
+        except OSError as exc:
+            discard_unwritable(self, exc)
+            pipe.drain(_dataset_file(self))  # dropped
+
+    def write(self: Any, data: memoryview) -> None:
+        try:
+            _append(_dataset_file(self), data)
+        except OSError as exc:
+            discard_unwritable(self, exc)
+
+    def discard_unwritable(self: Any, exc: OSError) -> None:
+        """The dataset file cannot be written (a full disk): drop the rest of the dataset, so
+        that its C-STORE is answered 0xA700 instead of the association being aborted."""
+        message = self.assoc.dimse.message
+        logger.warning("%s: writing a dataset into incoming/ failed (%s); dropping it", peer, exc)
+        message._data_set_file = PartialDataset.discard(
+            message._data_set_file, f"writing the dataset failed: {exc.strerror or exc}"
+        )
+
+    def stream_spliced(self: Any, box: _Inbox) -> bool:
+        """Splice the fragments of the PDUs that can stream, while they keep coming.
+
+        Returns True when the reader is done for now (nothing more waiting, or the connection
+        is closed), False when the buffer holds the start of a PDU for the buffered path.
+        """
+        pipe = _Pipe()
+        spliced = 0
+        try:
+            while spliced < _SPLICE_BATCH and not self._kill_thread:
+                while box.buffered < _PDV_HEAD:  # the next PDU's head, and no more
+                    most = _PDV_HEAD - box.buffered
+                    got = box.receive_waiting(most)
+                    if got is None:
+                        if not box.buffered and not box.waiting(_NEXT_PDU_WAIT):
+                            return True  # back to the DUL's loop until the peer sends more
+                        got = box.receive(_PDV_HEAD, most=most)
+                    if got == 0:
+                        self.event_queue.put("Evt17")  # the peer closed the connection
+                        return True
+                pdu_type, length = box.header() or (0, 0)
+                if (
+                    limits.refusal(pdu_type, length) is not None
+                    or box.buffered >= 6 + length
+                    or not _spliceable(self, box.buf, box.start)
+                ):
+                    return False
+                deadline = box.partial_since + limits.timeout
+                if box.buffered > _PDV_HEAD:  # part of the fragment came with a buffered run
+                    drain(self, pipe)
+                    if on_pdata is not None:
+                        on_pdata(self, box.buffered - _PDV_HEAD)
+                    with memoryview(box.buf) as view:
+                        part = view[box.start + _PDV_HEAD : box.end]
+                        write(self, part)
+                        part.release()
+                rest = 6 + length - box.buffered
+                box.take(box.buffered)  # the head (and part) are consumed: the buffer is empty
+                splice_payload(self, box, pipe, rest, deadline)
+                spliced += 6 + length
+            return True
+        except TimeoutError as exc:
+            logger.warning(
+                "%s did not send a whole PDU within %.0f s (%s); closing", peer, limits.timeout, exc
+            )
+            self.socket.close()  # queues Evt17
+            return True
+        except OSError:  # ConnectionError included
+            self.event_queue.put("Evt17")
+            return True
+        finally:
+            try:
+                drain(self, pipe)  # what was spliced is in the file before anything else runs
+            finally:
+                pipe.close()
+
     def read(self: Any) -> None:
         sock = getattr(self.socket, "socket", None)
         if sock is None:
             self.event_queue.put("Evt17")
             return
+        nonlocal splice
         if not inbox or inbox[0].sock is not sock:
             inbox[:] = [_Inbox(sock, limits.timeout)]
+            splice = _Pipe.usable(sock)
         box = inbox[0]
         if not self._recv_pdu.empty():
             # Let the DUL act on what is queued first (a command opens the file its fragments
@@ -361,6 +608,13 @@ def install_reader(
             # socket.
             return
         for _ in range(_STREAM_BATCH):
+            if (
+                splice
+                and not buffered_pdu(box)
+                and _receiving_into_file(self) is not None
+                and stream_spliced(self, box)
+            ):
+                return
             if complete_pdu(self, box) is None or hand_on(self, box) or self._kill_thread:
                 return
             if not box.waiting(_NEXT_PDU_WAIT):

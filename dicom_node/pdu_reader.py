@@ -424,15 +424,19 @@ def install_reader(
                 if box.receive(need, most=most) == 0:
                     self.event_queue.put("Evt17")  # the peer closed the connection
                     return None
-        except TimeoutError as exc:
+        except OSError as exc:  # TimeoutError included
+            connection_lost(self, exc)
+            return None
+
+    def connection_lost(self: Any, exc: OSError) -> None:
+        """A PDU not received in time closes the connection; any other error means it closed."""
+        if isinstance(exc, TimeoutError):
             logger.warning(
                 "%s did not send a whole PDU within %.0f s (%s); closing", peer, limits.timeout, exc
             )
             self.socket.close()  # queues Evt17
-            return None
-        except OSError:
+        else:
             self.event_queue.put("Evt17")
-            return None
 
     def hand_on(self: Any, box: _Inbox) -> bool:
         """Stream or queue every whole PDU buffered, in order; True if the DUL has work."""
@@ -541,7 +545,11 @@ def install_reader(
         Returns True when the reader is done for now (nothing more waiting, or the connection
         is closed), False when the buffer holds the start of a PDU for the buffered path.
         """
-        pipe = _Pipe()
+        try:
+            pipe = _Pipe()
+        except OSError as exc:  # out of file descriptors: the buffered path needs none
+            logger.debug("%s: no pipe to splice through (%s); reading into the buffer", peer, exc)
+            return False
         spliced = 0
         try:
             while spliced < _SPLICE_BATCH and not self._kill_thread:
@@ -576,14 +584,8 @@ def install_reader(
                 splice_payload(self, box, pipe, rest, deadline)
                 spliced += 6 + length
             return True
-        except TimeoutError as exc:
-            logger.warning(
-                "%s did not send a whole PDU within %.0f s (%s); closing", peer, limits.timeout, exc
-            )
-            self.socket.close()  # queues Evt17
-            return True
-        except OSError:  # ConnectionError included
-            self.event_queue.put("Evt17")
+        except OSError as exc:  # TimeoutError and ConnectionError included
+            connection_lost(self, exc)
             return True
         finally:
             try:

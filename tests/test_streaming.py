@@ -174,3 +174,16 @@ def test_a_dataset_that_cannot_be_written_is_refused_and_the_association_goes_on
     assert statuses == [OUT_OF_RESOURCES, SUCCESS]
     assert [i.sop_instance_uid for i in rows(node.engine, Instance)] == [small.SOPInstanceUID]
     assert _incoming(node) == []
+
+
+def test_without_a_pipe_the_buffered_path_receives(start_node, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Out of file descriptors for a pipe (EMFILE): the dataset arrives through the buffer."""
+
+    def no_pipe(flags: int) -> tuple[int, int]:
+        raise OSError(24, "Too many open files")
+
+    node = start_node(max_pdu=16384)
+    monkeypatch.setattr(pdu_reader.os, "pipe2", no_pipe)
+    ds = factories.radiograph(rows=600, columns=700, bits=16)
+    assert [r.status for r in send(node, [ds]).results] == [SUCCESS]
+    _stored_equal(node, ds)

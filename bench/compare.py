@@ -37,7 +37,7 @@ def main() -> int:
     total_mb = sum(f.stat().st_size for f in files) / 1e6
     print(
         f"\nreceiving {len(files)} files, {total_mb:.0f} MB, best of {args.repeat}, "
-        f"target {args.target}"
+        f"target {args.target}, memory {'cold' if args.cold else 'warmed'} before each run"
     )
     rows = receive_throughput.measure(
         files,
@@ -45,6 +45,7 @@ def main() -> int:
         repeat=args.repeat,
         processes=args.processes,
         orthanc=not args.no_orthanc and shutil.which("Orthanc") is not None,
+        warm=not args.cold,
     )
     receive_throughput.print_rows(rows)
     print("\npipeline")

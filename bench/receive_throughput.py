@@ -12,6 +12,13 @@ does not fsync), `listen --processes N` (N processes sharing one socket), and Or
 SQLite index; storescu runs inside Orthanc's network namespace, see tests/orthanc.py, so no
 relay is in the way). It prints MB/s and the ratio to dcmtk. This is a benchmark, not a test:
 nothing asserts on the numbers. ``bench/compare.py`` runs it together with the pipeline.
+
+Before every run it writes to and frees twice the run's volume of memory (``--cold`` skips
+this): on the project's VM, memory can come back from the host cold, and the first write into
+such a page is slow, whoever makes it. On 2026-12-01 that made our listeners' kernel copies
+into tmpfs two to three times as expensive for the rest of a bench run (the previous code's
+alike), while dcmtk's were hardly affected; once memory had been touched, both were back to
+their usual cost. Warming gives every receiver the same start.
 """
 
 from __future__ import annotations
@@ -186,11 +193,24 @@ class Row:
     vs_dcmtk: float
 
 
+def warm_memory(size: int) -> None:
+    """Write to ``size`` bytes of fresh memory and free them (see the module's docstring)."""
+    block = b"\x01" * size
+    del block
+
+
 def measure(
-    files: list[Path], target: Path, *, repeat: int, processes: int, orthanc: bool
+    files: list[Path],
+    target: Path,
+    *,
+    repeat: int,
+    processes: int,
+    orthanc: bool,
+    warm: bool = True,
 ) -> list[Row]:
     """Best of ``repeat`` runs of each receiver on ``files``; dcmtk first for each count."""
-    total_mb = sum(f.stat().st_size for f in files) / 1e6
+    total_bytes = sum(f.stat().st_size for f in files)
+    total_mb = total_bytes / 1e6
     configs: list[tuple[str, int, Callable[[Path], float]]] = [
         ("dcmtk storescp", 1, lambda t: run_storescp(files, t, 1)),
         ("cxr-triage, fsync", 1, lambda t: run_ours(files, t, 1, fsync=True)),
@@ -212,6 +232,8 @@ def measure(
         best = float("inf")
         for _ in range(repeat):
             shutil.rmtree(target, ignore_errors=True)
+            if warm:
+                warm_memory(2 * total_bytes)
             best = min(best, run(target))
         shutil.rmtree(target, ignore_errors=True)
         rate = total_mb / best
@@ -239,6 +261,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--repeat", type=int, default=1, help="best of N runs per configuration")
     parser.add_argument("--no-orthanc", action="store_true", help="leave Orthanc out")
+    parser.add_argument(
+        "--cold", action="store_true", help="do not warm memory before each run (see above)"
+    )
 
 
 def main() -> int:
@@ -260,6 +285,7 @@ def main() -> int:
         repeat=args.repeat,
         processes=args.processes,
         orthanc=not args.no_orthanc and shutil.which("Orthanc") is not None,
+        warm=not args.cold,
     )
     print_rows(rows)
     return 0

@@ -50,6 +50,7 @@ import select
 import socket
 import ssl
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ from types import MethodType
 from typing import Any
 
 from dicom_node.incoming import PartialDataset
+from dicom_node.wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +117,9 @@ _PDV_HEAD = 12
 _SPLICE_BATCH = _STREAM_BATCH * _CHUNK
 #: Pipe size asked for (Linux caps unprivileged pipes at /proc/sys/fs/pipe-max-size, 1 MiB).
 _PIPE_SIZE = 2**20
+#: The longest the DUL thread waits for the peer or for work before it goes round its loop
+#: (timers) again; work from other threads and the peer's bytes wake it at once.
+_IDLE_WAIT = 0.05
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
@@ -631,6 +636,7 @@ def install_reader(
         return limits.refusal(pdu_type, length) is not None or box.buffered >= 6 + length
 
     original_transport_event = dul._is_transport_event
+    wakeup: list[Wakeup] = []  # the DUL thread's, while it runs
 
     def transport_event(self: Any) -> bool:
         # pynetdicom reads only when the socket is readable; PDUs this reader has buffered
@@ -643,10 +649,64 @@ def install_reader(
         ):
             self._read_pdu_data()
             return True
+        sock = getattr(self.socket, "socket", None)
+        if wakeup and sock is not None and nothing_to_do(self, sock):
+            # Instead of pynetdicom's 1 ms sleep: until the peer sends or a thread gives work.
+            wakeup[0].wait(sock, _IDLE_WAIT)
         return bool(original_transport_event())
+
+    def nothing_to_do(self: Any, sock: Any) -> bool:
+        return (
+            self.state_machine.current_state != "Sta13"  # closing: pynetdicom finishes at once
+            and not self._kill_thread
+            and self.to_provider_queue.empty()
+            and self.event_queue.empty()
+            and not (isinstance(sock, ssl.SSLSocket) and sock.pending())
+        )
+
+    def wake() -> None:
+        for waker in wakeup[:1]:
+            waker.set()
+
+    def waking(put: Callable[..., None]) -> Callable[..., None]:
+        def put_and_wake(*args: Any, **kwargs: Any) -> None:
+            put(*args, **kwargs)
+            wake()
+
+        return put_and_wake
+
+    def kill_dul(self: Any) -> None:
+        self._kill_thread = True
+        wake()
+
+    def stop_dul(self: Any) -> bool:
+        # pynetdicom's spins, sleeping the loop delay, until the thread has ended.
+        if self.state_machine.current_state != "Sta1":
+            return False
+        kill_dul(self)
+        if threading.current_thread() is not self:
+            self.join()
+        return True
+
+    run_reactor = dul._target  # the DUL thread's target, as pynetdicom made it
+
+    def run_waking(*args: Any, **kwargs: Any) -> None:
+        waker = Wakeup()
+        wakeup.append(waker)
+        try:
+            run_reactor(*args, **kwargs)
+        finally:
+            wakeup.clear()
+            waker.close()
 
     dul._read_pdu_data = MethodType(read, dul)
     dul._is_transport_event = MethodType(transport_event, dul)
+    dul._run_loop_delay = 0  # the loop waits in transport_event instead of sleeping
+    dul._target = run_waking
+    dul.kill_dul = MethodType(kill_dul, dul)
+    dul.stop_dul = MethodType(stop_dul, dul)
+    for work in (dul.to_provider_queue, dul.event_queue):
+        work.put = waking(work.put)
     # Sends to a peer that stops reading fail after the same time instead of blocking forever.
     sock = getattr(dul.socket, "socket", None)
     if sock is not None:

@@ -113,22 +113,42 @@ def _guard_association_thread(assoc: Any) -> None:
     assoc._target = guarded
 
 
-#: How long the association thread waits for a DIMSE message before it goes round its loop
-#: (release, abort and DUL checks) again.
-_MESSAGE_WAIT = 0.005
+#: The longest the association thread waits for a DIMSE message before it goes round its loop
+#: (release, abort, DUL and idle-timer checks) again; what those checks look for wakes it.
+_MESSAGE_WAIT = 0.05
+#: Put on the message queue to wake the association thread; read as "no message".
+_NO_MESSAGE = (None, None)
 
 
 def _wake_on_messages(assoc: Any) -> None:
-    """Let the association thread wait for the next DIMSE message instead of polling for it.
+    """Let the association thread wait for what it acts on instead of polling for it.
 
     pynetdicom's acceptor loop sleeps 1 ms, then looks for a message without blocking: each
     C-STORE waits for the next tick (0.5 ms on average) before its handler runs, and the idle
     thread wakes a thousand times a second. Here the look waits up to :data:`_MESSAGE_WAIT`
-    on the message queue, so a complete message is served at once; the loop's other checks
-    (release, abort) run at least every 6 ms instead of every 1 ms.
+    on the message queue, so a complete message is served at once, and a primitive for the
+    association (a release or abort from the peer) or the DUL thread ending puts
+    :data:`_NO_MESSAGE` there, so the loop's other checks run at once too.
     """
     dimse = assoc.dimse
+    dul = assoc.dul
     get_msg = dimse.get_msg
+    to_user = dul.to_user_queue.put
+
+    def to_user_and_wake(*args: Any, **kwargs: Any) -> None:
+        to_user(*args, **kwargs)
+        dimse.msg_queue.put(_NO_MESSAGE)
+
+    dul.to_user_queue.put = to_user_and_wake
+    run_dul = dul._target
+
+    def run_dul_then_wake(*args: Any, **kwargs: Any) -> None:
+        try:
+            run_dul(*args, **kwargs)
+        finally:
+            dimse.msg_queue.put(_NO_MESSAGE)
+
+    dul._target = run_dul_then_wake
 
     def get_message(block: bool = False) -> Any:
         if block:
@@ -136,7 +156,7 @@ def _wake_on_messages(assoc: Any) -> None:
         try:
             return dimse.msg_queue.get(timeout=_MESSAGE_WAIT)
         except queue.Empty:
-            return None, None
+            return _NO_MESSAGE
 
     dimse.get_msg = get_message
 

@@ -1,5 +1,6 @@
 """The streaming receive path (dicom_node.pdu_reader): fragments spliced from the socket into the
-dataset file, the buffered path beside it, and what happens when either is cut short.
+dataset file, the buffered path beside it, what happens when either is cut short, and the
+descriptors the reader holds (splice pipes, the DUL thread's wake-up).
 
 Every test runs a real node on 127.0.0.1; the raw peer sends PDUs split at awkward places so
 that heads and fragments arrive in pieces. Loops are bounded in count and time.
@@ -7,10 +8,12 @@ that heads and fragments arrive in pieces. Loops are bounded in count and time.
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node import pdu_reader
 from dicom_node.statuses import OUT_OF_RESOURCES, SUCCESS
+from dicom_node.wakeup import Wakeup
 from tests import factories
 from tests.helpers import rows, send, wait_for
 from tests.rawdicom import (
@@ -187,3 +191,60 @@ def test_without_a_pipe_the_buffered_path_receives(start_node, monkeypatch) -> N
     ds = factories.radiograph(rows=600, columns=700, bits=16)
     assert [r.status for r in send(node, [ds]).results] == [SUCCESS]
     _stored_equal(node, ds)
+
+
+def _open_fds() -> int:
+    """Pipes, eventfds and sockets this process holds (the database pool's files aside)."""
+    held = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        held += target.startswith(("pipe:", "anon_inode:[eventfd]", "socket:"))
+    return held
+
+
+def test_associations_leave_no_descriptor_behind(start_node) -> None:  # type: ignore[no-untyped-def]
+    """Each association's wake-up descriptor and splice pipes are closed when it ends, whether
+    it is released, aborted or cut off mid-dataset."""
+    node = start_node(max_pdu=16384)
+    ds = factories.radiograph(rows=300, columns=300, bits=16)
+    assert [r.status for r in send(node, [ds]).results] == [SUCCESS]  # warm: lazy imports
+    wait_for(lambda: node.listener.open_connections == 0, timeout=5)
+    before = _open_fds()
+    pdus = store_rq(factories.radiograph(rows=256, columns=256, bits=16))
+    for n in range(10):
+        assert [r.status for r in send(node, [ds]).results] == [SUCCESS]
+        with RawPeer(node.listener.port) as peer:
+            assert peer.associate().pdu_type == A_ASSOCIATE_AC
+            for data in pdus[:3]:
+                peer.send(data)
+            if n % 2:
+                peer.send(pdata((3, 0x00, b"x" * 100))[:60])  # and hang up mid-fragment
+    wait_for(lambda: node.listener.open_connections == 0, timeout=10)
+    assert wait_for(lambda: _open_fds() <= before, timeout=5)
+
+
+def test_a_wakeup_wakes_a_waiter_and_does_nothing_once_closed() -> None:
+    waker = Wakeup()
+    left, right = socket.socketpair()
+    try:
+        done = threading.Event()
+
+        def wait() -> None:
+            waker.wait(left, 30)
+            done.set()
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        waker.set()
+        thread.join(5)
+        assert done.is_set()
+        waker.wait(left, 0)  # a set that was waited for is cleared: no busy loop after it
+        waker.close()
+        waker.set()  # after close: nothing is written anywhere
+        waker.wait(left, 0)
+    finally:
+        left.close()
+        right.close()

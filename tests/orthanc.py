@@ -42,6 +42,8 @@ class Orthanc:
     ) -> None:
         for tool in ("Orthanc", "socat", "unshare", "ip"):
             require(shutil.which(tool) is not None, f"{tool} is not installed")
+        if dicomweb:  # without it Orthanc starts, and STOW-RS and OHIF fail only by timing out
+            require(Path(DICOMWEB_PLUGIN).is_file(), "orthanc-dicomweb is not installed")
         self.dir = workdir
         self.node_port = node_port
         self.node_ae = node_ae

@@ -139,6 +139,8 @@ class _Inbox:
         # A plain socket's descriptor, read without Python's poll() before every recv (which a
         # socket with a timeout makes) when data is already waiting. TLS must go through ssl.
         self.fd = None if isinstance(sock, ssl.SSLSocket) else sock.fileno()
+        #: Fragments can be spliced from the socket (a plain one, on a system with splice).
+        self.splice = self.fd is not None and hasattr(os, "splice")
         self.buf = bytearray()  # sized on the first receive
         self.start = 0
         self.end = 0
@@ -256,11 +258,12 @@ def _receiving_into_file(dul: Any) -> int | None:
     return context_id if isinstance(context_id, int) else None
 
 
-def _spliceable(dul: Any, buf: bytearray, start: int) -> bool:
+def _spliceable(buf: bytearray, start: int, context_id: int) -> bool:
     """Can the P-DATA-TF whose first :data:`_PDV_HEAD` bytes are at ``buf[start:]`` be spliced?
 
-    It can when its one PDV is a dataset fragment, not the last, of the message being received
-    into a file (as in :func:`_fragment_spans`). A PDU of several PDVs takes the buffered path.
+    It can when its one PDV is a dataset fragment, not the last, on ``context_id``, the context
+    of the message being received into a file (:func:`_receiving_into_file`). A PDU of several
+    PDVs takes the buffered path.
     """
     pdu_type, _, length, item_length, pdv_context, control = struct.unpack_from(
         ">BBLLBB", buf, start
@@ -270,7 +273,7 @@ def _spliceable(dul: Any, buf: bytearray, start: int) -> bool:
         and item_length + 4 == length
         and item_length >= 2
         and not control & 0x03
-        and pdv_context == _receiving_into_file(dul)
+        and pdv_context == context_id
     )
 
 
@@ -289,11 +292,6 @@ class _Pipe:
             fcntl.fcntl(self.write_end, _F_SETPIPE_SZ, _PIPE_SIZE)
         self.capacity = fcntl.fcntl(self.write_end, _F_GETPIPE_SZ)
         self.held = 0  # bytes in the pipe, not yet in the file
-
-    @staticmethod
-    def usable(sock: Any) -> bool:
-        """A plain TCP socket on a system with ``splice`` (TLS needs its bytes decrypted)."""
-        return hasattr(os, "splice") and not isinstance(sock, ssl.SSLSocket)
 
     def fill(self, sock_fd: int, count: int) -> int:
         """Move up to ``count`` bytes from the socket into the pipe; 0 if the peer closed.
@@ -404,7 +402,6 @@ def install_reader(
     DUL decodes, and for each run of streamed PDUs before it is written.
     """
     inbox: list[_Inbox] = []  # made on the first read, once the DUL has its socket
-    splice = False  # the socket is plain and the system has splice (set with the inbox)
 
     def complete_pdu(self: Any, box: _Inbox) -> tuple[int, int] | None:
         """Receive until a whole PDU is buffered: (type, length); None if an event was queued."""
@@ -425,7 +422,7 @@ def install_reader(
                     need = 6
                 # On a plain socket no more than this PDU: what follows a C-STORE command is
                 # spliced once the command has opened its file. TLS reads ahead.
-                most = need - box.buffered if splice else _CHUNK
+                most = need - box.buffered if box.splice else _CHUNK
                 if box.receive(need, most=most) == 0:
                     self.event_queue.put("Evt17")  # the peer closed the connection
                     return None
@@ -544,8 +541,11 @@ def install_reader(
             message._data_set_file, f"writing the dataset failed: {exc.strerror or exc}"
         )
 
-    def stream_spliced(self: Any, box: _Inbox) -> bool:
+    def stream_spliced(self: Any, box: _Inbox, context_id: int) -> bool:
         """Splice the fragments of the PDUs that can stream, while they keep coming.
+
+        ``context_id`` is the context of the message being received: only this thread changes
+        the state that decides it, so it holds for the whole run.
 
         Returns True when the reader is done for now (nothing more waiting, or the connection
         is closed), False when the buffer holds the start of a PDU for the buffered path.
@@ -572,7 +572,7 @@ def install_reader(
                 if (
                     limits.refusal(pdu_type, length) is not None
                     or box.buffered >= 6 + length
-                    or not _spliceable(self, box.buf, box.start)
+                    or not _spliceable(box.buf, box.start, context_id)
                 ):
                     return False
                 deadline = box.partial_since + limits.timeout
@@ -603,10 +603,8 @@ def install_reader(
         if sock is None:
             self.event_queue.put("Evt17")
             return
-        nonlocal splice
         if not inbox or inbox[0].sock is not sock:
             inbox[:] = [_Inbox(sock, limits.timeout)]
-            splice = _Pipe.usable(sock)
         box = inbox[0]
         if not self._recv_pdu.empty():
             # Let the DUL act on what is queued first (a command opens the file its fragments
@@ -615,13 +613,10 @@ def install_reader(
             # socket.
             return
         for _ in range(_STREAM_BATCH):
-            if (
-                splice
-                and not buffered_pdu(box)
-                and _receiving_into_file(self) is not None
-                and stream_spliced(self, box)
-            ):
-                return
+            if box.splice and not buffered_pdu(box):
+                context_id = _receiving_into_file(self)
+                if context_id is not None and stream_spliced(self, box, context_id):
+                    return
             if complete_pdu(self, box) is None or hand_on(self, box) or self._kill_thread:
                 return
             if not box.waiting(_NEXT_PDU_WAIT):
@@ -665,8 +660,10 @@ def install_reader(
         )
 
     def wake() -> None:
-        for waker in wakeup[:1]:
-            waker.set()
+        # The DUL thread looks at its queues before it waits: only other threads need to.
+        if threading.current_thread() is not dul:
+            for waker in wakeup[:1]:
+                waker.set()
 
     def waking(put: Callable[..., None]) -> Callable[..., None]:
         def put_and_wake(*args: Any, **kwargs: Any) -> None:

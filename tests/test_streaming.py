@@ -8,8 +8,10 @@ that heads and fragments arrive in pieces. Loops are bounded in count and time.
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
+import select
 import signal
 import socket
 import struct
@@ -183,11 +185,12 @@ def test_a_dataset_that_cannot_be_written_is_refused_and_the_association_goes_on
 def test_without_a_pipe_the_buffered_path_receives(start_node, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Out of file descriptors for a pipe (EMFILE): the dataset arrives through the buffer."""
 
-    def no_pipe(flags: int) -> tuple[int, int]:
-        raise OSError(24, "Too many open files")
+    def no_pipe(self: pdu_reader._Pipe) -> None:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
     node = start_node(max_pdu=16384)
-    monkeypatch.setattr(pdu_reader.os, "pipe2", no_pipe)
+    # The reader's pipe only: the process's other descriptors (sockets, files) are still made.
+    monkeypatch.setattr(pdu_reader._Pipe, "__init__", no_pipe)
     ds = factories.radiograph(rows=600, columns=700, bits=16)
     assert [r.status for r in send(node, [ds]).results] == [SUCCESS]
     _stored_equal(node, ds)
@@ -241,9 +244,13 @@ def test_a_wakeup_wakes_a_waiter_and_does_nothing_once_closed() -> None:
         waker.set()
         thread.join(5)
         assert done.is_set()
-        waker.wait(left, 0)  # a set that was waited for is cleared: no busy loop after it
+        read_end = waker._read
+        assert read_end is not None
+        # A set that was waited for is cleared: the next wait would not return at once.
+        assert select.select([read_end], [], [], 0)[0] == []
         waker.close()
-        waker.set()  # after close: nothing is written anywhere
+        assert waker._read is None and waker._write is None
+        waker.set()  # after close: does nothing, writes nowhere
         waker.wait(left, 0)
     finally:
         left.close()

@@ -13,7 +13,8 @@ it. Three things then go wrong with a hostile or buggy peer:
   only associations count against the association limit).
 
 It also lets the association thread wait for DIMSE messages instead of polling for them
-(:func:`_wake_on_messages`).
+(:func:`_wake_on_messages`), and sends C-STORE responses without pynetdicom's message encoding
+(:mod:`dicom_node.store_response`).
 
 :class:`ConnectionOwner` is what the server reports to; the listener implements it. Its
 ``connection_finished`` is called exactly once per admitted connection, after the association
@@ -38,6 +39,8 @@ from pynetdicom._handlers import (
 )
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+from dicom_node.store_response import answer_stores_directly
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +223,7 @@ class ConnectionHandler(RequestHandler):
             _guard_association_thread(assoc)
             _wake_on_messages(assoc)
             _drop_unheard_logging(assoc)
+            answer_stores_directly(assoc)
             owner.connection_opened(assoc)
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": address})
             assoc.start()

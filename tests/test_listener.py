@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from dicom_node.eligibility import OUR_MANUFACTURER
 from dicom_node.sender import AssociationFailed, echo
 from dicom_node.statuses import CANNOT_UNDERSTAND, INVALID_UID, OUT_OF_RESOURCES
 from tests import factories
-from tests.helpers import dest, rows, send
+from tests.helpers import dest, rows, send, wait_for
 from tests.services import require, shared_file
 from worker.db.models import Association, Instance, Rejection, Study
 
@@ -376,3 +377,22 @@ def test_pynetdicom_logging_handlers_run_only_when_heard(start_node, level) -> N
         assoc.release()
     finally:
         library.setLevel(saved)
+
+
+def test_a_restarted_node_completes_what_became_due_at_once(start_node, make_settings) -> None:  # type: ignore[no-untyped-def]
+    from worker.node_service import build_node
+
+    first = start_node(monitor_interval=60)  # a pass at start, the next a minute later
+    ds = factories.radiograph()
+    assert [r.status for r in send(first, [ds]).results] == [0x0000]
+    time.sleep(1.0)  # the quiet period (0.5 s) passes with no pass to notice it
+    where = Study.study_instance_uid == ds.StudyInstanceUID
+    assert [s.state for s in rows(first.engine, Study, where)] == ["receiving"]
+
+    second = build_node(make_settings(monitor_interval=60))  # the same database, restarted
+    second.start()
+    try:
+        # Its first pass runs at start, not an interval later.
+        wait_for(lambda: rows(second.engine, Study, where)[0].state != "receiving", timeout=10)
+    finally:
+        second.stop()

@@ -75,8 +75,8 @@ class Node:
         from worker.observability import start_observability
 
         self.store.close_orphaned_associations()
+        self.monitor.start()  # its first pass runs while the listener opens its port
         self.listener.start()
-        self.monitor.start()
         # The first study should not pay for the broker connection; a broker that is slow or
         # down must not hold up the listener either.
         threading.Thread(target=self.enqueue.connect, name="broker-connect", daemon=True).start()

@@ -50,7 +50,6 @@ import select
 import socket
 import ssl
 import struct
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,7 +57,7 @@ from types import MethodType
 from typing import Any
 
 from dicom_node.incoming import PartialDataset
-from dicom_node.wakeup import Wakeup
+from dicom_node.wakeup import wait_instead_of_polling
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +118,6 @@ _HEAD = struct.Struct(">BBLLBB")
 _SPLICE_BATCH = _STREAM_BATCH * _CHUNK
 #: Pipe size asked for (Linux caps unprivileged pipes at /proc/sys/fs/pipe-max-size, 1 MiB).
 _PIPE_SIZE = 2**20
-#: The longest the DUL thread waits for the peer or for work before it goes round its loop
-#: (timers) again; work from other threads and the peer's bytes wake it at once.
-_IDLE_WAIT = 0.05
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
@@ -418,7 +414,9 @@ def install_reader(
     """Replace ``dul``'s PDU reader with one that enforces ``limits``.
 
     ``on_pdata(dul, length)`` is called before P-DATA-TF bytes are handed on: for each PDU the
-    DUL decodes, and for each run of streamed PDUs before it is written.
+    DUL decodes, and for each run of streamed PDUs before it is written. The DUL thread then
+    waits for its peer or for work instead of polling (:mod:`dicom_node.wakeup`), told when
+    this reader holds a PDU the socket no longer shows.
     """
     inbox: list[_Inbox] = []  # made on the first read, once the DUL has its socket
 
@@ -682,79 +680,25 @@ def install_reader(
         return limits.refusal(pdu_type, length) is not None or box.buffered >= 6 + length
 
     original_transport_event = dul._is_transport_event
-    wakeup: list[Wakeup] = []  # the DUL thread's, while it runs
+
+    def has_buffered_pdu() -> bool:
+        return bool(inbox) and buffered_pdu(inbox[0])
 
     def transport_event(self: Any) -> bool:
         # pynetdicom reads only when the socket is readable; PDUs this reader has buffered
         # but not handed on yet are not on the socket any more.
         if (
-            inbox
-            and self.state_machine.current_state != "Sta13"
+            self.state_machine.current_state != "Sta13"
             and self._recv_pdu.empty()
-            and buffered_pdu(inbox[0])
+            and has_buffered_pdu()
         ):
             self._read_pdu_data()
             return True
-        sock = getattr(self.socket, "socket", None)
-        if wakeup and sock is not None and nothing_to_do(self, sock):
-            # Instead of pynetdicom's 1 ms sleep: until the peer sends or a thread gives work.
-            wakeup[0].wait(sock, _IDLE_WAIT)
         return bool(original_transport_event())
-
-    def nothing_to_do(self: Any, sock: Any) -> bool:
-        return (
-            self.state_machine.current_state != "Sta13"  # closing: pynetdicom finishes at once
-            and not self._kill_thread
-            and self.to_provider_queue.empty()
-            and self.event_queue.empty()
-            and not (isinstance(sock, ssl.SSLSocket) and sock.pending())
-        )
-
-    def wake() -> None:
-        # The DUL thread looks at its queues before it waits: only other threads need to.
-        if threading.current_thread() is not dul:
-            for waker in wakeup[:1]:
-                waker.set()
-
-    def waking(put: Callable[..., None]) -> Callable[..., None]:
-        def put_and_wake(*args: Any, **kwargs: Any) -> None:
-            put(*args, **kwargs)
-            wake()
-
-        return put_and_wake
-
-    def kill_dul(self: Any) -> None:
-        self._kill_thread = True
-        wake()
-
-    def stop_dul(self: Any) -> bool:
-        # pynetdicom's spins, sleeping the loop delay, until the thread has ended.
-        if self.state_machine.current_state != "Sta1":
-            return False
-        kill_dul(self)
-        if threading.current_thread() is not self:
-            self.join()
-        return True
-
-    run_reactor = dul._target  # the DUL thread's target, as pynetdicom made it
-
-    def run_waking(*args: Any, **kwargs: Any) -> None:
-        waker = Wakeup()
-        wakeup.append(waker)
-        try:
-            run_reactor(*args, **kwargs)
-        finally:
-            wakeup.clear()
-            waker.close()
 
     dul._read_pdu_data = MethodType(read, dul)
     dul._is_transport_event = MethodType(transport_event, dul)
-    dul._run_loop_delay = 0  # the loop waits in transport_event instead of sleeping
-    dul._target = run_waking
-    dul.kill_dul = MethodType(kill_dul, dul)
-    dul.stop_dul = MethodType(stop_dul, dul)
-    for work in (dul.to_provider_queue, dul.event_queue):
-        work.put = waking(work.put)
+    wait_instead_of_polling(dul, has_buffered_pdu)
     # Sends to a peer that stops reading fail after the same time instead of blocking forever.
     sock = getattr(dul.socket, "socket", None)
     if sock is not None:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from bench.receive_throughput import (  # noqa: E402
     free_port,
     make_files,
-    wait_listening,
+    start_listener,
     wait_port,
     warm_memory,
 )
@@ -91,26 +91,7 @@ def start_receiver(name: str, target: Path, checkout: Path, processes: int) -> t
         )
         wait_port(port)
         return proc, port, "DCMTK"
-    env = {
-        **os.environ,
-        "CXR_DATA_DIR": str(target),
-        "CXR_PORT": str(port),
-        "CXR_MIN_FREE_MB": "0",
-        "CXR_MAX_PDU": "131072",
-        "CXR_QUIET_SECONDS": "3600",
-        "CXR_LOG_LEVEL": "INFO",
-        "CXR_METRICS_PORT": "0",
-    }
-    log = target / "listen.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli.main", "listen", "--processes", str(processes)],
-            env=env,
-            cwd=checkout,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    wait_listening(proc, log, processes)
+    proc = start_listener(target, port, processes, checkout=checkout)
     return proc, port, "CXR_TRIAGE"
 
 

@@ -142,11 +142,9 @@ def run_orthanc(files: list[Path], target: Path, associations: int) -> float:
         orthanc.stop()
 
 
-def run_ours(
-    files: list[Path], target: Path, associations: int, *, fsync: bool, processes: int = 1
-) -> float:
-    port = free_port()
-    env = {
+def listener_env(target: Path, port: int, *, fsync: bool = True) -> dict[str, str]:
+    """The environment every bench runs ``cxr-triage listen`` in."""
+    return {
         **os.environ,
         "CXR_DATA_DIR": str(target),
         "CXR_PORT": str(port),
@@ -157,13 +155,35 @@ def run_ours(
         "CXR_LOG_LEVEL": "INFO",  # the default; wait_listening reads it
         "CXR_METRICS_PORT": "0",  # N processes cannot share one metrics port
     }
-    target.mkdir(parents=True)
+
+
+def start_listener(
+    target: Path, port: int, processes: int, *, fsync: bool = True, checkout: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    """``cxr-triage listen --processes N`` from ``checkout``, once every process listens."""
+    env = listener_env(target, port, fsync=fsync)
     log = target / "listen.log"
     command = [sys.executable, "-m", "worker.cli.main", "listen", "--processes", str(processes)]
     with log.open("w") as out:
-        proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            command, env=env, cwd=checkout, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         wait_listening(proc, log, processes)
+    except BaseException:
+        proc.kill()
+        proc.wait(30)
+        raise
+    return proc
+
+
+def run_ours(
+    files: list[Path], target: Path, associations: int, *, fsync: bool, processes: int = 1
+) -> float:
+    port = free_port()
+    target.mkdir(parents=True)
+    proc = start_listener(target, port, processes, fsync=fsync)
+    try:
         return send(files, port, "CXR_TRIAGE", associations)
     finally:
         proc.send_signal(signal.SIGTERM)

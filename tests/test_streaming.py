@@ -14,6 +14,7 @@ import resource
 import select
 import signal
 import socket
+import stat
 import struct
 import threading
 from collections.abc import Iterator
@@ -194,6 +195,29 @@ def test_without_a_pipe_the_buffered_path_receives(start_node, monkeypatch) -> N
     ds = factories.radiograph(rows=600, columns=700, bits=16)
     assert [r.status for r in send(node, [ds]).results] == [SUCCESS]
     _stored_equal(node, ds)
+
+
+def test_a_file_system_that_refuses_splice_gets_the_fragments_written(  # type: ignore[no-untyped-def]
+    start_node, spliced, monkeypatch
+) -> None:
+    """Splicing out of the pipe into the file fails with EINVAL (some file systems take no
+    splice): the pipe is emptied by read and write instead, in order."""
+    splice = os.splice
+    refused: list[int] = []
+
+    def no_splice_into_files(src: int, dst: int, count: int, *args: Any, **kwargs: Any) -> int:
+        if stat.S_ISREG(os.fstat(dst).st_mode):
+            refused.append(count)
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return splice(src, dst, count, *args, **kwargs)
+
+    monkeypatch.setattr(os, "splice", no_splice_into_files)
+    node = start_node(max_pdu=16384)
+    sent = [factories.radiograph(rows=700, columns=800, bits=16) for _ in range(2)]  # 2.2 MB
+    assert [r.status for r in send(node, sent).results] == [SUCCESS, SUCCESS]
+    for ds in sent:
+        _stored_equal(node, ds)
+    assert spliced and refused  # into the pipe by splice, out of it by read and write
 
 
 def _open_fds() -> int:

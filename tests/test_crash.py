@@ -38,7 +38,9 @@ def test_sigkill_mid_study_then_restart(tmp_path, pg_url, redis_server) -> None:
         "CXR_PORT": str(port),
         "CXR_DATABASE_URL": pg_url,
         "CXR_BROKER_URL": redis_server.url,
-        "CXR_QUIET_SECONDS": "1",
+        # Longer than the kill and restart take: the study must not become due while the
+        # node is down (the first pass after a restart would complete it with two images).
+        "CXR_QUIET_SECONDS": "5",
         "CXR_MONITOR_INTERVAL": "0.2",
         "CXR_MIN_FREE_MB": "0",
     }

@@ -55,6 +55,27 @@ _ADD_INSTANCE = insert(_INSTANCES)
 _UPDATE_INSTANCE = update(_INSTANCES).where(_INSTANCES.c.id == bindparam("row"))
 _ADD_RECEIPT = insert(_RECEIPTS)
 
+# The monitor's statements, built once: it runs them every second in every listener process.
+_RECEIVING_STUDIES = (
+    select(
+        Study.id,
+        Study.first_instance_at,
+        Study.last_instance_at,
+        func.count(distinct(case((Association.ended_at.is_(None), Association.id)))),
+        func.sum(case((Instance.eligible, 1), else_=0)),
+    )
+    .join(Instance, Instance.study_id == Study.id)
+    .join(Association, Association.id == Instance.association_id)
+    .where(Study.state == RECEIVING)
+    .group_by(Study.id, Study.first_instance_at, Study.last_instance_at)
+)
+_STALE_CLAIMS = select(Study.id).where(
+    Study.state == QUEUEING, Study.updated_at < bindparam("cutoff")
+)
+_COMPLETE_STUDIES = (
+    select(Study.id).where(Study.state == COMPLETE).order_by(Study.id).limit(bindparam("limit"))
+)
+
 #: Enqueue a study; returns the task id. Raises when the broker cannot take it.
 Enqueue = Callable[[Study], str]
 #: Enqueue one delivery attempt: (object id, destination, attempt number).
@@ -310,24 +331,9 @@ class NodeStore:
     # -- StudyTracker ---------------------------------------------------------------------------
     def complete_due_studies(self) -> int:
         now = _now()
-        open_assoc = func.count(distinct(case((Association.ended_at.is_(None), Association.id))))
-        eligible = func.sum(case((Instance.eligible, 1), else_=0))
-        query = (
-            select(
-                Study.id,
-                Study.first_instance_at,
-                Study.last_instance_at,
-                open_assoc,
-                eligible,
-            )
-            .join(Instance, Instance.study_id == Study.id)
-            .join(Association, Association.id == Instance.association_id)
-            .where(Study.state == RECEIVING)
-            .group_by(Study.id, Study.first_instance_at, Study.last_instance_at)
-        )
         done = 0
         with self.sessions() as s:
-            rows = s.execute(query).all()
+            rows = s.execute(_RECEIVING_STUDIES).all()
         for study_id, first, last, n_open, n_eligible in rows:
             verdict = self.policy.verdict(
                 open_associations=int(n_open),
@@ -362,9 +368,7 @@ class NodeStore:
     def _release_stale_claims(self) -> None:
         cutoff = _now() - _QUEUEING_STALE
         with self.sessions.begin() as s:
-            stale = s.scalars(
-                select(Study.id).where(Study.state == QUEUEING, Study.updated_at < cutoff)
-            ).all()
+            stale = s.scalars(_STALE_CLAIMS, {"cutoff": cutoff}).all()
             for study_id in stale:
                 move(
                     s,
@@ -388,9 +392,7 @@ class NodeStore:
             return 0
         self._release_stale_claims()
         with self.sessions() as s:
-            ids = s.scalars(
-                select(Study.id).where(Study.state == COMPLETE).order_by(Study.id).limit(limit)
-            ).all()
+            ids = s.scalars(_COMPLETE_STUDIES, {"limit": limit}).all()
         queued = 0
         for study_id in ids:
             with self.sessions.begin() as s:

@@ -61,13 +61,17 @@ def listener_config(settings: Settings, shared_socket: int | None = None) -> Lis
 
 @dataclass
 class Node:
-    """A running DICOM node: listener plus completion/outbox monitor."""
+    """A running DICOM node: listener plus completion/outbox monitor.
+
+    ``monitor`` is None in all but one process of ``listen --processes N``: the monitor works
+    on the database, which every process shares, so one does the work for all.
+    """
 
     settings: Settings
     engine: Engine
     store: NodeStore
     listener: Listener
-    monitor: CompletionMonitor
+    monitor: CompletionMonitor | None
     enqueue: StudyEnqueuer
     observability: Any = None
 
@@ -75,7 +79,10 @@ class Node:
         from worker.observability import start_observability
 
         self.store.close_orphaned_associations()
-        self.monitor.start()  # its first pass runs while the listener opens its port
+        if self.monitor is not None:
+            self.monitor.start()  # its first pass runs while the listener opens its port
+        else:
+            logger.info("completion monitor off: another process of this group runs it")
         self.listener.start()
         # The first study should not pay for the broker connection; a broker that is slow or
         # down must not hold up the listener either.
@@ -88,14 +95,18 @@ class Node:
         if self.observability is not None:
             self.observability.stop()
         self.listener.stop()
-        self.monitor.stop()
+        if self.monitor is not None:
+            self.monitor.stop()
         self.engine.dispose()
 
 
-def build_node(settings: Settings, shared_socket: int | None = None) -> Node:
+def build_node(
+    settings: Settings, shared_socket: int | None = None, *, monitor: bool = True
+) -> Node:
     """Build (but do not start) the node described by ``settings``.
 
-    ``shared_socket`` is a listening socket's descriptor inherited from ``listen --processes``.
+    ``shared_socket`` is a listening socket's descriptor inherited from ``listen --processes``;
+    ``monitor`` False leaves out the completion monitor (another process of the group runs it).
     """
     engine = open_database(settings)
     celery = create_celery(settings)
@@ -115,14 +126,14 @@ def build_node(settings: Settings, shared_socket: int | None = None) -> Node:
         settings.spool_dir, min_free_bytes=settings.min_free_mb * 2**20, fsync=settings.fsync
     )
     listener = Listener(listener_config(settings, shared_socket), spool, store)
-    monitor = CompletionMonitor(store, settings.monitor_interval)
-    return Node(settings, engine, store, listener, monitor, enqueue)
+    completion = CompletionMonitor(store, settings.monitor_interval) if monitor else None
+    return Node(settings, engine, store, listener, completion, enqueue)
 
 
-def serve(settings: Settings, shared_socket: int | None = None) -> None:
+def serve(settings: Settings, shared_socket: int | None = None, *, monitor: bool = True) -> None:
     """Run the node until SIGINT or SIGTERM."""
     io_switches.configure(settings.spool_dir / "incoming")
-    node = build_node(settings, shared_socket)
+    node = build_node(settings, shared_socket, monitor=monitor)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

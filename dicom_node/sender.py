@@ -8,6 +8,7 @@ import ssl
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -117,6 +118,7 @@ def _associate(ae: AE, dest: Destination, options: SenderOptions) -> Association
     except (OSError, ValueError) as exc:
         raise AssociationFailed(f"could not connect to {dest}: {exc}") from exc
     if assoc.is_established:
+        _leave_responses_to_the_sender(assoc)
         return assoc
     if not connected:
         raise AssociationFailed(
@@ -129,6 +131,38 @@ def _associate(ae: AE, dest: Destination, options: SenderOptions) -> Association
     if assoc.is_aborted:
         raise AssociationFailed(f"{dest} aborted the association")
     raise AssociationFailed(f"could not associate with {dest} (no answer or connection refused)")
+
+
+def _is_response(message: object) -> bool:
+    field = getattr(getattr(message, "command_set", None), "CommandField", None)
+    return isinstance(field, int) and bool(field & 0x8000)  # bit 15: a response (PS3.7 E.1)
+
+
+def _leave_responses_to_the_sender(assoc: Association) -> None:
+    """Keep the requestor's reactor thread from taking a response that a send waits for.
+
+    pynetdicom pauses the reactor before each ``send_c_store``, but the pause can come a moment
+    late: the reactor has just passed its checkpoint (its ``_is_paused`` still True) and then
+    takes the next message without blocking. On a fast peer the response is there by then; the
+    reactor drops it ("Received unexpected C-STORE service message") and the send waits the
+    whole DIMSE timeout (seen once: 60 s, then the object sent again). The reactor serves
+    requests only, so its look leaves responses on the queue for the thread that waits.
+    """
+    dimse = assoc.dimse
+    messages = dimse.msg_queue
+    get_msg = dimse.get_msg
+
+    def get_message(block: bool = False) -> Any:
+        if block:  # the sending thread, waiting for its response
+            return get_msg(block=True)
+        with messages.mutex:  # as Queue.get does, so the look and the take are one step
+            if not messages.queue or _is_response(messages.queue[0][1]):
+                return None, None
+            item = messages.queue.popleft()
+            messages.not_full.notify()
+        return item
+
+    dimse.get_msg = get_message  # type: ignore[method-assign]
 
 
 def echo(dest: Destination, options: SenderOptions | None = None) -> int:

@@ -1,0 +1,56 @@
+"""The C-STORE SCU (dicom_node.sender) against a real node on 127.0.0.1."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_ECHO_RSP
+from pynetdicom.dimse_primitives import C_ECHO
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dicom_node import sender
+from dicom_node.sender import SenderOptions
+from tests.helpers import dest
+
+
+def _message(message: Any, **fields: Any) -> Any:
+    primitive = C_ECHO()
+    for name, value in fields.items():
+        setattr(primitive, name, value)
+    message.primitive_to_message(primitive)
+    return message
+
+
+def test_the_reactor_leaves_a_response_to_the_thread_that_waits_for_it(start_node: Any) -> None:
+    """pynetdicom's requestor race: its reactor thread, paused a moment too late, looks for a
+    message without blocking and takes the response ``send_c_store`` waits for ("Received
+    unexpected C-STORE service message"); the send then waits the whole DIMSE timeout. Here a
+    response put on the queue stays there through the reactor's looks (every millisecond) and
+    goes to the blocking get, while a request is still the reactor's to take."""
+    node = start_node()
+    options = SenderOptions(calling_ae="TEST_SCU", dimse_timeout=5, acse_timeout=10)
+    ae = sender._ae(options)
+    ae.add_requested_context(Verification)
+    assoc = sender._associate(ae, dest(node), options)
+    try:
+        response = _message(
+            C_ECHO_RSP(),
+            MessageIDBeingRespondedTo=1,
+            AffectedSOPClassUID=Verification,
+            Status=0x0000,
+        )
+        assoc.dimse.msg_queue.put((1, response))
+        assert assoc.dimse.get_msg(block=False) == (None, None)  # the reactor's look
+        time.sleep(0.2)  # and about 200 of its own turns
+        assert assoc.dimse.get_msg(block=True) == (1, response)
+
+        request = _message(C_ECHO_RQ(), MessageID=7, AffectedSOPClassUID=Verification)
+        assoc._reactor_checkpoint.clear()  # pause the reactor, as pynetdicom's sends do
+        while not assoc._is_paused:
+            time.sleep(0.001)
+        assoc.dimse.msg_queue.put((1, request))
+        assert assoc.dimse.get_msg(block=False) == (1, request)
+        assoc._reactor_checkpoint.set()
+    finally:
+        assoc.release()

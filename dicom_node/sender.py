@@ -133,9 +133,8 @@ def _associate(ae: AE, dest: Destination, options: SenderOptions) -> Association
     raise AssociationFailed(f"could not associate with {dest} (no answer or connection refused)")
 
 
-def _is_response(message: object) -> bool:
-    field = getattr(getattr(message, "command_set", None), "CommandField", None)
-    return isinstance(field, int) and bool(field & 0x8000)  # bit 15: a response (PS3.7 E.1)
+def _responds(primitive: object) -> bool:
+    return getattr(primitive, "MessageIDBeingRespondedTo", None) is not None
 
 
 def _leave_responses_to_the_sender(assoc: Association) -> None:
@@ -156,7 +155,9 @@ def _leave_responses_to_the_sender(assoc: Association) -> None:
         if block:  # the sending thread, waiting for its response
             return get_msg(block=True)
         with messages.mutex:  # as Queue.get does, so the look and the take are one step
-            if not messages.queue or _is_response(messages.queue[0][1]):
+            # The queue holds DIMSE primitives; a response is one that answers a message ID,
+            # as pynetdicom's own send_msg tells them apart.
+            if not messages.queue or _responds(messages.queue[0][1]):
                 return None, None
             item = messages.queue.popleft()
             messages.not_full.notify()

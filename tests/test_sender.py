@@ -14,42 +14,46 @@ from dicom_node.sender import SenderOptions
 from tests.helpers import dest
 
 
-def _message(message: Any, **fields: Any) -> Any:
+def _arrive(assoc: Any, message: Any, **fields: Any) -> Any:
+    """Hand the association's DIMSE layer ``message`` as the DUL thread does with what the peer
+    sent (encoded into P-DATA, then decoded); return the primitive it queued."""
     primitive = C_ECHO()
     for name, value in fields.items():
         setattr(primitive, name, value)
     message.primitive_to_message(primitive)
-    return message
+    for pdata in message.encode_msg(1, 16384):
+        assoc.dimse.receive_primitive(pdata)
+    return assoc.dimse.msg_queue.queue[-1][1]
 
 
 def test_the_reactor_leaves_a_response_to_the_thread_that_waits_for_it(start_node: Any) -> None:
     """pynetdicom's requestor race: its reactor thread, paused a moment too late, looks for a
     message without blocking and takes the response ``send_c_store`` waits for ("Received
     unexpected C-STORE service message"); the send then waits the whole DIMSE timeout. Here a
-    response put on the queue stays there through the reactor's looks (every millisecond) and
-    goes to the blocking get, while a request is still the reactor's to take."""
+    response decoded by the association's DIMSE layer (the primitive the reactor would see)
+    stays queued through the reactor's looks (every millisecond) and goes to the blocking get,
+    while a request is still the reactor's to take."""
     node = start_node()
     options = SenderOptions(calling_ae="TEST_SCU", dimse_timeout=5, acse_timeout=10)
     ae = sender._ae(options)
     ae.add_requested_context(Verification)
     assoc = sender._associate(ae, dest(node), options)
     try:
-        response = _message(
+        response = _arrive(
+            assoc,
             C_ECHO_RSP(),
             MessageIDBeingRespondedTo=1,
             AffectedSOPClassUID=Verification,
             Status=0x0000,
         )
-        assoc.dimse.msg_queue.put((1, response))
         assert assoc.dimse.get_msg(block=False) == (None, None)  # the reactor's look
         time.sleep(0.2)  # and about 200 of its own turns
         assert assoc.dimse.get_msg(block=True) == (1, response)
 
-        request = _message(C_ECHO_RQ(), MessageID=7, AffectedSOPClassUID=Verification)
         assoc._reactor_checkpoint.clear()  # pause the reactor, as pynetdicom's sends do
         while not assoc._is_paused:
             time.sleep(0.001)
-        assoc.dimse.msg_queue.put((1, request))
+        request = _arrive(assoc, C_ECHO_RQ(), MessageID=7, AffectedSOPClassUID=Verification)
         assert assoc.dimse.get_msg(block=False) == (1, request)
         assoc._reactor_checkpoint.set()
     finally:

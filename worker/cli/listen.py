@@ -103,7 +103,7 @@ def _supervise(args: argparse.Namespace, settings: Settings) -> int:
     )
     command = [*cli_command(args.config), "listen", "--shared-socket", str(sock.fileno())]
     # One completion monitor for the group: it works on the shared database, and N of them
-    # polled it N times a second (a pass costs 15-25 ms of CPU on this VM's cold caches).
+    # polled it N times a second (bench/database_cpu.py: a pass a second apart costs ~10 ms).
     commands = [command] + [[*command, "--no-monitor"]] * (args.processes - 1)
     with sock:
         group = ProcessGroup(commands, env, pass_fds=(sock.fileno(),))

@@ -55,7 +55,7 @@ _ADD_INSTANCE = insert(_INSTANCES)
 _UPDATE_INSTANCE = update(_INSTANCES).where(_INSTANCES.c.id == bindparam("row"))
 _ADD_RECEIPT = insert(_RECEIPTS)
 
-# The monitor's statements, built once: it runs them every second in every listener process.
+# The monitor's statements, built once: it runs them every second.
 _RECEIVING_STUDIES = (
     select(
         Study.id,

@@ -9,6 +9,7 @@ otherwise).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -37,6 +38,7 @@ from worker.db.models import (
     StepTiming,
     Study,
 )
+from worker.fork_gate import ForkGate
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -151,15 +153,17 @@ def start_observability(
     settings: Settings,
     port: int,
     more_checks: MoreChecks | None = None,
+    fork_gate: ForkGate | None = None,
 ) -> ObservabilityServer | None:
     """Start the server on ``port``; None if the port is 0 or taken (logged, not fatal).
 
     ``more_checks`` adds the process's own readiness checks (the worker's: its model is warm).
+    ``fork_gate``: a process that forks passes its gate; each response is worked out inside it.
     """
     if port == 0:
         return None
     try:
-        server = ObservabilityServer(sessions, settings, port, more_checks)
+        server = ObservabilityServer(sessions, settings, port, more_checks, fork_gate)
     except OSError as exc:
         logger.warning(
             "metrics and health endpoints off: cannot bind %s:%d (%s)",
@@ -211,8 +215,10 @@ class ObservabilityServer:
         settings: Settings,
         port: int,
         more_checks: MoreChecks | None = None,
+        fork_gate: ForkGate | None = None,
     ) -> None:
         registry = CollectorRegistry()
+        gate: contextlib.AbstractContextManager[object] = fork_gate or contextlib.nullcontext()
         # One Celery app for the server's life: building one per scrape re-reads settings and
         # sets up a new connection pool each time.
         app = create_celery(settings)
@@ -220,19 +226,24 @@ class ObservabilityServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                # Worked out inside the gate, sent outside it: a slow client holds no fork.
+                with gate:
+                    code, body, kind = self._respond()
+                self._send(code, body, kind)
+
+            def _respond(self) -> tuple[int, bytes, str]:
                 if self.path == "/metrics":
-                    self._send(200, generate_latest(registry), "text/plain; version=0.0.4")
-                elif self.path == "/healthz":
-                    self._send(200, b'{"status": "ok"}', "application/json")
-                elif self.path == "/readyz":
+                    return 200, generate_latest(registry), "text/plain; version=0.0.4"
+                if self.path == "/healthz":
+                    return 200, b'{"status": "ok"}', "application/json"
+                if self.path == "/readyz":
                     checks = readiness(sessions, settings, app)
                     if more_checks is not None:
                         checks.update(more_checks())
                     ok = all(v == "ok" for v in checks.values())
                     body = json.dumps({"ready": ok, "checks": checks}).encode()
-                    self._send(200 if ok else 503, body, "application/json")
-                else:
-                    self._send(404, b"not found: try /metrics, /healthz or /readyz", "text/plain")
+                    return 200 if ok else 503, body, "application/json"
+                return 404, b"not found: try /metrics, /healthz or /readyz", "text/plain"
 
             def _send(self, code: int, body: bytes, kind: str) -> None:
                 self.send_response(code)

@@ -30,6 +30,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     from worker.celery_app import create_celery
     from worker.db.engine import make_session_factory, open_database
+    from worker.fork_gate import ForkGate
     from worker.observability import start_observability
     from worker.tasks import register_tasks
     from worker.warm import WarmMarks
@@ -45,12 +46,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         proc.warm_up(WarmMarks(settings, os.getppid()))
 
     worker_process_init.connect(warm_child, weak=False)
-    # In the worker's main process (no TensorFlow here): counts come from the database.
+    # In the worker's main process (no TensorFlow here): counts come from the database. The
+    # pool forks while this server's threads run; the gate keeps them apart (see fork_gate).
     start_observability(
         make_session_factory(open_database(settings)),
         settings,
         settings.worker_metrics_port,
         lambda: {"model": marks.check(concurrency)},
+        fork_gate=ForkGate(),
     )
     app.worker_main(
         [

@@ -50,8 +50,14 @@ def test_worker_is_not_ready_until_every_process_is_warm(tmp_path: Path) -> None
     port = free_port()
     env = cli_env(tmp_path / "data", CXR_WORKER_METRICS_PORT=str(port))
     log = (tmp_path / "work.log").open("w")
+    # A session of its own, so that a hung pool process is killed with the rest; the waits
+    # stay within pytest's timeout so that a hang fails with the log, not a stack dump.
     proc = subprocess.Popen(
-        [*CLI, "work", "--concurrency", "2"], env=env, stdout=log, stderr=subprocess.STDOUT
+        [*CLI, "work", "--concurrency", "2"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     seen: list[tuple[int, dict[str, Any]]] = []
     try:
@@ -62,10 +68,19 @@ def test_worker_is_not_ready_until_every_process_is_warm(tmp_path: Path) -> None
                 seen.append(got)
             return got is not None and got[0] == 200
 
-        wait_for(answered, timeout=240, interval=0.2)
+        try:
+            wait_for(answered, timeout=200, interval=0.2)
+        except TimeoutError:
+            last = seen[-1] if seen else "no answer"
+            tail = (tmp_path / "work.log").read_text()[-3000:]
+            raise AssertionError(f"never ready; last /readyz: {last}\n{tail}") from None
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        try:
+            proc.wait(40)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
         log.close()
     first_code, first = seen[0]
     assert first_code == 503 and first["checks"]["model"].endswith("(loading the model)")

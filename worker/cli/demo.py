@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from worker.cli.processes import ProcessGroup
 from worker.db.models import StudyState
 from worker.settings import Settings
 
@@ -76,6 +77,19 @@ def _render_sr(path: Path, target: Path) -> None:
     target.write_text(f"<html><body><pre>{html.escape(text)}</pre></body></html>\n")
 
 
+def _fail(what: str, group: ProcessGroup, log: Path, lines: int = 40) -> None:
+    """Say what went wrong, which process exited, and the end of the log."""
+    exited = group.first_exited()
+    if exited is not None:
+        what += f": {group.describe(exited)} exited with {exited.returncode}"
+    try:
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        tail = []
+    print(f"cxr-triage demo: {what}; the end of {log}:", file=sys.stderr)
+    print("\n".join(f"  {line}" for line in tail), file=sys.stderr)
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import pydicom
     from PIL import Image
@@ -83,7 +97,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     from dicom_node.addresses import Destination
     from dicom_node.sender import SenderOptions, send_files
-    from worker.cli.processes import ProcessGroup, child_env, cli_command
+    from worker.cli.processes import child_env, cli_command
     from worker.db.engine import make_engine, make_session_factory, open_database
     from worker.db.models import ImageResult, ProducedObject, Study, StudyResult
 
@@ -122,7 +136,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             if time.monotonic() > deadline or group.first_exited():
-                print("cxr-triage demo: the node did not start; see demo.log", file=sys.stderr)
+                _fail("the node did not start", group, out / "demo.log")
                 return 1
             time.sleep(0.2)
         summary = send_files(
@@ -138,11 +152,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             if states and all(state in TERMINAL for state in states):
                 break
             if group.first_exited():
-                print("cxr-triage demo: a process stopped; see demo.log", file=sys.stderr)
+                _fail("a process stopped", group, out / "demo.log")
                 return 1
             time.sleep(0.5)
         else:
-            print(f"cxr-triage demo: no result after {args.timeout:.0f} s", file=sys.stderr)
+            _fail(f"no result after {args.timeout:.0f} s", group, out / "demo.log")
             return 1
     finally:
         group.stop()

@@ -14,8 +14,11 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
+_MODULE = "worker.cli.main"
+
+
 def cli_command(config: Path | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "worker.cli.main"]
+    cmd = [sys.executable, "-m", _MODULE]
     return [*cmd, "--config", str(config)] if config else cmd
 
 
@@ -31,6 +34,7 @@ class ProcessGroup:
     ) -> None:
         self._log = open(log, "ab") if log else None  # noqa: SIM115 - closed in stop()
         out = self._log if self._log else None
+        self._commands = [list(cmd) for cmd in commands]
         self.children = [
             subprocess.Popen(
                 cmd,
@@ -44,6 +48,13 @@ class ProcessGroup:
 
     def first_exited(self) -> subprocess.Popen[bytes] | None:
         return next((c for c in self.children if c.poll() is not None), None)
+
+    def describe(self, child: subprocess.Popen[bytes]) -> str:
+        """``cxr-triage work (pid 123)``: what a child runs, for messages."""
+        cmd = self._commands[self.children.index(child)]
+        if _MODULE in cmd:
+            cmd = ["cxr-triage", *cmd[cmd.index(_MODULE) + 1 :]]
+        return f"{' '.join(cmd)} (pid {child.pid})"
 
     def stop(self, timeout: float = 30.0) -> None:
         for c in self.children:
@@ -78,7 +89,9 @@ class ProcessGroup:
             if exited is not None:
                 code = exited.returncode or 1
                 logger.error(
-                    "process %d exited with %s; stopping the others", exited.pid, exited.returncode
+                    "%s exited with %s; stopping the others",
+                    self.describe(exited),
+                    exited.returncode,
                 )
                 break
             if tick is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -253,3 +254,51 @@ def test_replay_stuck_sends_a_lost_study_again_now(start_node, redis_server) -> 
     assert "sent again: 1 task(s)" in sent.stdout
     (message,) = _queued_messages(redis_server)
     assert message["headers"]["id"] == _study(node, ds.StudyInstanceUID).task_id
+
+
+def _declare_at_once(barrier: Any, data_dir: str, results: Any) -> None:
+    """A process like the listener or a worker starting up: declare the inference queue."""
+    from pathlib import Path
+
+    from worker.celery_app import declare_queues
+    from worker.settings import Settings
+
+    app = create_celery(Settings(data_dir=Path(data_dir)))
+    barrier.wait(60)
+    try:
+        declare_queues(app, ["inference"])
+        results.put("ok")
+    except Exception as exc:
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_starting_together_each_declare_the_embedded_queue(tmp_path: Path) -> None:
+    """Without declare_queues' second try one of them gets IntegrityError (and a worker stopped)."""
+    import multiprocessing
+
+    from kombu import Connection
+
+    from worker.settings import Settings
+
+    ctx = multiprocessing.get_context("spawn")  # a clean interpreter, like a started process
+    for trial in range(4):
+        data = tmp_path / f"data{trial}"
+        # The broker's tables exist (a node that ran before); only the queue's row is new.
+        with Connection(create_celery(Settings(data_dir=data)).conf.broker_url) as conn:
+            conn.default_channel._open()
+        barrier = ctx.Barrier(4)
+        results = ctx.Queue()
+        procs = [
+            ctx.Process(target=_declare_at_once, args=(barrier, str(data), results))
+            for _ in range(4)
+        ]
+        for p in procs:
+            p.start()
+        try:
+            got = [results.get(timeout=90) for _ in procs]
+        finally:
+            for p in procs:
+                p.join(30)
+                if p.is_alive():
+                    p.kill()
+        assert got == ["ok"] * 4, (trial, got)

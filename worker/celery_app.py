@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 from celery import Celery
+from sqlalchemy.exc import IntegrityError
 
 from worker.settings import Settings
 
+logger = logging.getLogger(__name__)
+
 #: Seconds a publisher waits for the broker before the study stays in the outbox.
 PUBLISH_TIMEOUT = 3.0
+#: Tries at creating a queue that another process creates at the same moment.
+DECLARE_ATTEMPTS = 5
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -39,3 +47,27 @@ def create_celery(settings: Settings) -> Celery:
         worker_proc_alive_timeout=300.0,
     )
     return app
+
+
+def declare_queues(app: Celery, queues: list[str], attempts: int = DECLARE_ATTEMPTS) -> None:
+    """Create ``queues`` on the broker (exchange, queue, binding) before this process uses them.
+
+    The embedded broker keeps each queue as a row of one SQLite table, and kombu guards its
+    creation with a lock of one process only: when the listener and a worker start together
+    both insert the row, one gets ``IntegrityError``, and a Celery consumer takes that as
+    unrecoverable and stops the worker (seen in CI). The loser tries again on a fresh connection
+    and finds the row. Other errors (a broker that is down) are raised to the caller.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            with app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1)
+                channel = conn.default_channel
+                for name in queues:
+                    app.amqp.queues[name].bind(channel).declare()
+            return
+        except IntegrityError as exc:
+            if attempt == attempts:
+                raise
+            logger.debug("queue created by another process meanwhile (%s); again", exc.orig)
+            time.sleep(0.05 * attempt)

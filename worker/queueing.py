@@ -6,6 +6,7 @@ import logging
 
 from celery import Celery
 
+from worker.celery_app import declare_queues
 from worker.db.models import Study
 
 logger = logging.getLogger(__name__)
@@ -40,9 +41,9 @@ class StudyEnqueuer:
         A broker that is down only costs a log line: the outbox sends when it is back.
         """
         try:
+            declare_queues(self.app, [self.queue])
             with self.app.producer_or_acquire() as producer:
                 producer.connection.ensure_connection(max_retries=1)
-                producer.maybe_declare(self.app.amqp.queues[self.queue])
         except Exception as exc:
             logger.warning("broker not reachable yet (%s); studies wait in the outbox", exc)
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 from worker.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from celery.signals import worker_process_init
 
-    from worker.celery_app import create_celery
+    from worker.celery_app import create_celery, declare_queues
     from worker.db.engine import make_session_factory, open_database
     from worker.fork_gate import ForkGate
     from worker.observability import start_observability
@@ -46,6 +49,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         proc.warm_up(WarmMarks(settings, os.getppid()))
 
     worker_process_init.connect(warm_child, weak=False)
+    # Before the consumer declares it: that one stops the worker if another process creates
+    # the queue at the same moment (see declare_queues).
+    try:
+        declare_queues(app, [settings.inference_queue])
+    except Exception as exc:
+        logger.warning("cannot declare queue %s yet (%s)", settings.inference_queue, exc)
     # In the worker's main process (no TensorFlow here): counts come from the database. The
     # pool forks while this server's threads run; the gate keeps them apart (see fork_gate).
     start_observability(

@@ -188,3 +188,19 @@ def _all_queued(tmp_path: Path) -> bool:
     with sqlite3.connect(tmp_path / "data" / "cxr-triage.sqlite") as db:
         states = {r[0] for r in db.execute("select state from studies")}
     return states == {"queued"}
+
+
+def test_a_worker_that_stops_on_an_unrecoverable_error_exits_non_zero(tmp_path: Path) -> None:
+    """Celery's worker_main drops the status; systemd and Docker restart only on failure."""
+    data = tmp_path / "data"
+    data.mkdir()
+    # An embedded broker whose queue table refuses the inference queue: the consumer cannot
+    # declare it, and Celery stops the worker as unrecoverable.
+    with sqlite3.connect(data / "broker.sqlite") as db:
+        db.execute(
+            "CREATE TABLE kombu_queue (id INTEGER PRIMARY KEY, name VARCHAR(200) UNIQUE "
+            "CHECK (name != 'inference'))"
+        )
+    proc = _run(["work", "--concurrency", "1"], _env(tmp_path), timeout=240)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Unrecoverable error" in proc.stderr and "CHECK constraint failed" in proc.stderr

@@ -82,6 +82,7 @@ def test_worker_is_not_ready_until_every_process_is_warm(tmp_path: Path) -> None
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         log.close()
+    assert proc.returncode == 0  # a stop on SIGTERM is a clean one (exit status from Celery)
     first_code, first = seen[0]
     assert first_code == 503 and first["checks"]["model"].endswith("(loading the model)")
     assert first["checks"]["database"] == "ok"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import Any
 
 from worker.settings import Settings
 
@@ -29,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from celery.signals import worker_process_init
+    from celery.signals import worker_init, worker_process_init
 
     from worker.celery_app import create_celery, declare_queues
     from worker.db.engine import make_session_factory, open_database
@@ -64,6 +65,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         lambda: {"model": marks.check(concurrency)},
         fork_gate=ForkGate(),
     )
+    # worker_main drops the worker's exit status; a worker that stops on an unrecoverable
+    # error must not look like a clean stop to systemd or Docker, so it is read from the worker.
+    controllers: list[Any] = []
+    worker_init.connect(lambda sender, **_: controllers.append(sender), weak=False)
     app.worker_main(
         [
             "worker",
@@ -81,4 +86,4 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "cxr-triage@%h",
         ]
     )
-    return 0
+    return int(getattr(controllers[-1], "exitcode", 0) or 0) if controllers else 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from sqlalchemy import select
@@ -115,3 +116,39 @@ def test_a_task_that_loses_the_race_to_another_worker_stands_back(sessions, monk
     interleaved = _Interleaved(sessions)
     _lose_first_move(monkeypatch, interleaved, StudyState.PROCESSING)
     assert claim(interleaved, study_id, 1) == "taken by another worker"  # type: ignore[arg-type]
+
+
+def test_a_batch_taking_the_study_as_its_task_claims_it_leaves_one_owner(
+    sessions, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Another worker's batch moves the study to processing between claim()'s read and its move.
+
+    On SQLite (no row locks; reads run before the write transaction) claim() then moved it on
+    from processing and both processed it: bench/pipeline_latency.py, 2026-12-03, "study ... left
+    processing while it was processed". On PostgreSQL claim()'s row lock holds the batch back.
+    """
+    leader = _study(sessions, "1.6.1", StudyState.QUEUED)
+    study_id = _study(sessions, "1.6.2", StudyState.QUEUED)
+    assert claim(sessions, leader, 1) is None
+    real_move = claims.move
+    batch: list[list[Any]] = []
+    threads: list[threading.Thread] = []
+
+    def batch_first(s: Any, sid: int, to: Any, detail: str, **kw: Any) -> bool:
+        if sid == study_id and not threads:
+            other = threading.Thread(
+                target=lambda: batch.append(claim_waiting(sessions, leader, limit=4))
+            )
+            threads.append(other)
+            other.start()
+            other.join(2)  # PostgreSQL: blocked by claim()'s row lock until claim() commits
+        return bool(real_move(s, sid, to, detail, **kw))
+
+    monkeypatch.setattr(claims, "move", batch_first)
+    reason = claim(sessions, study_id, 1)
+    threads[0].join(30)
+    taken = [c.study_id for c in batch[0]]
+    owners = (reason is None) + taken.count(study_id)
+    assert owners == 1, (reason, taken)
+    if reason is not None:  # the batch has it, and the task knows to wait for the batch
+        assert reason == IN_BATCH

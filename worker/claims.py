@@ -29,6 +29,7 @@ from worker.db.models import (
     QUEUEING,
     Study,
     StudyEvent,
+    StudyState,
     utcnow,
 )
 from worker.db.transitions import move
@@ -85,11 +86,15 @@ def claim(sessions: sessionmaker[Session], study_id: int, revision: int) -> str 
                 return "duplicate"
             if study.state not in _CLAIMABLE:
                 return f"state {study.state}"
-            if attempt and study.state not in _WAITING:
-                return "taken by another worker"  # it left the waiting states under us
             if study.state == PROCESSING and _held_by_batch(s, study_id):
                 return IN_BATCH
-            if move(s, study_id, PROCESSING, f"revision {revision}"):
+            if attempt and study.state not in _WAITING:
+                return "taken by another worker"  # it left the waiting states under us
+            # Only from the state just looked at: on SQLite (no row locks; reads run before the
+            # write transaction) a batch can take the study between that read and this move,
+            # and processing -> processing would then give it two owners.
+            seen = StudyState(study.state)
+            if move(s, study_id, PROCESSING, f"revision {revision}", expect=[seen]):
                 return None
             if study.state not in _WAITING:
                 return "taken by another worker"

@@ -137,6 +137,8 @@ class PipelineResult:
     latencies: list[float]
     bursts: list[Burst]
     steps: list[tuple[str, float, int]]
+    failed: int  # moves to failed: each one is a bug or a fault to look into
+    claimed_again: int  # processing -> processing: a worker took over a study being processed
 
 
 def measure(
@@ -233,6 +235,12 @@ def measure(
             per_study = [_latency(db, u) or 0.0 for u in uids]
             throughput.append((size, seconds, batched, per_study))
         steps = _rows(db, "select step, avg(seconds), count(*) from step_timings group by step")
+        failed = _rows(db, "select count(*) from study_events where to_state = 'failed'")[0][0]
+        claimed_again = _rows(
+            db,
+            "select count(*) from study_events "
+            "where from_state = 'processing' and to_state = 'processing'",
+        )[0][0]
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)
@@ -249,6 +257,8 @@ def measure(
         latencies,
         [Burst(*t) for t in throughput],
         steps,
+        failed,
+        claimed_again,
     )
 
 
@@ -276,6 +286,8 @@ def print_result(r: PipelineResult) -> None:
         )
     for step, mean, n in r.steps:
         print(f"  step {step:16} mean {mean * 1000:7.1f} ms  (n={n})")
+    # Not timings, but a run with either is not a run to quote: say so next to the numbers.
+    print(f"moves to failed: {r.failed}; studies claimed again while processed: {r.claimed_again}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

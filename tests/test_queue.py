@@ -258,8 +258,6 @@ def test_replay_stuck_sends_a_lost_study_again_now(start_node, redis_server) -> 
 
 def _declare_at_once(barrier: Any, data_dir: str, results: Any) -> None:
     """A process like the listener or a worker starting up: declare the inference queue."""
-    from pathlib import Path
-
     from worker.celery_app import declare_queues
     from worker.settings import Settings
 
@@ -276,16 +274,14 @@ def test_processes_starting_together_each_declare_the_embedded_queue(tmp_path: P
     """Without declare_queues' second try one of them gets IntegrityError (and a worker stopped)."""
     import multiprocessing
 
-    from kombu import Connection
-
+    from worker.celery_app import declare_queues
     from worker.settings import Settings
 
     ctx = multiprocessing.get_context("spawn")  # a clean interpreter, like a started process
     for trial in range(4):
         data = tmp_path / f"data{trial}"
         # The broker's tables exist (a node that ran before); only the queue's row is new.
-        with Connection(create_celery(Settings(data_dir=data)).conf.broker_url) as conn:
-            conn.default_channel._open()
+        declare_queues(create_celery(Settings(data_dir=data)), ["another"])
         barrier = ctx.Barrier(4)
         results = ctx.Queue()
         procs = [

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ class ProcessGroup:
     ) -> None:
         self._log = open(log, "ab") if log else None  # noqa: SIM115 - closed in stop()
         out = self._log if self._log else None
-        self._commands = [list(cmd) for cmd in commands]
         self.children = [
             subprocess.Popen(
                 cmd,
@@ -51,7 +51,7 @@ class ProcessGroup:
 
     def describe(self, child: subprocess.Popen[bytes]) -> str:
         """``cxr-triage work (pid 123)``: what a child runs, for messages."""
-        cmd = self._commands[self.children.index(child)]
+        cmd = [str(arg) for arg in cast(list[str], child.args)]
         if _MODULE in cmd:
             cmd = ["cxr-triage", *cmd[cmd.index(_MODULE) + 1 :]]
         return f"{' '.join(cmd)} (pid {child.pid})"

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from celery.worker import WorkController
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     # worker_main drops the worker's exit status; a worker that stops on an unrecoverable
     # error must not look like a clean stop to systemd or Docker, so it is read from the worker.
-    controllers: list[Any] = []
+    controllers: list[WorkController] = []
     worker_init.connect(lambda sender, **_: controllers.append(sender), weak=False)
     app.worker_main(
         [
@@ -86,4 +89,4 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "cxr-triage@%h",
         ]
     )
-    return int(getattr(controllers[-1], "exitcode", 0) or 0) if controllers else 1
+    return int(controllers[-1].exitcode or 0) if controllers else 1

@@ -51,6 +51,11 @@ class ModelCard:
     )
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: The flag thresholds the model ships with and how they were chosen: ``thresholds``
+    #: ({class: probability}), ``rule`` (words), ``max_false_flag``. Empty for older models.
+    operating_point: dict[str, Any] = field(default_factory=dict)
+    #: What each label means in the training data (e.g. which collections are "normal").
+    label_definitions: str = ""
     intended_use: str = (
         "Research and workflow triage of adult PA chest radiographs; results are shown to "
         "radiologists as unverified suggestions. Not for diagnostic use."
@@ -110,6 +115,20 @@ def render_markdown(card: ModelCard) -> str:
         "## Preprocessing",
         "",
         card.preprocessing,
+        "",
+        "## Operating point",
+        "",
+        (
+            "Flag thresholds (calibrated probability): "
+            + ", ".join(f"{k} ≥ {v:.3f}" for k, v in op["thresholds"].items())
+            + f". {op.get('rule', '')}"
+            if (op := card.operating_point)
+            else "None in the card: the worker's configured thresholds apply."
+        ),
+        "",
+        "## What the labels mean",
+        "",
+        card.label_definitions or "See docs/model.md.",
         "",
         "## Intended use",
         "",

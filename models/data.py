@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from models.labels import canonical
+from models.sites import SITE_COLUMN, site_of, trains
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
@@ -21,10 +22,18 @@ class Sample:
     path: Path
     label: str
     columns: dict[str, str] = field(default_factory=dict)
+    #: The data folder's name when several are read together (it prefixes the key).
+    dataset: str = ""
 
     @property
     def key(self) -> str:
-        return f"{self.path.parent.name}/{self.path.name}"
+        key = f"{self.path.parent.name}/{self.path.name}"
+        return f"{self.dataset}/{key}" if self.dataset else key
+
+    @property
+    def group(self) -> str:
+        """What must not be split apart: the manifest's ``group`` (study, patient), else the key."""
+        return self.columns.get("group") or self.key
 
 
 class DatasetError(ValueError):
@@ -35,7 +44,8 @@ def list_dataset(root: Path, labels: tuple[str, ...] | None = None) -> list[Samp
     """List a folder-per-label dataset, joined with ``manifest.csv`` when present.
 
     The manifest's first two columns are ``file`` (relative to ``root``) and ``label``; any
-    further columns are kept per sample for the breakdowns in the evaluation. Old label names
+    further columns are kept per sample for the breakdowns in the evaluation, and a ``site``
+    column is derived from ``source`` (:mod:`models.sites`). Old label names
     (``viral_pneumonia``) are read as today's (``pneumonia``): see :data:`models.labels.ALIASES`.
 
     Raises
@@ -59,7 +69,10 @@ def list_dataset(root: Path, labels: tuple[str, ...] | None = None) -> list[Samp
                 path = root / row["file"]
                 if not path.is_file():
                     raise DatasetError(f"{manifest} names {row['file']}, which does not exist")
-                samples.append(Sample(path, canonical(row["label"]), {c: row[c] for c in extra}))
+                columns = {c: row[c] for c in extra}
+                if columns.get("source") and SITE_COLUMN not in columns:
+                    columns[SITE_COLUMN] = site_of(columns["source"], columns.get("age_group", ""))
+                samples.append(Sample(path, canonical(row["label"]), columns))
     else:
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):
             for path in sorted(folder.iterdir()):
@@ -74,26 +87,57 @@ def list_dataset(root: Path, labels: tuple[str, ...] | None = None) -> list[Samp
     return samples
 
 
+def list_datasets(roots: list[Path], labels: tuple[str, ...] | None = None) -> list[Sample]:
+    """:func:`list_dataset` over several folders; each folder's name then prefixes the keys.
+
+    One folder keeps its plain keys (``label/file``), so splits saved before stay readable.
+    """
+    if len(roots) == 1:
+        return list_dataset(roots[0], labels)
+    names = [Path(r).name for r in roots]
+    if len(set(names)) != len(names):
+        raise DatasetError(f"data folders must have different names, got {names}")
+    return [
+        Sample(s.path, s.label, s.columns, name)
+        for root, name in zip(roots, names, strict=True)
+        for s in list_dataset(root, labels)
+    ]
+
+
 def split(
     samples: list[Sample], *, test: float = 0.2, validation: float = 0.1, seed: int = 0
 ) -> dict[str, list[Sample]]:
-    """Seeded split stratified by label: ``test`` of all, then ``validation`` of the rest.
+    """Seeded split stratified by label and **grouped**: ``test`` of all, then ``validation``.
 
-    The thesis's default: 80% train / 20% test, 10% of train for validation.
+    The thesis's default: 80% train / 20% test, 10% of train for validation. Images of one
+    ``group`` (the manifest's study or patient; else each image alone) always land in the same
+    part, so copies of one study never sit on both sides. A group is stratified by its first
+    image's label. Within a label, groups are shuffled and taken whole until the part's share of
+    images is reached. Images of evaluation-only sources (:func:`models.sites.trains`) all go to
+    the test split, outside those shares: they are never trained or calibrated on.
     """
     rng = np.random.default_rng(seed)
     parts: dict[str, list[Sample]] = {"train": [], "validation": [], "test": []}
-    by_label: dict[str, list[Sample]] = {}
+    groups: dict[str, list[Sample]] = {}
     for s in samples:
-        by_label.setdefault(s.label, []).append(s)
+        groups.setdefault(s.group, []).append(s)
+    by_label: dict[str, list[list[Sample]]] = {}
+    for members in groups.values():
+        if not trains(members[0].columns):
+            parts["test"] += members
+            continue
+        by_label.setdefault(members[0].label, []).append(members)
     for label in sorted(by_label):
-        group = by_label[label]
-        order = rng.permutation(len(group))
-        n_test = round(len(group) * test)
-        n_val = round((len(group) - n_test) * validation)
-        parts["test"] += [group[i] for i in order[:n_test]]
-        parts["validation"] += [group[i] for i in order[n_test : n_test + n_val]]
-        parts["train"] += [group[i] for i in order[n_test + n_val :]]
+        label_groups = by_label[label]
+        n_images = sum(len(g) for g in label_groups)
+        n_test = round(n_images * test)
+        n_val = round((n_images - n_test) * validation)
+        taken = 0
+        for i in rng.permutation(len(label_groups)):
+            members = label_groups[i]
+            name = "test" if taken < n_test else "validation" if taken < n_test + n_val else "train"
+            parts[name] += members
+            taken += len(members)
     return parts
 
 

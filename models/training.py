@@ -22,7 +22,7 @@ from models.architectures import (
     normalisation,
 )
 from models.card import WEIGHTS_FILE, ModelCard, sha256_of
-from models.data import Sample, list_dataset, read_split, split, summarise, write_split
+from models.data import Sample, list_datasets, read_split, split, summarise, write_split
 from models.imaging import load_image, prepare
 from models.labels import LABELS
 from models.lungs import LungModel, load_lung_model
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 class TrainConfig:
     """Options of ``cxr-triage train`` (see its ``--help``)."""
 
-    data: Path
+    data: list[Path]  # one or more data folders, read together (models.data.list_datasets)
     out: Path
     arch: str = "residual_dense"
     mode: str = "scratch"
@@ -57,6 +57,19 @@ class TrainConfig:
     cache: Path = Path.home() / ".cache" / "cxr-triage" / "features"
     lung_model: Path | None = None  # default: the shipped models/lungs
     crop_lungs: bool = True  # scratch models: crop to the lungs (False: whole image, as 1.x)
+    balance: float = 0.5  # Xception ec/ft: site balance within a class (TopConfig.balance)
+    max_false_flag: float = 0.05  # operating point: site-averaged share of normals flagged
+
+    def for_card(self) -> dict[str, Any]:
+        """The options as the card records them: folder names, not this machine's paths."""
+
+        def name(v: Any) -> Any:
+            if isinstance(v, Path):
+                return v.name
+            return [name(x) for x in v] if isinstance(v, list) else v
+
+        skip = ("out", "cache", "progress")
+        return {k: name(v) for k, v in asdict(self).items() if k not in skip}
 
 
 def load_arrays(
@@ -127,7 +140,7 @@ def _dataset(x: np.ndarray, y: np.ndarray, batch: int, *, train: bool, seed: int
 
 def dataset_and_split(cfg: TrainConfig) -> tuple[list[Sample], dict[str, list[Sample]]]:
     """The dataset (optionally limited per label) and its seeded split, saved in ``cfg.out``."""
-    samples = list_dataset(cfg.data, LABELS)
+    samples = list_datasets(cfg.data, LABELS)
     if cfg.limit_per_label:
         kept: dict[str, int] = {}
         limited = []
@@ -233,14 +246,10 @@ def train(cfg: TrainConfig) -> ModelCard:
         ),
         weights_sha256=sha256_of(weights_path),
         training={
-            "data": Path(cfg.data).name,
+            "data": ", ".join(Path(d).name for d in cfg.data),
             "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "epochs_run": len(history.history.get("loss", [])),
-            "config": {
-                k: Path(v).name if isinstance(v, Path) else v
-                for k, v in asdict(cfg).items()
-                if k not in ("out", "cache", "progress")
-            },
+            "config": cfg.for_card(),
             "split": {k: summarise(v) for k, v in parts.items()},
         },
     )

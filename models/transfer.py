@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,9 @@ class TopConfig:
     patience: int = 3
     seed: int = 0
     progress: bool = True
+    #: How strongly to even out sites within a class: each (site, label) stratum's images weigh
+    #: n_stratum ** -balance (0: plain class weights; 1: every site counts the same).
+    balance: float = 0.5
 
 
 def full_model(mode: str, size: int, imagenet_weights: Path | None = None) -> Any:
@@ -103,9 +106,23 @@ def pooled_block14(model: Any, features: np.ndarray, batch: int = 256) -> np.nda
     ).astype(np.float32)
 
 
-def _class_weights(y: np.ndarray) -> dict[int, float]:
-    counts = np.bincount(y, minlength=len(LABELS)).astype(float)
-    return {k: float(counts.sum() / (len(LABELS) * max(c, 1))) for k, c in enumerate(counts)}
+def sample_weights(y: np.ndarray, sites: list[str], balance: float) -> np.ndarray:
+    """Per-image loss weights: every class weighs the same in total, and within a class each
+    site's share is evened out by ``balance`` (see :class:`TopConfig`). Mean weight 1.
+
+    Site balance keeps the largest archive of a class (the Kaggle COVID folder, say) from
+    defining the class, which is how a model learns the archive instead of the finding.
+    """
+    y = np.asarray(y)
+    strata = [f"{label}|{site}" for label, site in zip(y.tolist(), sites, strict=True)]
+    counts: dict[str, int] = {}
+    for key in strata:
+        counts[key] = counts.get(key, 0) + 1
+    w = np.array([counts[key] ** -balance for key in strata], np.float64)
+    present = sorted(set(y.tolist()))
+    for k in present:
+        w[y == k] *= 1.0 / w[y == k].sum()  # each class the same total
+    return (w * len(y) / w.sum()).astype(np.float32)
 
 
 def train_top(
@@ -115,12 +132,19 @@ def train_top(
     x_val: np.ndarray,
     y_val: np.ndarray,
     cfg: TopConfig,
+    *,
+    weights: np.ndarray | None = None,
 ) -> tuple[dict[str, list[float]], float]:
-    """Train the top of ``model`` in place on cached inputs; return (history, temperature)."""
+    """Train the top of ``model`` in place on cached inputs; return (history, temperature).
+
+    ``weights`` (per training image, :func:`sample_weights`) default to plain class balance.
+    """
     import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(cfg.seed)
+    if weights is None:
+        weights = sample_weights(y_train, [""] * len(y_train), 0.0)
     top = _top(model, cfg.mode, x_train.shape[1:])
     top.compile(
         optimizer=keras.optimizers.Adam(cfg.learning_rate),
@@ -128,17 +152,17 @@ def train_top(
         metrics=["accuracy"],
     )
 
-    def ds(x: np.ndarray, y: np.ndarray, train: bool) -> Any:
-        d = tf.data.Dataset.from_tensor_slices((x, y))
-        if train:
-            d = d.shuffle(len(x), seed=cfg.seed)
-        return d.batch(cfg.batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b))
+    def ds(x: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> Any:
+        if w is None:
+            d = tf.data.Dataset.from_tensor_slices((x, y))
+            return d.batch(cfg.batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b))
+        d = tf.data.Dataset.from_tensor_slices((x, y, w)).shuffle(len(x), seed=cfg.seed)
+        return d.batch(cfg.batch_size).map(lambda a, b, c: (tf.cast(a, tf.float32), b, c))
 
     history = top.fit(
-        ds(x_train, y_train, True),
-        validation_data=ds(x_val, y_val, False),
+        ds(x_train, y_train, weights),
+        validation_data=ds(x_val, y_val, None),
         epochs=cfg.epochs,
-        class_weight=_class_weights(y_train),
         callbacks=[
             keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=cfg.patience, restore_best_weights=True
@@ -269,4 +293,158 @@ def leave_one_out(
         "mean_test_macro_auroc": (
             float(np.mean([f["test_macro_auroc"] for f in estimable])) if estimable else None
         ),
+    }
+
+
+# --------------------------------------------------------------------- leave one site out
+
+
+def leave_one_site_out(
+    samples: list[Sample],
+    parts: dict[str, list[Sample]],
+    cache: FeatureCache,
+    make_model: Callable[[], Any],
+    cfg: TopConfig,
+    *,
+    max_false_flag: float,
+    sites: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Train without each site; judge the model on that site's normal **and** abnormal films.
+
+    A fold trains on the other sites' train split (site-balanced, :func:`sample_weights`),
+    calibrates its temperature and picks its operating thresholds on their validation split
+    (:func:`models.site_eval.operating_thresholds`), exactly as the shipped model is made, then
+    reports the held-out site's figures at those thresholds and the site probe (its normals
+    against the trained sites' test normals). Only sites with normal and abnormal films can be
+    held out; the others (COVID-QU-Ex has no normals) always train. The selection figure is the
+    **worst** held-out site, never the mean.
+    """
+    from models.site_eval import site_figures, site_probe
+    from models.sites import SITE_COLUMN
+
+    def site(s: Sample) -> str:
+        return s.columns.get(SITE_COLUMN, "")
+
+    key_part = {s.key: name for name, items in parts.items() for s in items}
+    usable = [s for s, ok in zip(samples, cache.ok[cache.index_of(samples)], strict=True) if ok]
+    row = {s.key: i for i, s in enumerate(usable)}
+    x_all = inputs_for(make_model(), cache, cache.index_of(usable), cfg.mode)
+    labels_of: dict[str, set[str]] = {}
+    for s in usable:
+        labels_of.setdefault(site(s), set()).add(s.label)
+    candidates = [
+        g for g in sorted(labels_of) if "normal" in labels_of[g] and len(labels_of[g]) > 1
+    ]
+    if sites:
+        unknown = sorted(set(sites) - set(candidates))
+        if unknown:
+            raise ValueError(
+                f"cannot hold out {unknown}: a held-out site needs normal and abnormal "
+                f"films ({', '.join(candidates)} have both)"
+            )
+        candidates = list(sites)
+    folds: dict[str, Any] = {}
+    for group in candidates:
+
+        def keep(s: Sample, part: str, group: str = group) -> bool:
+            return site(s) != group and key_part[s.key] == part
+
+        fit = [s for s in usable if keep(s, "train")]
+        val = [s for s in usable if keep(s, "validation")]
+        test = [s for s in usable if site(s) == group or key_part[s.key] == "test"]
+        missing = sorted(set(LABELS) - {s.label for s in fit}) or (
+            ["normal"] if not any(s.label == "normal" for s in val) else []
+        )
+        if missing:
+            folds[group] = {
+                "estimable": False,
+                "reason": f"without site {group}, training or validation has no "
+                + ", ".join(missing),
+            }
+            continue
+        parts_of = (("fit", fit), ("val", val), ("test", test))
+        y = {name: np.array([LABELS.index(s.label) for s in v]) for name, v in parts_of}
+        x = {name: x_all[[row[s.key] for s in v]] for name, v in parts_of}
+        logger.info("fold site=%s: train %d, val %d, test %d", group, len(fit), len(val), len(test))
+        model = make_model()
+        weights = sample_weights(y["fit"], [site(s) for s in fit], cfg.balance)
+        _, temperature = train_top(
+            model, x["fit"], y["fit"], x["val"], y["val"], cfg, weights=weights
+        )
+        top = _top(model, cfg.mode, x["test"].shape[1:])
+        val_probs = softmax(logits_of(top, x["val"]), temperature)
+        thresholds = operating_thresholds_of(
+            val_probs, y["val"], [site(s) for s in val], max_false_flag
+        )
+        probs = softmax(logits_of(top, x["test"]), temperature)
+        held = np.array([site(s) == group for s in test])
+        held_samples = [s for s in test if site(s) == group]
+        figures = site_figures(
+            probs[held],
+            y["test"][held],
+            thresholds,
+            sources=[s.columns.get("source", "") for s in held_samples],
+            seed=cfg.seed,
+        )
+        seen = site_figures(probs[~held], y["test"][~held], thresholds, n_boot=0)
+        folds[group] = {
+            "estimable": True,
+            "n_train": len(fit),
+            "n_validation": len(val),
+            "n_held_out": int(held.sum()),
+            "temperature": temperature,
+            "held_out": figures,
+            "trained_sites_test": {
+                "n": seen["n"],
+                "macro_auroc": seen["macro_auroc"],
+                "false_covid_rate": seen["false_covid_rate"],
+                "covid_sensitivity": seen["per_class"].get("covid", {}).get("sensitivity"),
+            },
+            "probe": site_probe(probs, y["test"], [site(s) for s in test], group),
+        }
+    return {
+        "column": SITE_COLUMN,
+        "mode": cfg.mode,
+        "balance": cfg.balance,
+        "max_false_flag": max_false_flag,
+        "folds": folds,
+        "worst": worst_site(folds),
+    }
+
+
+def operating_thresholds_of(
+    probs: np.ndarray, y: np.ndarray, sites: list[str], max_false_flag: float
+) -> dict[str, float]:
+    from models.site_eval import operating_thresholds
+
+    return operating_thresholds(probs, y, sites, max_false_flag=max_false_flag)
+
+
+def worst_site(folds: dict[str, Any]) -> dict[str, Any]:
+    """The selection figures: each one's worst value over held-out sites, and which site."""
+
+    def pick(values: dict[str, float | None], worst: Callable[..., Any]) -> dict[str, Any]:
+        known = {k: v for k, v in values.items() if v is not None}
+        if not known:
+            return {"value": None, "site": None}
+        site = worst(known, key=known.__getitem__)
+        return {"value": known[site], "site": site}
+
+    folds = {g: f for g, f in folds.items() if f["estimable"]}
+    held = {g: f["held_out"] for g, f in folds.items()}
+    return {
+        "macro_auroc": pick({g: h["macro_auroc"] for g, h in held.items()}, min),
+        "false_covid_rate": pick({g: h["false_covid_rate"] for g, h in held.items()}, max),
+        "specificity": pick(
+            {g: h["per_class"].get("normal", {}).get("specificity") for g, h in held.items()}, min
+        ),
+        "covid_sensitivity": pick(
+            {g: h["per_class"].get("covid", {}).get("sensitivity") for g, h in held.items()}, min
+        ),
+        "pneumonia_sensitivity": pick(
+            {g: h["per_class"].get("pneumonia", {}).get("sensitivity") for g, h in held.items()},
+            min,
+        ),
+        "probe_p_covid": pick({g: f["probe"]["p_covid_either_way"] for g, f in folds.items()}, max),
+        "ece": pick({g: h["ece"] for g, h in held.items()}, max),
     }

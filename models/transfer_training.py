@@ -13,7 +13,6 @@ import json
 import logging
 import shutil
 from collections import Counter
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,35 @@ from models.features import FeatureCache, build_cache
 from models.labels import LABELS
 from models.lungs import load_lung_model
 from models.metrics import auroc, softmax
+from models.site_eval import operating_thresholds, site_figures
+from models.sites import SITE_COLUMN
 from models.training import TrainConfig, dataset_and_split
-from models.transfer import TopConfig, _top, full_model, inputs_for, logits_of, train_top
+from models.transfer import (
+    TopConfig,
+    _top,
+    full_model,
+    inputs_for,
+    logits_of,
+    sample_weights,
+    train_top,
+)
 
 logger = logging.getLogger(__name__)
 
 NPZ_WEIGHTS = "weights.npz"
 SIZE = 224
+
+LABEL_DEFINITIONS = (
+    "The model answers what the film shows, not what the patient has. `normal`: no pneumonia "
+    "on the film: healthy adults and children (Kaggle/RSNA, Kermany, NIH 'No Finding') and "
+    "SIIM-FISABIO-RSNA 'Negative for Pneumonia' films (COVID-positive patients whose film "
+    "shows no pneumonia). `covid`: COVID-19 pneumonia of typical appearance (Kaggle COVID "
+    "folder, COVID-QU-Ex, SIIM 'Typical Appearance'); SIIM 'Atypical' and 'Indeterminate "
+    "Appearance' films (COVID-positive, radiologically less specific) are never trained or "
+    "calibrated on, only evaluated as COVID positives and reported apart. `pneumonia`: "
+    "non-COVID pneumonia of any cause (Kermany viral in children, COVID-QU-Ex non-COVID "
+    "infection, NIH 'Pneumonia')."
+)
 
 
 def shortcut_probe(
@@ -67,7 +88,29 @@ def _top_config(cfg: TrainConfig) -> TopConfig:
         patience=cfg.patience,
         seed=cfg.seed,
         progress=cfg.progress,
+        balance=cfg.balance,
     )
+
+
+def _sites(samples: list[Sample]) -> list[str]:
+    return [s.columns.get(SITE_COLUMN, "") for s in samples]
+
+
+def per_site(
+    samples: list[Sample], y: np.ndarray, probs: np.ndarray, thresholds: dict[str, float]
+) -> dict[str, Any]:
+    """:func:`models.site_eval.site_figures` for every site among ``samples``."""
+    sites = np.array(_sites(samples))
+    sources = [s.columns.get("source", "") for s in samples]
+    return {
+        site: site_figures(
+            probs[sites == site],
+            y[sites == site],
+            thresholds,
+            sources=[src for src, m in zip(sources, sites == site, strict=True) if m],
+        )
+        for site in sorted(set(sites.tolist()))
+    }
 
 
 def usable(
@@ -110,10 +153,21 @@ def train_transfer(cfg: TrainConfig) -> ModelCard:
     model = full_model(cfg.mode, SIZE, cfg.imagenet_weights)
     x = {k: inputs_for(model, cache, cache.index_of(v), cfg.mode) for k, v in parts.items()}
     y = {k: np.array([LABELS.index(s.label) for s in v]) for k, v in parts.items()}
+    loss_weights = sample_weights(y["train"], _sites(parts["train"]), cfg.balance)
     history, temperature = train_top(
-        model, x["train"], y["train"], x["validation"], y["validation"], top_cfg
+        model,
+        x["train"],
+        y["train"],
+        x["validation"],
+        y["validation"],
+        top_cfg,
+        weights=loss_weights,
     )
     top = _top(model, cfg.mode, x["test"].shape[1:])
+    val_probs = softmax(logits_of(top, x["validation"]), temperature)
+    thresholds = operating_thresholds(
+        val_probs, y["validation"], _sites(parts["validation"]), max_false_flag=cfg.max_false_flag
+    )
     test_probs = softmax(logits_of(top, x["test"]), temperature)
 
     weights = cfg.out / NPZ_WEIGHTS
@@ -147,7 +201,12 @@ def train_transfer(cfg: TrainConfig) -> ModelCard:
             "to [-1, 1] inside the model"
         ),
         training={
-            "data": f"{Path(cfg.data).name}/ ({len(samples)} rows in its manifest)",
+            "data": ", ".join(f"{Path(d).name}/" for d in cfg.data)
+            + f" ({len(samples)} rows in their manifests)",
+            "site_balance": (
+                f"loss weights: each class the same in total; within a class each (site) stratum "
+                f"weighs n ** -{cfg.balance}"
+            ),
             "imagenet_weights": (
                 "Keras's ImageNet Xception (no top), written locally by "
                 "shared/tools/xception_imagenet_weights.sh from the public wheel "
@@ -157,14 +216,19 @@ def train_transfer(cfg: TrainConfig) -> ModelCard:
             "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "epochs_run": len(history.get("loss", [])),
             "trainable": "block14 + head" if cfg.mode == "ft" else "head only",
-            "config": {
-                k: (Path(v).name if isinstance(v, Path) else v)
-                for k, v in asdict(cfg).items()
-                if k not in ("out", "cache", "progress")
-            },
+            "config": cfg.for_card(),
             "split": {k: summarise(v) for k, v in parts.items()},
             "refused_by_image_check": refused,
         },
+        operating_point={
+            "thresholds": thresholds,
+            "max_false_flag": cfg.max_false_flag,
+            "rule": (
+                f"Each class's lowest threshold at which, averaged over the validation split's "
+                f"sites, at most {cfg.max_false_flag:.0%} of normal films reach it."
+            ),
+        },
+        label_definitions=LABEL_DEFINITIONS,
     )
     columns = {
         c: [s.columns.get(c, "") for s in parts["test"]]
@@ -173,6 +237,10 @@ def train_transfer(cfg: TrainConfig) -> ModelCard:
     report = evaluate_arrays(y["test"], test_probs, list(LABELS), columns)
     report["split"] = "internal test (held out from training and calibration)"
     report["shortcut_probe"] = shortcut_probe(test_probs, parts["test"])
+    report["operating_point"] = thresholds
+    report["by_site_at_operating_point"] = per_site(
+        parts["test"], y["test"], test_probs, thresholds
+    )
     write_report(report, y["test"], test_probs, list(LABELS), cfg.out / "evaluation")
     card.metrics = {k: report[k] for k in ("n", "accuracy", "macro_auroc", "ece")}
     card.metrics["shortcut_probe"] = report["shortcut_probe"]
@@ -193,12 +261,28 @@ def train_transfer(cfg: TrainConfig) -> ModelCard:
     return card
 
 
-def crossval(cfg: TrainConfig, column: str) -> dict[str, Any]:
-    """Leave-one-``column``-value-out for Xception ``cfg.mode`` on cached features."""
-    from models.transfer import leave_one_out
+def crossval(cfg: TrainConfig, column: str, sites: list[str] | None = None) -> dict[str, Any]:
+    """Leave-one-``column``-value-out for Xception ``cfg.mode`` on cached features.
+
+    ``column == "site"`` holds out whole hospitals with their normals (``leave_one_site_out``);
+    any other column keeps the per-class view of :func:`models.transfer.leave_one_out`.
+    """
+    from models.transfer import leave_one_out, leave_one_site_out
 
     samples, parts = dataset_and_split(cfg)
     cache, _ = open_cache(cfg, samples)
+    if column == SITE_COLUMN:
+        result = leave_one_site_out(
+            samples,
+            parts,
+            cache,
+            lambda: full_model(cfg.mode, SIZE, cfg.imagenet_weights),
+            _top_config(cfg),
+            max_false_flag=cfg.max_false_flag,
+            sites=sites,
+        )
+        result["arch"] = "xception"
+        return result
     result = leave_one_out(
         samples,
         parts,

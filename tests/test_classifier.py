@@ -60,7 +60,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = root / "model"
     train(
         TrainConfig(
-            data=data,
+            data=[data],
             out=out,
             size=48,
             epochs=2,
@@ -92,7 +92,7 @@ def test_training_writes_a_complete_model_folder(trained: Path) -> None:
     card = ModelCard.load(trained)
     assert card.labels == list(LABELS) and card.input_size == 48 and card.temperature > 0
     assert card.training["epochs_run"] == 2
-    assert set(card.metrics["by_column"]) == {"source"}
+    assert set(card.metrics["by_column"]) == {"source", "site"}  # site derived from source
     report = json.loads((trained / "evaluation" / "evaluation.json").read_text())
     assert {"n", "accuracy", "macro_auroc", "per_class", "by_column"} <= set(report)
     with open(trained / "split.csv") as fh:
@@ -348,7 +348,6 @@ def test_ec_mode_loads_local_weights_and_freezes_the_base(tmp_path: Path) -> Non
 
 def test_transfer_training_and_leave_one_source_out(tmp_path: Path) -> None:
     """Xception FT from the lung-cropped feature cache, its model folder, and crossval folds."""
-    import shutil
 
     import keras
 
@@ -357,37 +356,27 @@ def test_transfer_training_and_leave_one_source_out(tmp_path: Path) -> None:
     from models.training import TrainConfig, train
     from models.transfer_training import crossval
 
-    cxr3 = shared_file("cr_pa_chest_jpeg_baseline.dcm").parents[1] / "cxr3"
-    if not (cxr3 / "manifest.csv").is_file():
+    shared = shared_file("cr_pa_chest_jpeg_baseline.dcm").parents[1]
+    if not (shared / "cxr3" / "manifest.csv").is_file():
         pytest.skip("../shared/data/cxr3 is not here")
-    # 8 images of every label/source group, the old label name (viral_pneumonia) kept as it is.
-    data = tmp_path / "cxr3-small"
-    with open(cxr3 / "manifest.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    taken: dict[tuple[str, str], int] = {}
-    kept = []
-    for row in rows:
-        group = (row["label"], row["source"])
-        if taken.get(group, 0) < 8:
-            taken[group] = taken.get(group, 0) + 1
-            (data / row["file"]).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(cxr3 / row["file"], data / row["file"])
-            kept.append(row)
-    with open(data / "manifest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(kept)
+    # 8 images of every label/source group, the old label name (viral_pneumonia) kept as it is;
+    # the new sites' folder beside it, read together.
+    folders = [
+        _small_copy(shared / "cxr3", tmp_path / "cxr3-small", 8),
+        _small_copy(shared / "cxr_sites", tmp_path / "sites-small", 6),
+    ]
     # A local "ImageNet" file with random weights: the same code path, no download.
     base = keras.applications.Xception(include_top=False, weights=None, input_shape=(96, 96, 3))
     weights = tmp_path / "xception_notop.weights.h5"
     base.save_weights(weights)
     cfg = TrainConfig(
-        data=data,
+        data=folders,
         out=tmp_path / "ft",
         arch="xception",
         mode="ft",
         epochs=1,
         batch_size=16,
+        validation_fraction=0.3,  # every site fold keeps normals to pick its thresholds on
         imagenet_weights=weights,
         cache=tmp_path / "cache",
         progress=False,
@@ -398,6 +387,14 @@ def test_transfer_training_and_leave_one_source_out(tmp_path: Path) -> None:
     assert card.crop == "lungs" and card.weights_file == "weights.npz"
     assert card.metrics["n"] >= 6 and "shortcut_probe" in card.metrics
     assert card.labels == list(LABELS)  # viral_pneumonia rows were read as pneumonia
+    # The operating point is the card's; evaluation-only sources never trained.
+    assert set(card.operating_point["thresholds"]) == {"covid", "pneumonia"}
+    with open(cfg.out / "split.csv", newline="") as fh:
+        split_rows = list(csv.DictReader(fh))
+    atypical = [r for r in split_rows if "siim_atypical" in r["file"]]
+    assert atypical and {r["split"] for r in atypical} == {"test"}
+    report = json.loads((cfg.out / "evaluation" / "evaluation.json").read_text())
+    assert {"siim", "nih", "kaggle-adult", "kermany"} <= set(report["by_site_at_operating_point"])
     model = load_model(cfg.out)
     (pred,) = model.predict([load_image(shared_file("cr_pa_chest_jpeg_baseline.dcm"))])
     assert pred.label in LABELS and pred.crop is not None
@@ -408,9 +405,45 @@ def test_transfer_training_and_leave_one_source_out(tmp_path: Path) -> None:
     result = crossval(cfg, "source")
     assert cached[0].stat().st_mtime_ns == before
     folds = result["folds"]
-    assert set(folds) == {"kaggle", "kermany", "quex"}
-    assert not folds["kaggle"]["estimable"] and "normal" in folds["kaggle"]["reason"]
+    assert {"kaggle", "kermany", "quex", "siim", "siim_negative", "nih"} <= set(folds)
+    # The new sites bring normals: without Kaggle, training still has every class.
+    assert folds["kaggle"]["estimable"]
     kermany = folds["kermany"]
     assert kermany["estimable"] and set(kermany["held_out"]) == {"pneumonia"}
     assert kermany["held_out"]["pneumonia"]["n_held_out"] == kermany["n_held_out"]
     assert result["mean_held_out_auroc"] is not None
+    # By site: only hospitals with normal and abnormal films are held out (not COVID-QU-Ex).
+    by_site = crossval(cfg, "site")
+    assert set(by_site["folds"]) == {"kaggle-adult", "kermany", "nih", "siim"}
+    siim = by_site["folds"]["siim"]
+    assert siim["estimable"], siim
+    assert siim["held_out"]["classes"] == ["normal", "covid"]
+    assert set(siim["held_out"]["covid_sensitivity_by_source"]) == {
+        "siim",
+        "siim_atypical",
+        "siim_indeterminate",
+    }
+    assert siim["probe"]["n_site"] == siim["held_out"]["per_class"]["normal"]["n"]
+    assert by_site["worst"]["macro_auroc"]["site"] in by_site["folds"]
+
+
+def _small_copy(source: Path, dest: Path, per_group: int) -> Path:
+    """``per_group`` images of every label/source pair of a shared folder, with its manifest."""
+    import shutil
+
+    with open(source / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    taken: dict[tuple[str, str], int] = {}
+    kept = []
+    for row in rows:
+        group = (row["label"], row["source"])
+        if taken.get(group, 0) < per_group:
+            taken[group] = taken.get(group, 0) + 1
+            (dest / row["file"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / row["file"], dest / row["file"])
+            kept.append(row)
+    with open(dest / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+    return dest

@@ -27,7 +27,7 @@ from worker.db.models import (
     Study,
     StudyResult,
 )
-from worker.decision import decide_study
+from worker.decision import decide_study, operating_point
 from worker.outputs import derived_uid
 
 CLI = [sys.executable, "-m", "worker.cli.main"]
@@ -44,6 +44,18 @@ def test_study_decision_takes_the_most_severe_class() -> None:
     assert decide_study([covid], {"covid": 0.7, "pneumonia": 0.5}).label == "normal"
     with pytest.raises(ValueError):
         decide_study([], T)
+
+
+def test_the_operating_point_is_the_cards_unless_a_setting_replaces_it() -> None:
+    card = {"thresholds": {"covid": 0.81, "pneumonia": 0.66}, "rule": "5% of normals"}
+    op = operating_point(card, None, None)
+    assert op.thresholds == {"covid": 0.81, "pneumonia": 0.66} and op.source == "model card"
+    assert op.rule == "5% of normals" and "covid 0.810" in op.describe()
+    mixed = operating_point(card, 0.9, None)
+    assert mixed.thresholds == {"covid": 0.9, "pneumonia": 0.66}
+    assert mixed.source == "model card + settings"
+    old = operating_point({}, None, None)  # models before 3.0 carry none
+    assert old.thresholds == {"covid": 0.5, "pneumonia": 0.5} and old.source == "fallback"
 
 
 def test_derived_uids_are_stable_and_valid() -> None:

@@ -43,7 +43,7 @@ from worker.db.models import (
     utcnow,
 )
 from worker.db.transitions import move
-from worker.decision import StudyDecision, decide_study
+from worker.decision import StudyDecision, decide_study, operating_point
 from worker.logs import study_context
 from worker.outputs import derived_uid, write_object
 from worker.settings import Settings
@@ -152,6 +152,10 @@ class Pipeline:
         self.model = model  # models.loader.LoadedModel
         card = model.card  # type: ignore[attr-defined]
         self.algorithm = Algorithm(card.name, card.version, card.weights_sha256)
+        self.operating_point = operating_point(
+            card.operating_point, settings.threshold_covid, settings.threshold_pneumonia
+        )
+        logger.info("operating point: %s", self.operating_point.describe())
         self.spool = Spool(settings.spool_dir, fsync=settings.fsync)
 
     def warm_up(self) -> float:
@@ -351,11 +355,7 @@ class Pipeline:
         return out
 
     def _decide(self, predictions: list[Prediction]) -> StudyDecision:
-        thresholds = {
-            "covid": self.settings.threshold_covid,
-            "pneumonia": self.settings.threshold_pneumonia,
-        }
-        return decide_study([p.probabilities for p in predictions], thresholds)
+        return decide_study([p.probabilities for p in predictions], self.operating_point.thresholds)
 
     def _build(
         self,

@@ -93,8 +93,9 @@ class Settings(BaseSettings):
     # Parsed once, here: everything after works with typed destinations.
     destinations: Annotated[list[AnyDestination], NoDecode] = Field(default_factory=list)
     model_dir: Path | None = None
-    threshold_covid: float = Field(0.5, ge=0, le=1)
-    threshold_pneumonia: float = Field(0.5, ge=0, le=1)
+    # Unset: the model card's operating point (worker.decision.operating_point).
+    threshold_covid: float | None = Field(None, ge=0, le=1)
+    threshold_pneumonia: float | None = Field(None, ge=0, le=1)
     delivery_retries: int = Field(5, ge=0)
     delivery_backoff: float = Field(10.0, ge=0)
     worker_concurrency: int = Field(1, ge=1)

@@ -24,7 +24,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "training_curves.png and evaluation/."
         ),
     )
-    p.add_argument("--data", type=Path, required=True, metavar="DIR")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        nargs="+",
+        metavar="DIR",
+        help="one or more data folders, read together (split grouped by a manifest's group)",
+    )
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="model folder to write")
     p.add_argument("--arch", choices=ARCHITECTURES, default="residual_dense")
     p.add_argument(
@@ -61,6 +68,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_transfer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--balance",
+        type=float,
+        default=0.5,
+        help="Xception ec/ft: site balance within a class, 0 (class weights only) to 1 (every "
+        "site the same); default 0.5",
+    )
+    p.add_argument(
+        "--max-false-flag",
+        type=float,
+        default=0.05,
+        metavar="RATE",
+        help="operating point: flag thresholds at which at most RATE of the validation split's "
+        "normal films are flagged, averaged over sites (default 0.05)",
+    )
     p.add_argument(
         "--cache",
         type=Path,
@@ -101,6 +123,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         progress=not args.quiet,
         cache=args.cache,
         lung_model=args.lung_model,
+        balance=args.balance,
+        max_false_flag=args.max_false_flag,
     )
     try:
         card = train(cfg)
@@ -118,6 +142,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"wrote {args.out}: {card.name} {card.version}, internal test n={m['n']}, "
         f"accuracy {m['accuracy']:.4f}, macro AUROC {m['macro_auroc']:.4f}"
     )
+    if card.operating_point:
+        op = ", ".join(f"{k} >= {v:.3f}" for k, v in card.operating_point["thresholds"].items())
+        print(f"  operating point: {op}")
     for column, groups in m.get("by_column", {}).items():
         parts = ", ".join(f"{g} {r['accuracy']:.3f} (n={r['n']})" for g, r in groups.items())
         print(f"  by {column}: {parts}")

@@ -41,6 +41,8 @@ class ModelCard:
     # "lungs": the input is the lung box found by the lung model named in ``lung_model``
     # (name, version, weights_sha256); "none": the whole image (models 1.x).
     crop: str = "none"
+    # "equalised": the crop's histogram is equalised before the model (models.imaging.prepare).
+    intensity: str = "none"
     lung_model: dict[str, str] = field(default_factory=dict)
     weights_file: str = WEIGHTS_FILE
     weights_sha256: str = ""
@@ -109,6 +111,7 @@ def render_markdown(card: ModelCard) -> str:
             if card.lung_model
             else ""
         ),
+        f"- Intensity: `{card.intensity}`",
         f"- Temperature (calibration on the validation split): {card.temperature:.3f}",
         f"- Weights: `{card.weights_file}`, SHA-256 `{card.weights_sha256}`",
         "",

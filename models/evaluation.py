@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from models.data import list_dataset, read_split
+from models.data import Sample, list_datasets, read_split
 from models.imaging import is_colour, load_image
 from models.labels import canonical
 from models.loader import LoadedModel
@@ -42,15 +42,39 @@ def write_report(
         p.groups(report["by_column"], labels, plots / "by_group.png")
 
 
+def by_site(
+    samples: list[Sample], y: np.ndarray, probs: np.ndarray, thresholds: dict[str, float]
+) -> dict[str, Any]:
+    """:func:`models.site_eval.site_figures` for every site (manifest ``site``) of ``samples``."""
+    from models.site_eval import site_figures
+    from models.sites import SITE_COLUMN
+
+    sites = np.array([s.columns.get(SITE_COLUMN, "") for s in samples])
+    sources = np.array([s.columns.get("source", "") for s in samples])
+    return {
+        site: site_figures(
+            probs[sites == site],
+            y[sites == site],
+            thresholds,
+            sources=sources[sites == site].tolist(),
+        )
+        for site in sorted(set(sites.tolist()))
+        if site
+    }
+
+
 def evaluate_folder(
     model: LoadedModel,
-    data: Path,
+    data: Path | list[Path],
     *,
     split: Path | None = None,
     batch_size: int = 32,
     progress: bool = True,
+    thresholds: dict[str, float] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Run ``model`` over a folder-per-label dataset; return (report, y, probs).
+    """Run ``model`` over folder-per-label datasets; return (report, y, probs).
+
+    With ``thresholds`` (the operating point) the report adds each site's figures at them.
 
     With ``split`` (a model folder's ``split.csv``) only that split's test images are used, so
     two models can be compared on the same held-out images. Every image takes the serving path:
@@ -58,7 +82,8 @@ def evaluate_folder(
     scored; the report counts them by label under ``refused_by_image_check`` (with up to 20
     reasons), since serving would not classify them.
     """
-    samples = list_dataset(data, tuple(canonical(x) for x in model.labels))
+    folders = data if isinstance(data, list) else [data]
+    samples = list_datasets(folders, tuple(canonical(x) for x in model.labels))
     if split is not None:
         samples = read_split(split, samples)["test"]
     logits, kept = [], []
@@ -103,5 +128,8 @@ def evaluate_folder(
         "version": model.card.version,
         "weights_sha256": model.card.weights_sha256,
     }
-    report["data"] = str(data)
+    report["data"] = ", ".join(str(f) for f in folders)
+    if thresholds is not None:
+        report["operating_point"] = dict(thresholds)
+        report["by_site_at_operating_point"] = by_site(kept, y, probs, thresholds)
     return report, y, probs

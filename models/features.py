@@ -68,11 +68,12 @@ def trunk_model(size: int, imagenet_weights: Path) -> Any:
 
 
 def _cache_folder(
-    root: Path, samples: list[Sample], size: int, lung_sha: str, weights: Path
+    root: Path, samples: list[Sample], size: int, lung_sha: str, weights: Path, intensity: str
 ) -> Path:
     listing = hashlib.sha256("\n".join(s.key for s in samples).encode()).hexdigest()[:10]
     w = sha256_of(weights)[:10]
-    return Path(root) / f"xception-{size}-lungs{lung_sha[:10]}-w{w}-d{listing}"
+    eq = "" if intensity == "none" else f"-{intensity}"
+    return Path(root) / f"xception-{size}{eq}-lungs{lung_sha[:10]}-w{w}-d{listing}"
 
 
 def build_cache(
@@ -82,12 +83,15 @@ def build_cache(
     cache_root: Path,
     *,
     size: int = 224,
+    intensity: str = "none",
     progress: bool = True,
 ) -> FeatureCache:
     """Compute (or continue, or just open) the feature cache for ``samples``."""
     import tensorflow as tf
 
-    folder = _cache_folder(cache_root, samples, size, lungs.card.weights_sha256, imagenet_weights)
+    folder = _cache_folder(
+        cache_root, samples, size, lungs.card.weights_sha256, imagenet_weights, intensity
+    )
     folder.mkdir(parents=True, exist_ok=True)
     n = len(samples)
     # Built only when there is work: a complete cache opens without building Xception.
@@ -136,7 +140,7 @@ def build_cache(
                 b = f.box
                 meta["boxes"][i] = [b.top, b.left, b.rows, b.cols]
                 if f.ok:
-                    batch.append(prepare(image, size, f.box)[0])
+                    batch.append(prepare(image, size, f.box, intensity)[0])
                     rows.append(i)
             if batch:
                 out = np.asarray(run(tf.constant(np.stack(batch), tf.float32)))

@@ -274,19 +274,41 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0), box
 
 
+#: How the crop's grey values are standardised before the model (the card's ``intensity``).
+INTENSITIES = ("none", "equalised")
+
+
+def equalise(values: np.ndarray, bins: int = 256) -> np.ndarray:
+    """Histogram equalisation of [0, 1] values: each value becomes the share of pixels at or below.
+
+    Inside the lung crop it takes away most of what exposure, detector and processing (LUT,
+    unsharp masking) make of a hospital's films, which a model could otherwise learn as the
+    hospital.
+    """
+    flat = np.clip(np.asarray(values, np.float32), 0.0, 1.0)
+    hist, edges = np.histogram(flat, bins=bins, range=(0.0, 1.0))
+    cdf = np.cumsum(hist).astype(np.float64) / max(flat.size, 1)
+    return np.interp(flat, edges[1:], cdf).astype(np.float32)
+
+
 def prepare(
-    image: np.ndarray, size: int, crop: CropBox | None = None
+    image: np.ndarray, size: int, crop: CropBox | None = None, intensity: str = "none"
 ) -> tuple[np.ndarray, Letterbox]:
-    """Full path for one image: crop (the lung box), letterbox and resize.
+    """Full path for one image: crop (the lung box), intensity, letterbox and resize.
 
     Returns ``(size, size, 1)`` in [0, 1] and the geometry to map heatmaps back to ``image``.
-    Normalisation and grey-to-RGB happen inside the model (its first layers), so training and
-    serving feed it exactly this tensor.
+    ``intensity`` "equalised" equalises the crop's histogram (:func:`equalise`) before the
+    letterbox, so the padding stays black. Normalisation and grey-to-RGB happen inside the model
+    (its first layers), so training and serving feed it exactly this tensor.
     """
+    if intensity not in INTENSITIES:
+        raise ValueError(f"intensity must be one of {INTENSITIES}, not {intensity!r}")
     if crop is None:
-        square, box = letterbox(image, size)
+        region = equalise(image) if intensity == "equalised" else image
+        square, box = letterbox(region, size)
         return square[..., None], box
-    square, box = letterbox(crop.apply(image), size)
+    region = crop.apply(image)
+    square, box = letterbox(equalise(region) if intensity == "equalised" else region, size)
     full = (int(image.shape[0]), int(image.shape[1]))
     box = Letterbox(box.source_shape, box.side, box.top, box.left, size, crop, full)
     return square[..., None], box

@@ -56,7 +56,7 @@ class LoadedModel:
         self, images: list[np.ndarray], crops: list[CropBox | None]
     ) -> tuple[np.ndarray, list[Letterbox]]:
         prepared = [
-            prepare(img, self.card.input_size, crop)
+            prepare(img, self.card.input_size, crop, self.card.intensity)
             for img, crop in zip(images, crops, strict=True)
         ]
         return np.stack([p[0] for p in prepared]), [p[1] for p in prepared]

@@ -57,6 +57,7 @@ class TrainConfig:
     cache: Path = Path.home() / ".cache" / "cxr-triage" / "features"
     lung_model: Path | None = None  # default: the shipped models/lungs
     crop_lungs: bool = True  # scratch models: crop to the lungs (False: whole image, as 1.x)
+    intensity: str = "none"  # "equalised": the crop's histogram (models.imaging.prepare)
     balance: float = 0.5  # Xception ec/ft: site balance within a class (TopConfig.balance)
     max_false_flag: float = 0.05  # operating point: site-averaged share of normals flagged
 
@@ -73,7 +74,12 @@ class TrainConfig:
 
 
 def load_arrays(
-    samples: list[Sample], size: int, progress: bool, desc: str, lungs: LungModel | None = None
+    samples: list[Sample],
+    size: int,
+    progress: bool,
+    desc: str,
+    lungs: LungModel | None = None,
+    intensity: str = "none",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Preprocess every image once into ``(N, size, size, 1)`` float16 (the model's input).
 
@@ -91,7 +97,7 @@ def load_arrays(
             (finding,) = lungs.find([image])
             ok[i], crop = finding.ok, finding.box
         if ok[i]:
-            out[i] = prepare(image, size, crop)[0]
+            out[i] = prepare(image, size, crop, intensity)[0]
     return out, ok
 
 
@@ -182,7 +188,7 @@ def train(cfg: TrainConfig) -> ModelCard:
     lungs = load_lung_model(cfg.lung_model) if cfg.crop_lungs else None
     x: dict[str, np.ndarray] = {}
     for k, v in list(parts.items()):
-        arr, ok = load_arrays(v, size, cfg.progress, f"loading {k}", lungs)
+        arr, ok = load_arrays(v, size, cfg.progress, f"loading {k}", lungs, cfg.intensity)
         x[k], parts[k] = arr[ok], [s for s, good in zip(v, ok, strict=True) if good]
     y = {k: _label_ids(v) for k, v in parts.items()}
 
@@ -235,6 +241,7 @@ def train(cfg: TrainConfig) -> ModelCard:
         gradcam_layer=gradcam_layer(cfg.arch),
         temperature=temperature,
         crop="lungs" if lungs else "none",
+        intensity=cfg.intensity,
         lung_model=(
             {
                 "name": lungs.card.name,

@@ -25,7 +25,7 @@ from models.features import FeatureCache, build_cache
 from models.labels import LABELS
 from models.lungs import load_lung_model
 from models.metrics import auroc, softmax
-from models.site_eval import operating_thresholds, site_figures
+from models.site_eval import operating_thresholds
 from models.sites import SITE_COLUMN
 from models.training import TrainConfig, dataset_and_split
 from models.transfer import (
@@ -96,23 +96,6 @@ def _sites(samples: list[Sample]) -> list[str]:
     return [s.columns.get(SITE_COLUMN, "") for s in samples]
 
 
-def per_site(
-    samples: list[Sample], y: np.ndarray, probs: np.ndarray, thresholds: dict[str, float]
-) -> dict[str, Any]:
-    """:func:`models.site_eval.site_figures` for every site among ``samples``."""
-    sites = np.array(_sites(samples))
-    sources = [s.columns.get("source", "") for s in samples]
-    return {
-        site: site_figures(
-            probs[sites == site],
-            y[sites == site],
-            thresholds,
-            sources=[src for src, m in zip(sources, sites == site, strict=True) if m],
-        )
-        for site in sorted(set(sites.tolist()))
-    }
-
-
 def usable(
     parts: dict[str, list[Sample]], cache: FeatureCache
 ) -> tuple[dict[str, list[Sample]], dict[str, Any]]:
@@ -136,13 +119,19 @@ def open_cache(cfg: TrainConfig, samples: list[Sample]) -> tuple[FeatureCache, A
     lungs = load_lung_model(cfg.lung_model)
     assert cfg.imagenet_weights is not None  # check_request made sure
     cache = build_cache(
-        samples, lungs, cfg.imagenet_weights, cfg.cache, size=SIZE, progress=cfg.progress
+        samples,
+        lungs,
+        cfg.imagenet_weights,
+        cfg.cache,
+        size=SIZE,
+        intensity=cfg.intensity,
+        progress=cfg.progress,
     )
     return cache, lungs
 
 
 def train_transfer(cfg: TrainConfig) -> ModelCard:
-    from models.evaluation import evaluate_arrays, write_report
+    from models.evaluation import by_site, evaluate_arrays, write_report
     from models.loader import save_weights_npz
     from models.plots import training_curves
 
@@ -185,6 +174,7 @@ def train_transfer(cfg: TrainConfig) -> ModelCard:
         gradcam_layer="block14_sepconv2_act",
         temperature=temperature,
         crop="lungs",
+        intensity=cfg.intensity,
         lung_model={
             "name": lungs.card.name,
             "version": lungs.card.version,
@@ -196,7 +186,9 @@ def train_transfer(cfg: TrainConfig) -> ModelCard:
             "DICOM: Modality LUT, VOI LUT or window (percentile 0.5-99.5 when absent, full range "
             "for 8-bit), MONOCHROME1 inverted; PNG/JPEG: luminance, /255 or percentile window for "
             "16-bit; lung model (letterboxed 128 px U-Net) -> image check -> crop to the two "
-            "lungs' bounding box with an 8% margin -> letterboxed (black padding, centred) to a "
+            "lungs' bounding box with an 8% margin -> "
+            + ("histogram equalised (256 bins) -> " if cfg.intensity == "equalised" else "")
+            + "letterboxed (black padding, centred) to a "
             "square -> decimated then bilinear resize to 224 px -> grey repeated to RGB, scaled "
             "to [-1, 1] inside the model"
         ),
@@ -238,9 +230,7 @@ def train_transfer(cfg: TrainConfig) -> ModelCard:
     report["split"] = "internal test (held out from training and calibration)"
     report["shortcut_probe"] = shortcut_probe(test_probs, parts["test"])
     report["operating_point"] = thresholds
-    report["by_site_at_operating_point"] = per_site(
-        parts["test"], y["test"], test_probs, thresholds
-    )
+    report["by_site_at_operating_point"] = by_site(parts["test"], y["test"], test_probs, thresholds)
     write_report(report, y["test"], test_probs, list(LABELS), cfg.out / "evaluation")
     card.metrics = {k: report[k] for k in ("n", "accuracy", "macro_auroc", "ece")}
     card.metrics["shortcut_probe"] = report["shortcut_probe"]

@@ -109,3 +109,22 @@ def test_heatmap_and_image_shrink_to_the_same_grid() -> None:
     _, box = prepare(image, 128)
     heat = box.crop_to_source(np.ones((8, 8), np.float32), shrink=f)
     assert heat.shape == decimate(image, f).shape == (833, 1000)
+
+
+def test_equalised_intensity_spreads_the_crop_and_keeps_the_padding_black() -> None:
+    from models.imaging import CropBox, equalise
+
+    # A dark, low-contrast "film" (a ramp over 0.2-0.4) in a wide frame.
+    image = np.tile(np.linspace(0.2, 0.4, 200, dtype=np.float32), (120, 1))
+    crop = CropBox(10, 20, 100, 160)
+    x, _ = prepare(image, 64, crop, "equalised")
+    plain, _ = prepare(image, 64, crop)
+    assert x.shape == plain.shape == (64, 64, 1)
+    assert (x[:6] == 0).all()  # letterbox padding (the crop is wider than tall) stays black
+    inside = x[20:44]
+    assert inside.max() - inside.min() > 0.8 > plain[20:44].max() - plain[20:44].min()
+    ramp = np.linspace(0.3, 0.5, 1000, dtype=np.float32)
+    eq = equalise(ramp)
+    assert (np.diff(eq) >= 0).all() and eq[0] < 0.01 and eq[-1] > 0.99  # monotone, full range
+    with pytest.raises(ValueError, match="intensity"):
+        prepare(image, 64, crop, "clahe")

@@ -79,6 +79,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         lung_model=args.lung_model,
         balance=args.balance,
         max_false_flag=args.max_false_flag,
+        intensity=args.intensity,
     )
     try:
         check_request("xception", args.mode, args.imagenet_weights)

@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
-    p.add_argument("--data", type=Path, required=True, metavar="DIR")
+    p.add_argument("--data", type=Path, required=True, nargs="+", metavar="DIR")
     p.add_argument(
         "--split",
         type=Path,
@@ -46,11 +46,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from models.evaluation import evaluate_folder, write_report
     from models.imaging import UnreadableImageError
     from models.loader import load_model
+    from worker.decision import operating_point
 
     try:
         model = load_model(args.model)
+        point = operating_point(
+            model.card.operating_point, settings.threshold_covid, settings.threshold_pneumonia
+        )
         report, y, probs = evaluate_folder(
-            model, args.data, split=args.split, progress=not args.quiet
+            model,
+            args.data,
+            split=args.split,
+            progress=not args.quiet,
+            thresholds=point.thresholds,
         )
     except (ModelCardError, DatasetError, UnreadableImageError, ValueError) as exc:
         print(f"cxr-triage evaluate: {exc}", file=sys.stderr)
@@ -60,7 +68,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.plots:
         write_report(report, y, probs, model.labels, args.plots)
     ci = report["macro_auroc_ci95"]
-    print(f"{model.card.name} {model.card.version} on {args.data}: n={report['n']}")
+    data = ", ".join(str(d) for d in args.data)
+    print(f"{model.card.name} {model.card.version} on {data}: n={report['n']}")
     refused = report.get("refused_by_image_check", {})
     if refused.get("n"):
         print(
@@ -88,4 +97,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 f"{k}={_fmt(v['sensitivity']).strip()}" for k, v in m["per_class"].items() if v["n"]
             )
             print(f"  {group:16} n={m['n']:<5} accuracy {_fmt(m['accuracy'])}  sensitivity {sens}")
+    sites = report.get("by_site_at_operating_point") or {}
+    if sites:
+        print(f"by site at the operating point ({point.describe()}):")
+        for site, f in sites.items():
+            pc = f["per_class"]
+            print(
+                f"  {site:16} n={f['n']:<5} macro AUROC {_fmt(f['macro_auroc'])}  "
+                f"specificity {_pct(pc.get('normal', {}).get('specificity'))}  "
+                f"false COVID {_pct(f['false_covid_rate'])}  "
+                f"COVID sens {_pct(pc.get('covid', {}).get('sensitivity'))}  "
+                f"pneumonia sens {_pct(pc.get('pneumonia', {}).get('sensitivity'))}"
+            )
     return 0
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"

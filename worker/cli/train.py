@@ -69,6 +69,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_transfer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--intensity",
+        choices=("none", "equalised"),
+        default="none",
+        help="equalised: equalise the lung crop's histogram before the model, in training and "
+        "serving alike (recorded in the card)",
+    )
+    p.add_argument(
         "--balance",
         type=float,
         default=0.5,
@@ -125,6 +132,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         lung_model=args.lung_model,
         balance=args.balance,
         max_false_flag=args.max_false_flag,
+        intensity=args.intensity,
     )
     try:
         card = train(cfg)

@@ -43,21 +43,26 @@ class DatasetError(ValueError):
 def list_dataset(root: Path, labels: tuple[str, ...] | None = None) -> list[Sample]:
     """List a folder-per-label dataset, joined with ``manifest.csv`` when present.
 
-    The manifest's first two columns are ``file`` (relative to ``root``) and ``label``; any
-    further columns are kept per sample for the breakdowns in the evaluation, and a ``site``
-    column is derived from ``source`` (:mod:`models.sites`). Old label names
-    (``viral_pneumonia``) are read as today's (``pneumonia``): see :data:`models.labels.ALIASES`.
+    ``root`` may also be a manifest file itself (any name ending ``.csv``): its paths are then
+    relative to the folder it is in (or absolute). The manifest's first two columns are
+    ``file`` and ``label``; any further columns are kept per sample for the breakdowns in the
+    evaluation, and a ``site`` column is derived from ``source`` (:mod:`models.sites`). Old
+    label names (``viral_pneumonia``) are read as today's (``pneumonia``): see
+    :data:`models.labels.ALIASES`.
 
     Raises
     ------
     DatasetError
-        If the folder holds no labelled images, a manifest row names a missing file, or a label
-        is not one of ``labels``.
+        If the folder holds no labelled images, a manifest row has no label or names a missing
+        file, or a label is not one of ``labels``.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"{root} is not a folder")
-    manifest = root / "manifest.csv"
+    if root.is_file() and root.suffix.lower() == ".csv":
+        manifest, root = root, root.parent
+    elif root.is_dir():
+        manifest = root / "manifest.csv"
+    else:
+        raise DatasetError(f"{root} is neither a folder nor a .csv manifest")
     samples: list[Sample] = []
     if manifest.is_file():
         with open(manifest, newline="") as fh:
@@ -65,14 +70,16 @@ def list_dataset(root: Path, labels: tuple[str, ...] | None = None) -> list[Samp
             if not reader.fieldnames or reader.fieldnames[:2] != ["file", "label"]:
                 raise DatasetError(f"{manifest} must start with the columns file,label")
             extra = reader.fieldnames[2:]
-            for row in reader:
+            for line, row in enumerate(reader, start=2):
+                if not (row.get("label") or "").strip():
+                    raise DatasetError(f"{manifest} line {line}: {row['file']} has no label")
                 path = root / row["file"]
                 if not path.is_file():
                     raise DatasetError(f"{manifest} names {row['file']}, which does not exist")
-                columns = {c: row[c] for c in extra}
+                columns = {c: row[c] or "" for c in extra}
                 if columns.get("source") and SITE_COLUMN not in columns:
                     columns[SITE_COLUMN] = site_of(columns["source"], columns.get("age_group", ""))
-                samples.append(Sample(path, canonical(row["label"]), columns))
+                samples.append(Sample(path, canonical(row["label"].strip()), columns))
     else:
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):
             for path in sorted(folder.iterdir()):

@@ -214,7 +214,8 @@ def timeline(s: Session, study_uid: str) -> dict[str, Any] | None:
                 "at": _iso(srow.created_at),
                 "what": "study result",
                 "detail": f"revision {srow.revision}: {srow.label}, priority {srow.priority}, "
-                f"thresholds {srow.thresholds}, weights {srow.weights_sha256[:12]}",
+                f"thresholds {srow.thresholds} ({srow.operating_point}), "
+                f"weights {srow.weights_sha256[:12]}",
             }
         )
     timings = s.scalars(select(StepTiming).where(StepTiming.study_id == study.id)).all()

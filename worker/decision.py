@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from worker.site_calibration import SiteCalibration, load_site_calibration
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
 
 #: Most severe first: a study is labelled with the most severe class any image reaches.
 SEVERITY = ("covid", "pneumonia")
@@ -47,8 +52,9 @@ class OperatingPoint:
     """The flag thresholds in force and where they come from, as results and audit name them."""
 
     thresholds: dict[str, float]
-    source: str  # "model card", "settings" or "fallback"
+    source: str  # "model card", "settings", "site calibration ..." or "fallback" (or a mix)
     rule: str = ""
+    temperature: float | None = None  # a site calibration's; None: the card's
 
     def describe(self) -> str:
         values = ", ".join(f"{k} {v:.3f}" for k, v in sorted(self.thresholds.items()))
@@ -56,12 +62,15 @@ class OperatingPoint:
 
 
 def operating_point(
-    card_point: Mapping[str, Any], covid: float | None, pneumonia: float | None
+    card_point: Mapping[str, Any],
+    covid: float | None,
+    pneumonia: float | None,
+    site: SiteCalibration | None = None,
 ) -> OperatingPoint:
-    """The thresholds in force: ``CXR_THRESHOLD_*`` where set, else the model card's.
+    """The thresholds in force, per class: ``CXR_THRESHOLD_*`` where set, else the site
+    calibration's (``CXR_SITE_CALIBRATION``), else the model card's, else 0.5.
 
-    ``card_point`` is the card's ``operating_point`` (empty for older models, which fall back to
-    0.5). A threshold set in the settings replaces the card's for that class only.
+    ``card_point`` is the card's ``operating_point`` (empty for models before 3.0).
     """
     card = dict(card_point.get("thresholds", {}))
     configured = {"covid": covid, "pneumonia": pneumonia}
@@ -71,6 +80,8 @@ def operating_point(
         value = configured[label]
         if value is not None:
             thresholds[label], source = float(value), "settings"
+        elif site is not None and label in site.thresholds:
+            thresholds[label], source = float(site.thresholds[label]), site.describe()
         elif label in card:
             thresholds[label], source = float(card[label]), "model card"
         else:
@@ -78,4 +89,18 @@ def operating_point(
         sources.add(source)
     source = sources.pop() if len(sources) == 1 else " + ".join(sorted(sources))
     rule = str(card_point.get("rule", "")) if "model card" in source else ""
-    return OperatingPoint(thresholds, source, rule)
+    return OperatingPoint(thresholds, source, rule, site.temperature if site else None)
+
+
+def operating_point_for(settings: Settings, card: Any) -> OperatingPoint:
+    """:func:`operating_point` from the settings and a model card, loading the site file.
+
+    Raises :class:`worker.site_calibration.SiteCalibrationError` for a site file that is
+    missing, unreadable or made for other weights.
+    """
+    site = None
+    if settings.site_calibration is not None:
+        site = load_site_calibration(settings.site_calibration, card.weights_sha256)
+    return operating_point(
+        card.operating_point, settings.threshold_covid, settings.threshold_pneumonia, site
+    )

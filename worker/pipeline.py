@@ -43,7 +43,7 @@ from worker.db.models import (
     utcnow,
 )
 from worker.db.transitions import move
-from worker.decision import StudyDecision, decide_study, operating_point
+from worker.decision import StudyDecision, decide_study, operating_point_for
 from worker.logs import study_context
 from worker.outputs import derived_uid, write_object
 from worker.settings import Settings
@@ -152,9 +152,10 @@ class Pipeline:
         self.model = model  # models.loader.LoadedModel
         card = model.card  # type: ignore[attr-defined]
         self.algorithm = Algorithm(card.name, card.version, card.weights_sha256)
-        self.operating_point = operating_point(
-            card.operating_point, settings.threshold_covid, settings.threshold_pneumonia
-        )
+        self.operating_point = operating_point_for(settings, card)
+        if self.operating_point.temperature is not None:
+            # The site's temperature: the probabilities every result shows are the site's.
+            model.card = replace(card, temperature=self.operating_point.temperature)  # type: ignore[attr-defined]
         logger.info("operating point: %s", self.operating_point.describe())
         self.spool = Spool(settings.spool_dir, fsync=settings.fsync)
 
@@ -427,7 +428,12 @@ class Pipeline:
                     )
                     for h, p, sc in zip(headers, inferred.predictions, scs, strict=True)
                 ],
-                SRStudy(decision.label, decision.priority, decision.thresholds),
+                SRStudy(
+                    decision.label,
+                    decision.priority,
+                    decision.thresholds,
+                    self.operating_point.source,
+                ),
                 evidence=[*headers, *(b.ds for b in scs)],
                 algorithm=algo,
                 series_instance_uid=derived_uid(root, *key, "sr-series"),
@@ -467,7 +473,9 @@ class Pipeline:
     ) -> Outcome:
         """Results, produced objects and the delivery plan in one transaction; the next state."""
         by = _model_columns(self.algorithm)
-        destinations = [str(d) for d in self.settings.destinations]
+        shadow = self.settings.shadow_mode
+        # Shadow mode: everything is made and recorded, nothing is sent.
+        destinations = [] if shadow else [str(d) for d in self.settings.destinations]
         with self.sessions.begin() as s:
             s.execute(
                 delete(ImageResult).where(
@@ -498,6 +506,9 @@ class Pipeline:
                     label=decision.label,
                     priority=decision.priority,
                     thresholds=decision.thresholds,
+                    operating_point=(
+                        self.operating_point.source + ("; shadow mode" if shadow else "")
+                    )[:200],
                     **by,
                 )
             )
@@ -535,6 +546,8 @@ class Pipeline:
             detail = f"{decision.label} ({decision.priority}); {len(built) - 1} SC + 1 SR"
             if inferred.refusals:
                 detail += f"; {len(inferred.refusals)} image(s) refused by the image check"
+            if shadow:
+                detail += "; shadow mode: not delivered"
             if not move(
                 s, study_id, DELIVERING if destinations else DONE, detail, expect=[PROCESSING]
             ):

@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     # Unset: the model card's operating point (worker.decision.operating_point).
     threshold_covid: float | None = Field(None, ge=0, le=1)
     threshold_pneumonia: float | None = Field(None, ge=0, le=1)
+    # A hospital's own thresholds and temperature (cxr-triage calibrate); beats the card's.
+    site_calibration: Path | None = None
+    # Shadow mode: classify and record every study, deliver nothing (local validation weeks).
+    shadow_mode: bool = False
     delivery_retries: int = Field(5, ge=0)
     delivery_backoff: float = Field(10.0, ge=0)
     worker_concurrency: int = Field(1, ge=1)

@@ -41,6 +41,7 @@ class StudyResult:
     label: str
     priority: str  # urgent, soon or routine
     thresholds: dict[str, float]
+    operating_point: str = ""  # where the thresholds come from (card, site calibration ...)
 
 
 def tracking_uid(document_uid: str, name: str) -> str:
@@ -164,6 +165,8 @@ def build_report(
     # highdicom writes one "Algorithm Parameters" TEXT item per element it iterates over, so
     # each element carries both the name and the value.
     parameters = [f"threshold {k}={v:.3f}" for k, v in sorted(study.thresholds.items())]
+    if study.operating_point:
+        parameters.append(f"operating point={study.operating_point}"[:1024])
     parameters.append(f"weights sha256={algorithm.weights_sha256}")
     algorithm_id = hd.sr.AlgorithmIdentification(
         name=algorithm.name,

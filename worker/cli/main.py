@@ -16,6 +16,7 @@ from worker import __version__
 from worker.cli import (
     api,
     audit,
+    calibrate,
     crossval,
     db,
     demo,
@@ -28,6 +29,7 @@ from worker.cli import (
     send,
     train,
     train_lungs,
+    validate,
     work,
 )
 from worker.db.engine import DatabaseNotFoundError
@@ -50,6 +52,8 @@ SUBCOMMANDS = (
     train_lungs,
     crossval,
     evaluate,
+    validate,
+    calibrate,
     predict,
 )
 

@@ -253,6 +253,8 @@ class StudyResult(Base):
     label: Mapped[str] = mapped_column(String(32))
     priority: Mapped[str] = mapped_column(String(16), index=True)
     thresholds: Mapped[dict[str, float]] = mapped_column(JSON)
+    # Where the thresholds came from (worker.decision.OperatingPoint.source), "shadow" marked.
+    operating_point: Mapped[str] = mapped_column(String(200), server_default="settings")
     model_name: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str] = mapped_column(String(32), index=True)
     weights_sha256: Mapped[str] = mapped_column(String(64))

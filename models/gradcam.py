@@ -9,12 +9,17 @@ import numpy as np
 from models.imaging import Letterbox
 
 
-def gradcam_function(model: Any, layer_name: str, class_index: int | None = None) -> Any:
+def gradcam_function(
+    model: Any, layer_name: str, class_index: int | None = None, skip_class: int | None = None
+) -> Any:
     """Return ``f(batch) -> (logits, cams)``: one compiled call gives both.
 
     ``cams`` are ``(N, h, w)`` maps over the model input (the padded square), each scaled to
-    [0, 1], for the predicted class (or ``class_index``). The heatmap is the ReLU of the feature
-    maps weighted by the spatially averaged gradients of the class logit.
+    [0, 1], for the predicted class (or ``class_index``; with ``skip_class``, the most likely
+    class other than that one: the serving model explains its top *finding*, also when
+    "normal" is more likely, since a finding near its threshold is what a reader must see the
+    evidence for). The heatmap is the ReLU of the feature maps weighted by the spatially
+    averaged gradients of the class logit.
     """
     import keras
     import tensorflow as tf
@@ -27,7 +32,11 @@ def gradcam_function(model: Any, layer_name: str, class_index: int | None = None
         with tf.GradientTape() as tape:
             features, logits = grad_model(x, training=False)
             if class_index is None:
-                idx = tf.argmax(logits, axis=1, output_type=tf.int32)
+                ranked = logits
+                if skip_class is not None:
+                    mask = tf.one_hot(skip_class, tf.shape(logits)[1], on_value=-1e9, off_value=0.0)
+                    ranked = logits + mask
+                idx = tf.argmax(ranked, axis=1, output_type=tf.int32)
             else:
                 idx = tf.fill([tf.shape(logits)[0]], class_index)
             score = tf.gather(logits, idx, axis=1, batch_dims=1)

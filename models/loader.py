@@ -35,6 +35,7 @@ class Prediction:
     heatmap: np.ndarray | None = None  # in the source image's geometry, [0, 1]
     refused: str | None = None
     crop: CropBox | None = None  # the lung box the model saw, in source pixels
+    heatmap_label: str | None = None  # the class whose evidence ``heatmap`` shows
 
 
 @dataclass
@@ -92,7 +93,11 @@ class LoadedModel:
     def _gradcam(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits and Grad-CAM maps for prepared inputs, through one compiled function."""
         if self._cam_fn is None:
-            self._cam_fn = gradcam_function(self.keras_model, self.card.gradcam_layer)
+            # The heatmap explains the most likely finding, never "normal" (see gradcam_function).
+            skip = self.labels.index("normal") if "normal" in self.labels else None
+            self._cam_fn = gradcam_function(
+                self.keras_model, self.card.gradcam_layer, skip_class=skip
+            )
         return self._cam_fn(batch)
 
     def warm_up(self, image: np.ndarray, heatmap_shrink: int = 1) -> Prediction:
@@ -173,14 +178,17 @@ class LoadedModel:
             logits, cams = self.logits(batch), None
         probs = softmax(logits, self.card.temperature)
         out = []
+        findings = [k for k, lab in enumerate(self.labels) if lab != "normal"]
         for i, p in enumerate(probs):
             heat = to_source(cams[i], boxes[i], shrinks[i]) if cams is not None else None
+            explained = self.labels[max(findings, key=lambda k: p[k])] if findings else None
             out.append(
                 Prediction(
                     self.labels[int(p.argmax())],
                     {lab: float(v) for lab, v in zip(self.labels, p, strict=True)},
                     heat,
                     crop=crops[i],
+                    heatmap_label=explained if heat is not None else None,
                 )
             )
         return out

@@ -228,6 +228,10 @@ def test_predict_and_evaluate_commands(trained: Path, tmp_path: Path) -> None:
     record = json.loads(proc.stdout.strip().splitlines()[-1])
     assert record["model"] == "tiny" and record["version"] == "0.0.1"
     assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    # The label is the triage decision at the operating point (this model has none: 0.5).
+    p = record["probabilities"]
+    expected = "covid" if p["covid"] >= 0.5 else "pneumonia" if p["pneumonia"] >= 0.5 else "normal"
+    assert record["label"] == expected and record["operating_point"].startswith("fallback")
     overlay = Image.open(record["heatmap"])
     assert overlay.size == (1024, 1024) and overlay.mode == "RGB"
 

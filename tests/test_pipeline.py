@@ -39,11 +39,27 @@ def test_study_decision_takes_the_most_severe_class() -> None:
     viral = {"normal": 0.2, "covid": 0.1, "pneumonia": 0.7}
     covid = {"normal": 0.3, "covid": 0.6, "pneumonia": 0.1}
     assert decide_study([normal], T).priority == "routine"
+    assert decide_study([normal], T).band == "not flagged"
     assert decide_study([normal, viral], T).label == "pneumonia"
     assert decide_study([viral, covid], T).priority == "urgent"
-    assert decide_study([covid], {"covid": 0.7, "pneumonia": 0.5}).label == "normal"
+    # 0.6 below a 0.7 threshold is within the margin: indeterminate COVID-19, never "normal".
+    below = decide_study([covid], {"covid": 0.7, "pneumonia": 0.5})
+    assert (below.label, below.band, below.priority) == ("covid", "indeterminate", "soon")
+    assert decide_study([covid], {"covid": 0.7, "pneumonia": 0.5}, margin=0.05).label == "normal"
     with pytest.raises(ValueError):
         decide_study([], T)
+
+
+def test_flagged_beats_indeterminate_beats_not_flagged_across_images() -> None:
+    near_covid = {"normal": 0.55, "covid": 0.44, "pneumonia": 0.01}  # the sternotomy CR
+    pneumonia = {"normal": 0.3, "covid": 0.1, "pneumonia": 0.6}
+    low = {"normal": 0.97, "covid": 0.02, "pneumonia": 0.01}
+    assert decide_study([low, near_covid], T).band == "indeterminate"
+    study = decide_study([near_covid, pneumonia], T)
+    assert (study.label, study.band, study.priority) == ("pneumonia", "flagged", "soon")
+    # The study's value for its label is the highest over its images.
+    two = decide_study([{"covid": 0.7}, {"covid": 0.9}], T, operating_point="model card")
+    assert two.probability == 0.9 and two.operating_point == "model card"
 
 
 def test_the_operating_point_is_the_cards_unless_a_setting_replaces_it() -> None:

@@ -19,13 +19,16 @@ from dicom_node.results import codes, wording
 from dicom_node.results.algorithm import Algorithm
 from dicom_node.results.inherited import TYPE2_INHERITED
 from dicom_node.results.sc import build_gradcam_sc
-from dicom_node.results.sr import ImageResult, StudyResult, build_report
+from dicom_node.results.sr import ImageResult, build_report
+from dicom_node.results.triage import Triage
 from dicom_node.uids import DEFAULT_UID_ROOT, new_uid
 from models.gradcam import colour_ramp
 from tests import factories
 from tests.services import require, shared_file
 
 PROBS = {"normal": 0.08, "covid": 0.86, "pneumonia": 0.06}
+T = {"covid": 0.5, "pneumonia": 0.5}
+COVID = Triage("covid", "flagged", "urgent", 0.86, T, "model card")
 
 
 def _round_trip(ds: pydicom.Dataset) -> pydicom.Dataset:
@@ -44,9 +47,8 @@ def _overlay(src: pydicom.Dataset) -> np.ndarray:
 def _sc(src: pydicom.Dataset, overlay: np.ndarray | None = None, **kwargs: Any) -> hd.sc.SCImage:
     """The SC of ``src`` (its own pixels as the overlay unless given), with test identities."""
     values: dict[str, Any] = {
-        "label": "covid",
-        "probability": 0.86,
-        "priority": "urgent",
+        "triage": COVID,
+        "heatmap_label": "covid",
         "algorithm": Algorithm("cxr-test", "9.9", ""),
         "series_instance_uid": new_uid(),
         "sop_instance_uid": new_uid(),
@@ -67,14 +69,14 @@ def _sr(
             [
                 ImageResult(
                     src,
-                    "covid",
+                    COVID,
                     PROBS,
                     peak=(src.Columns / 3, src.Rows / 2),
                     region=(10.0, 12.0, src.Columns - 10.0, src.Rows - 12.0),
                     heatmap=sc,
                 )
             ],
-            StudyResult("covid", "urgent", {"covid": 0.5, "pneumonia": 0.5}),
+            COVID,
             evidence=[src, sc],
             algorithm=Algorithm("cxr-test", "9.9", "ab" * 32),
             series_instance_uid=new_uid(),
@@ -100,7 +102,7 @@ def test_secondary_capture(source: pydicom.Dataset) -> None:
     assert (sc.Columns, sc.SamplesPerPixel) == (source.Columns, 3)
     assert source.Rows < sc.Rows < source.Rows * 1.4
     assert sc.Manufacturer == "cxr-triage" and sc.BurnedInAnnotation == "YES"
-    assert sc.SeriesDescription == "AI URGENT covid 0.86 heatmap - not for diagnosis"
+    assert sc.SeriesDescription == "AI URGENT covid 86.0% heatmap, not for diagnosis"
     assert sc.BodyPartExamined == source.BodyPartExamined
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     # The image area is the overlay as given: no text on the lungs.
@@ -163,8 +165,11 @@ def test_structured_report_content_tree(source: pydicom.Dataset) -> None:
     assert values == {
         "276214006": "STUDY-RESULT",
         "TRIAGE-PRIORITY": "URGENT",
+        "TRIAGE-BAND": "10828004",  # SCT Positive: flagged
         "111000": "123110",  # algorithm family: artificial intelligence
     }
+    image_values = {e.name.value: e.value.value for e in first.get_qualitative_evaluations()}
+    assert image_values["TRIAGE-BAND"] == "10828004"
     (summary,) = [
         t.TextValue
         for c in content
@@ -172,8 +177,9 @@ def test_structured_report_content_tree(source: pydicom.Dataset) -> None:
         for t in c.ContentSequence
     ]
     assert summary == (
-        "AI triage, not for diagnosis: COVID-19, priority URGENT; COVID-19 0.860, "
-        "Normal 0.080, Pneumonia 0.060; heatmap = evidence for COVID-19"
+        "AI triage, not for diagnosis: COVID-19 flagged: 86.0% (flag at 50.0%), priority "
+        "URGENT; COVID-19 86.0%, Normal 8.0%, Pneumonia 6.0%; heatmaps show evidence for the "
+        "class named on each, not an outline"
     )
     family = [
         i.ConceptCodeSequence[0].CodeValue
@@ -193,8 +199,9 @@ def test_structured_report_content_tree(source: pydicom.Dataset) -> None:
         if i.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Parameters"
     ]
     assert params == [
-        "threshold covid=0.500",
-        "threshold pneumonia=0.500",
+        "threshold covid=0.5000",
+        "threshold pneumonia=0.5000",
+        "operating point=model card",
         f"weights sha256={'ab' * 32}",
     ]
 
@@ -219,7 +226,7 @@ def test_dicom3tools_and_dcmtk_accept_the_objects(tmp_path: Path) -> None:
     assert dump.returncode == 0 and "W:" not in dump.stderr and "E:" not in dump.stderr, dump.stderr
     assert "Triage priority" in dump.stdout and "COVID-19" in dump.stdout
     html = subprocess.run(["dsr2html", str(files["sr"])], capture_output=True, text=True).stdout
-    assert "AI triage, not for diagnosis: COVID-19, priority URGENT; COVID-19 0.860" in html
+    assert "AI triage, not for diagnosis: COVID-19 flagged: 86.0%" in html
     assert "86.0 %" in html
     entity = subprocess.run(
         ["dcentvfy", str(src_path), *map(str, files.values())], capture_output=True, text=True
@@ -242,14 +249,17 @@ def test_report_needs_images_and_known_labels(source: pydicom.Dataset) -> None:
         sop_instance_uid=new_uid(),
         device_uid=new_uid(),
     )
+    normal = Triage("normal", "not flagged", "routine", 0.9, T)
     with pytest.raises(ValueError, match="at least one"):
-        build_report([], StudyResult("normal", "routine", {}), **kwargs)  # type: ignore[arg-type]
+        build_report([], normal, **kwargs)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no code"):
         build_report(
-            [ImageResult(source, "tuberculosis", PROBS)],
-            StudyResult("normal", "routine", {}),
+            [ImageResult(source, Triage("tuberculosis", "flagged", "urgent", 0.9, T), PROBS)],
+            normal,
             **kwargs,
         )  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cannot be labelled"):
+        Triage("covid", "not flagged", "routine", 0.1, T)
 
 
 def test_sc_may_be_an_integer_fraction_of_the_source_size() -> None:
@@ -309,8 +319,9 @@ def test_a_missing_type2_attribute_still_gives_both_objects(missing: str) -> Non
 def test_a_normal_result_has_no_heatmap_and_says_so() -> None:
     src = factories.radiograph(rows=400, columns=320, bits=12)
     grey = _overlay(src)
-    sc = _sc(src, grey, label="normal", priority="routine", colour_ramp=colour_ramp())
-    assert sc.SeriesDescription.startswith("AI ROUTINE normal 0.86 heatmap")
+    normal = Triage("normal", "not flagged", "routine", 0.86, T)
+    sc = _sc(src, grey, triage=normal, colour_ramp=colour_ramp())
+    assert sc.SeriesDescription.startswith("AI ROUTINE normal 86.0% heatmap")
     strip = sc.pixel_array[src.Rows :].astype(int)
     # No colour scale for a normal result: the strip holds only yellow text on black.
     blue = (strip[..., 2] > 150) & (strip[..., 0] < 100) & (strip[..., 1] < 100)
@@ -322,5 +333,99 @@ def test_a_normal_result_has_no_heatmap_and_says_so() -> None:
 
 
 def test_series_descriptions_fit_and_lead_with_the_result() -> None:
-    text = wording.series_description("pneumonia", "urgent", 0.914, "heatmap")
-    assert text == "AI URGENT pneumonia 0.91 heatmap - not for diagnosis" and len(text) <= 64
+    flagged = Triage("pneumonia", "flagged", "soon", 0.914, T)
+    text = wording.series_description(flagged, "heatmap")
+    assert text == "AI SOON pneumonia 91.4% heatmap, not for diagnosis"
+    longest = Triage("pneumonia", "indeterminate", "soon", 0.444, T)
+    assert len(wording.series_description(longest, "heatmap")) <= 64
+
+
+def test_numbers_are_honest_percentages() -> None:
+    assert wording.percent(0.997) == "99.7%" and wording.percent(0.9996) == "> 99.9%"
+    assert wording.percent(0.0) == "0.0%" and wording.percent(0.0004) == "< 0.1%"
+    # Never rounded across the threshold it is compared with.
+    assert wording.percent(0.49996) == "50.0%"
+    assert wording.percent(0.49996, 0.5) == "49.9%"
+    assert wording.percent(0.81234, 0.81234) == "81.3%"  # at the threshold: not shown below it
+    below = Triage("covid", "indeterminate", "soon", 0.49996, T)
+    assert "49.9%, below its flag at 50.0%" in wording.headline(below)
+
+
+CASES = {
+    "confident covid": [{"normal": 0.02, "covid": 0.97, "pneumonia": 0.01}],
+    "covid top class below its threshold": [{"normal": 0.35, "covid": 0.48, "pneumonia": 0.17}],
+    "borderline normal": [{"normal": 0.55, "covid": 0.44, "pneumonia": 0.01}],
+    "normal": [{"normal": 0.96, "covid": 0.03, "pneumonia": 0.01}],
+    "two images": [
+        {"normal": 0.96, "covid": 0.03, "pneumonia": 0.01},
+        {"normal": 0.02, "covid": 0.97, "pneumonia": 0.01},
+    ],
+}
+EXPECTED = {  # (label, band, priority) of the study
+    "confident covid": ("covid", "flagged", "urgent"),
+    "covid top class below its threshold": ("covid", "indeterminate", "soon"),
+    "borderline normal": ("covid", "indeterminate", "soon"),
+    "normal": ("normal", "not flagged", "routine"),
+    "two images": ("covid", "flagged", "urgent"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_sc_sr_and_descriptions_say_the_same_thing(case: str) -> None:
+    """One decision object per image and study: no "nothing flagged" beside a coloured SC."""
+    from worker.decision import operating_point
+
+    op = operating_point({"thresholds": T, "rule": "test"}, None, None)
+    images = CASES[case]
+    study = op.study(images)
+    assert (study.label, study.band, study.priority) == EXPECTED[case]
+    src = factories.radiograph(rows=300, columns=240, bits=12)
+    scs, results = [], []
+    for n, probs in enumerate(images):
+        triage = op.image(probs)
+        top_finding = max(("covid", "pneumonia"), key=lambda k: probs[k])
+        sc = _round_trip(
+            _sc(src, triage=triage, heatmap_label=top_finding, colour_ramp=colour_ramp())
+        )
+        scs.append(sc)
+        results.append(ImageResult(src, triage, probs, peak=(50.0, 60.0), heatmap=sc))
+        # The SC's description and colour scale follow the image's band.
+        assert sc.SeriesDescription.startswith(f"AI {triage.priority.upper()} ")
+        assert (triage.band == "indeterminate") == ("indeterminate" in sc.SeriesDescription)
+        strip = sc.pixel_array[src.Rows :].astype(int)
+        scale = ((strip[..., 2] > 150) & (strip[..., 0] < 100) & (strip[..., 1] < 100)).any()
+        assert scale == (triage.band != "not flagged"), (case, n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sr = build_report(
+            results,
+            study,
+            evidence=[src, *scs],
+            algorithm=Algorithm("cxr-test", "9.9", "ab" * 32),
+            series_instance_uid=new_uid(),
+            sop_instance_uid=new_uid(),
+            device_uid=new_uid(),
+        )
+    buf = io.BytesIO()
+    sr.save_as(buf, enforce_file_format=True)
+    buf.seek(0)
+    sr = hd.sr.srread(buf)
+    summary = next(
+        t.TextValue
+        for c in sr.ContentSequence
+        if c.ConceptNameCodeSequence[0].CodeValue == codes.QUALITATIVE_EVALUATIONS.value
+        for t in c.ContentSequence
+    )
+    near = any(p[k] >= T[k] - 0.2 for p in images for k in T)
+    assert ("no finding at or near" in summary) == (not near) == (study.band == "not flagged")
+    assert "1.00" not in summary and "0.48" not in summary  # percentages, one decimal
+    assert sr.SeriesDescription.startswith(f"AI {study.priority.upper()} ")
+    label_word = "indeterminate covid" if study.band == "indeterminate" else study.label
+    assert label_word in sr.SeriesDescription
+    groups = sr.content.get_planar_roi_measurement_groups()
+    for group, result in zip(groups, results, strict=False):
+        assert group.finding_type == codes.FINDING_CODES[result.triage.label]
+        bands = {e.name.value: e.value for e in group.get_qualitative_evaluations()}
+        assert bands["TRIAGE-BAND"] == codes.BAND_CODES[result.triage.band]
+    study_bands = {e.name.value: e.value for e in groups[-1].get_qualitative_evaluations()}
+    assert study_bands["TRIAGE-BAND"] == codes.BAND_CODES[study.band]

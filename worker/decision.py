@@ -1,11 +1,13 @@
-"""From per-image probabilities to the study-level result and its triage priority."""
+"""From per-image probabilities to each image's and the study's triage result, at the
+operating point in force (the card's, a site calibration's or the settings')."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from dicom_node.results.triage import BANDS, FLAGGED, INDETERMINATE, NOT_FLAGGED, Triage
 from worker.site_calibration import SiteCalibration, load_site_calibration
 
 if TYPE_CHECKING:
@@ -14,19 +16,42 @@ if TYPE_CHECKING:
 #: Most severe first: a study is labelled with the most severe class any image reaches.
 SEVERITY = ("covid", "pneumonia")
 PRIORITY = {"covid": "urgent", "pneumonia": "soon", "normal": "routine"}
+#: Below a threshold but within the margin: a reader should look, sooner than routine.
+INDETERMINATE_PRIORITY = "soon"
+#: How far below a class's threshold a probability is indeterminate, not "not flagged".
+DEFAULT_MARGIN = 0.2
 
 
-@dataclass(frozen=True)
-class StudyDecision:
-    label: str
-    priority: str
-    thresholds: dict[str, float]
+def decide_image(
+    probabilities: Mapping[str, float], thresholds: Mapping[str, float], margin: float
+) -> Triage:
+    """One image: the most severe class at its threshold is flagged; else the most severe within
+    ``margin`` below its threshold is indeterminate; else nothing is flagged.
+
+    Raises ``ValueError`` if a threshold is missing for a severe class.
+    """
+    for label in SEVERITY:
+        if label not in thresholds:
+            raise ValueError(f"no threshold for {label}")
+    th = {k: float(thresholds[k]) for k in SEVERITY}
+    p = {k: float(probabilities.get(k, 0.0)) for k in (*SEVERITY, "normal")}
+    for label in SEVERITY:
+        if p[label] >= th[label]:
+            return Triage(label, FLAGGED, PRIORITY[label], p[label], th)
+    for label in SEVERITY:
+        if p[label] >= th[label] - margin:
+            return Triage(label, INDETERMINATE, INDETERMINATE_PRIORITY, p[label], th)
+    return Triage("normal", NOT_FLAGGED, PRIORITY["normal"], p["normal"], th)
 
 
 def decide_study(
-    image_probabilities: Sequence[dict[str, float]], thresholds: dict[str, float]
-) -> StudyDecision:
-    """The most severe class whose probability reaches its threshold on any image, else normal.
+    image_probabilities: Sequence[Mapping[str, float]],
+    thresholds: Mapping[str, float],
+    margin: float = DEFAULT_MARGIN,
+    operating_point: str = "",
+) -> Triage:
+    """The study's result: its most urgent image's (flagged before indeterminate before not
+    flagged, COVID-19 before pneumonia), with that class's highest probability over the images.
 
     Raises
     ------
@@ -35,12 +60,11 @@ def decide_study(
     """
     if not image_probabilities:
         raise ValueError("a study decision needs at least one image")
-    for label in SEVERITY:
-        if label not in thresholds:
-            raise ValueError(f"no threshold for {label}")
-        if any(p.get(label, 0.0) >= thresholds[label] for p in image_probabilities):
-            return StudyDecision(label, PRIORITY[label], dict(thresholds))
-    return StudyDecision("normal", PRIORITY["normal"], dict(thresholds))
+    order = [*SEVERITY, "normal"]
+    results = [decide_image(p, thresholds, margin) for p in image_probabilities]
+    top = min(results, key=lambda t: (BANDS.index(t.band), order.index(t.label)))
+    highest = max(float(p.get(top.label, 0.0)) for p in image_probabilities)
+    return replace(top, probability=highest, operating_point=operating_point)
 
 
 #: Where no card or setting says otherwise (models before 3.0 carry no operating point).
@@ -55,6 +79,18 @@ class OperatingPoint:
     source: str  # "model card", "settings", "site calibration ..." or "fallback" (or a mix)
     rule: str = ""
     temperature: float | None = None  # a site calibration's; None: the card's
+    margin: float = DEFAULT_MARGIN  # the indeterminate band below each threshold
+
+    def image(self, probabilities: Mapping[str, float]) -> Triage:
+        """One image's result at this operating point."""
+        return replace(
+            decide_image(probabilities, self.thresholds, self.margin),
+            operating_point=self.source,
+        )
+
+    def study(self, image_probabilities: Sequence[Mapping[str, float]]) -> Triage:
+        """The study's result at this operating point."""
+        return decide_study(image_probabilities, self.thresholds, self.margin, self.source)
 
     def describe(self) -> str:
         values = ", ".join(f"{k} {v:.3f}" for k, v in sorted(self.thresholds.items()))
@@ -66,6 +102,7 @@ def operating_point(
     covid: float | None,
     pneumonia: float | None,
     site: SiteCalibration | None = None,
+    margin: float = DEFAULT_MARGIN,
 ) -> OperatingPoint:
     """The thresholds in force, per class: ``CXR_THRESHOLD_*`` where set, else the site
     calibration's (``CXR_SITE_CALIBRATION``), else the model card's, else 0.5.
@@ -89,7 +126,7 @@ def operating_point(
         sources.add(source)
     source = sources.pop() if len(sources) == 1 else " + ".join(sorted(sources))
     rule = str(card_point.get("rule", "")) if "model card" in source else ""
-    return OperatingPoint(thresholds, source, rule, site.temperature if site else None)
+    return OperatingPoint(thresholds, source, rule, site.temperature if site else None, margin)
 
 
 def operating_point_for(settings: Settings, card: Any) -> OperatingPoint:
@@ -102,5 +139,9 @@ def operating_point_for(settings: Settings, card: Any) -> OperatingPoint:
     if settings.site_calibration is not None:
         site = load_site_calibration(settings.site_calibration, card.weights_sha256)
     return operating_point(
-        card.operating_point, settings.threshold_covid, settings.threshold_pneumonia, site
+        card.operating_point,
+        settings.threshold_covid,
+        settings.threshold_pneumonia,
+        site,
+        settings.indeterminate_margin,
     )

@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node.results.algorithm import Algorithm
 from dicom_node.results.sc import build_gradcam_sc
 from dicom_node.results.sr import ImageResult as SRImage
-from dicom_node.results.sr import StudyResult as SRStudy
 from dicom_node.results.sr import build_report
+from dicom_node.results.triage import NOT_FLAGGED, Triage
 from dicom_node.spool import Spool
 from worker.claims import IN_BATCH, Claimed, claim, claim_waiting, wait_for_batch
 from worker.db.models import (
@@ -43,7 +43,7 @@ from worker.db.models import (
     utcnow,
 )
 from worker.db.transitions import move
-from worker.decision import StudyDecision, decide_study, operating_point_for
+from worker.decision import operating_point_for
 from worker.logs import study_context
 from worker.outputs import derived_uid, write_object
 from worker.settings import Settings
@@ -174,9 +174,11 @@ class Pipeline:
         image = dicom_to_image(ds)
         shrink = shrink_factor(image.shape, self.settings.sc_max_size)
         pred = self.model.warm_up(image, shrink)  # type: ignore[attr-defined]
-        # A finding, whatever the model said of a synthetic image: the heatmap overlay runs too.
+        # A flagged finding, whatever the model said of a synthetic image: the heatmap overlay
+        # runs too.
         finding = next(lab for lab in self.model.labels if lab != "normal")  # type: ignore[attr-defined]
-        pred = replace(pred, label=finding)
+        certain = {lab: float(lab == finding) for lab in self.model.labels}  # type: ignore[attr-defined]
+        pred = replace(pred, label=finding, probabilities=certain, heatmap_label=finding)
         warm = _Inferred([], [ds], [image], [pred], [], shrink)
         self._build(ds.StudyInstanceUID, 1, warm, self._decide([pred]), Timer())
         return time.perf_counter() - start
@@ -355,15 +357,15 @@ class Pipeline:
             )
         return out
 
-    def _decide(self, predictions: list[Prediction]) -> StudyDecision:
-        return decide_study([p.probabilities for p in predictions], self.operating_point.thresholds)
+    def _decide(self, predictions: list[Prediction]) -> Triage:
+        return self.operating_point.study([p.probabilities for p in predictions])
 
     def _build(
         self,
         study_uid: str,
         revision: int,
         inferred: _Inferred,
-        decision: StudyDecision,
+        decision: Triage,
         timer: Timer,
     ) -> list[_Built]:
         """The Grad-CAM SCs and the SR (not yet written: see :meth:`_store`).
@@ -378,7 +380,9 @@ class Pipeline:
         algo = self.algorithm
         root = self.settings.uid_root
         outputs = self.settings.outputs_dir
-        thresholds = sorted(decision.thresholds.items())
+        op = self.operating_point
+        # The SC's words and colours follow from these: a change makes a new SC.
+        decided_by = (sorted(op.thresholds.items()), op.margin)
         sc_series = derived_uid(root, study_uid, algo.weights_sha256, "sc-series")
         ramp = colour_ramp()
         scs: list[_Built] = []
@@ -389,21 +393,22 @@ class Pipeline:
                 pixels = hashlib.sha256(ds.get("PixelData") or b"").hexdigest()
                 uid = derived_uid(
                     root, study_uid, algo.weights_sha256, "sc", ds.SOPInstanceUID, pixels,
-                    inferred.shrink, thresholds,
+                    inferred.shrink, decided_by,
                 )  # fmt: skip
                 kept = self._kept_object(uid)
                 if kept is not None:
                     header = pydicom.dcmread(outputs / kept, stop_before_pixels=True)
                     scs.append(_Built("sc", header, ds.SOPInstanceUID, kept))
                     continue
-                # A normal result has nothing to point at: its SC is the radiograph, uncoloured.
-                heat = None if pred.label == "normal" else pred.heatmap
+                triage = op.image(pred.probabilities)
+                # Nothing flagged or near: nothing to point at, the SC is the radiograph,
+                # uncoloured.
+                heat = None if triage.band == NOT_FLAGGED else pred.heatmap
                 sc = build_gradcam_sc(
                     ds,
                     overlay(decimate(image, inferred.shrink), heat),
-                    label=pred.label,
-                    probability=pred.probabilities[pred.label],
-                    priority=self._decide([pred]).priority,
+                    triage=triage,
+                    heatmap_label=pred.heatmap_label if heat is not None else None,
                     algorithm=algo,
                     colour_ramp=ramp,
                     series_instance_uid=sc_series,
@@ -420,7 +425,7 @@ class Pipeline:
                 [
                     SRImage(
                         h,
-                        p.label,
+                        op.image(p.probabilities),
                         p.probabilities,
                         peak=_peak(p.heatmap, inferred.shrink),
                         region=_box(p.crop),
@@ -428,12 +433,7 @@ class Pipeline:
                     )
                     for h, p, sc in zip(headers, inferred.predictions, scs, strict=True)
                 ],
-                SRStudy(
-                    decision.label,
-                    decision.priority,
-                    decision.thresholds,
-                    self.operating_point.source,
-                ),
+                decision,
                 evidence=[*headers, *(b.ds for b in scs)],
                 algorithm=algo,
                 series_instance_uid=derived_uid(root, *key, "sr-series"),
@@ -467,7 +467,7 @@ class Pipeline:
         revision: int,
         study_uid: str,
         inferred: _Inferred,
-        decision: StudyDecision,
+        decision: Triage,
         built: list[_Built],
         timer: Timer,
     ) -> Outcome:
@@ -489,12 +489,14 @@ class Pipeline:
             )
             self._add_refusals(s, study_id, revision, inferred.refusals)
             for inst, pred in zip(inferred.instances, inferred.predictions, strict=True):
+                image = self.operating_point.image(pred.probabilities)
                 s.add(
                     ImageResult(
                         study_id=study_id,
                         instance_id=inst.id,
                         revision=revision,
-                        label=pred.label,
+                        label=image.label,
+                        band=image.band,
                         probabilities=pred.probabilities,
                         **by,
                     )
@@ -504,6 +506,7 @@ class Pipeline:
                     study_id=study_id,
                     revision=revision,
                     label=decision.label,
+                    band=decision.band,
                     priority=decision.priority,
                     thresholds=decision.thresholds,
                     operating_point=(
@@ -543,7 +546,10 @@ class Pipeline:
                         )
                     )
             _add_timings(s, study_id, revision, timer)
-            detail = f"{decision.label} ({decision.priority}); {len(built) - 1} SC + 1 SR"
+            detail = (
+                f"{decision.label} {decision.band} ({decision.priority}); "
+                f"{len(built) - 1} SC + 1 SR"
+            )
             if inferred.refusals:
                 detail += f"; {len(inferred.refusals)} image(s) refused by the image check"
             if shadow:

@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     # Unset: the model card's operating point (worker.decision.operating_point).
     threshold_covid: float | None = Field(None, ge=0, le=1)
     threshold_pneumonia: float | None = Field(None, ge=0, le=1)
+    # Below a threshold by at most this much: "indeterminate", never "not flagged".
+    indeterminate_margin: float = Field(0.2, ge=0, le=1)
     # A hospital's own thresholds and temperature (cxr-triage calibrate); beats the card's.
     site_calibration: Path | None = None
     # Shadow mode: classify and record every study, deliver nothing (local validation weeks).

@@ -35,6 +35,13 @@ PRIORITY_CODES: dict[str, Code] = {
     "routine": Code("ROUTINE", PRIVATE_SCHEME, "Routine"),
 }
 STUDY_RESULT = Code("STUDY-RESULT", PRIVATE_SCHEME, "Study-level triage result")
+#: The result's band at the operating point (dicom_node.results.triage), as SNOMED qualifiers.
+TRIAGE_BAND = Code("TRIAGE-BAND", PRIVATE_SCHEME, "Triage result band")
+BAND_CODES: dict[str, Code] = {
+    "flagged": Code("10828004", "SCT", "Positive"),
+    "indeterminate": Code("82334004", "SCT", "Indeterminate"),
+    "not flagged": Code("260385009", "SCT", "Negative"),
+}
 #: CID 7162 Algorithm Family.
 ALGORITHM_FAMILY = Code("123110", "DCM", "Artificial Intelligence")
 #: TID 1410's reference to an image that shows the region (our Grad-CAM SC).

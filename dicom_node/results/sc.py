@@ -12,6 +12,7 @@ from dicom_node.eligibility import OUR_MANUFACTURER
 from dicom_node.results import wording
 from dicom_node.results.algorithm import Algorithm
 from dicom_node.results.inherited import repair_inherited, with_type2
+from dicom_node.results.triage import NOT_FLAGGED, Triage
 
 # Attributes from_ref_dataset leaves out that viewers and dciodvfy expect on the SC.
 _COPIED = (
@@ -75,9 +76,8 @@ def build_gradcam_sc(
     source: Dataset,
     overlay_rgb: np.ndarray,
     *,
-    label: str,
-    probability: float,
-    priority: str,
+    triage: Triage,
+    heatmap_label: str | None,
     algorithm: Algorithm,
     colour_ramp: np.ndarray | None = None,
     series_instance_uid: str,
@@ -94,14 +94,16 @@ def build_gradcam_sc(
     overlay_rgb : numpy.ndarray
         ``(rows // f, columns // f, 3)`` uint8 overlay in the source image's geometry, for an
         integer factor ``f`` >= 1 (a smaller SC is much faster to build, send and show).
-    label, probability, priority : str, float, str
-        The image's finding, shown in the label strip below the image and in the series
+    triage : Triage
+        The image's result, shown in the label strip below the image and in the series
         description (an SC speaks for its own image, so it stays right in a later revision).
+    heatmap_label : str or None
+        The class whose evidence the overlay's colours show (None: no colours).
     algorithm : Algorithm
         The model that made the heatmap (in the strip and in ManufacturerModelName).
     colour_ramp : numpy.ndarray, optional
         ``(1, n, 3)`` uint8 colours of the heatmap from low to high, drawn as its scale
-        (left out for a normal result, which has no heatmap).
+        (left out when nothing is flagged or near a threshold: no colours then).
 
     Raises
     ------
@@ -117,14 +119,15 @@ def build_gradcam_sc(
             f"overlay is {overlay_rgb.shape[:2]}, the source image is {(rows, cols)}: "
             "Rows/Columns must match, or both be divided by the same integer"
         )
+    coloured = triage.band != NOT_FLAGGED and heatmap_label is not None
     pixels = label_strip(
         overlay_rgb,
         [
-            f"{wording.meaning(label)} p={probability:.2f}   priority {priority.upper()}",
-            wording.heatmap_meaning(label),
+            wording.headline(triage),
+            wording.heatmap_meaning(triage, heatmap_label if coloured else None),
             f"{algorithm}   NOT FOR DIAGNOSTIC USE",
         ],
-        colour_ramp if label != "normal" else None,
+        colour_ramp if coloured else None,
     )
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=with_type2(source),
@@ -144,10 +147,14 @@ def build_gradcam_sc(
         if keyword in source and keyword not in sc:
             setattr(sc, keyword, source.data_element(keyword).value)  # type: ignore[union-attr]
     repair_inherited(sc)
-    sc.SeriesDescription = wording.series_description(label, priority, probability, "heatmap")
+    sc.SeriesDescription = wording.series_description(triage, "heatmap")
     sc.ManufacturerModelName = algorithm.name
     sc.SoftwareVersions = algorithm.version
-    sc.DerivationDescription = f"Grad-CAM heatmap of {label} by {OUR_MANUFACTURER} {algorithm.name}"
+    sc.DerivationDescription = (
+        f"Grad-CAM heatmap of {heatmap_label} by {OUR_MANUFACTURER} {algorithm.name}"
+        if coloured
+        else f"Source image, no heatmap ({triage.band}), by {OUR_MANUFACTURER} {algorithm.name}"
+    )
     sc.BurnedInAnnotation = "YES"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     ref = Dataset()

@@ -15,6 +15,7 @@ from dicom_node.eligibility import OUR_MANUFACTURER
 from dicom_node.results import codes, wording
 from dicom_node.results.algorithm import Algorithm
 from dicom_node.results.inherited import repair_inherited, with_type2
+from dicom_node.results.triage import NOT_FLAGGED, Triage
 
 
 @dataclass(frozen=True)
@@ -27,21 +28,15 @@ class ImageResult:
     """
 
     source: Dataset  # the source radiograph's header
-    label: str
+    triage: Triage
     probabilities: dict[str, float]
     peak: tuple[float, float] | None = None
     region: tuple[float, float, float, float] | None = None
     heatmap: Dataset | None = None
 
-
-@dataclass(frozen=True)
-class StudyResult:
-    """The study-level decision and how it was reached."""
-
-    label: str
-    priority: str  # urgent, soon or routine
-    thresholds: dict[str, float]
-    operating_point: str = ""  # where the thresholds come from (card, site calibration ...)
+    @property
+    def label(self) -> str:
+        return self.triage.label
 
 
 def tracking_uid(document_uid: str, name: str) -> str:
@@ -53,7 +48,7 @@ def _region(image: ImageResult, *, outline: bool = False) -> hd.sr.ImageRegion:
     """A POINT at the heatmap's peak for a finding; otherwise (a normal image, or ``outline``)
     the box the model analysed."""
     ref = hd.sr.SourceImageForRegion.from_source_image(image.source)
-    if not outline and image.label != "normal" and image.peak is not None:
+    if not outline and image.triage.band != NOT_FLAGGED and image.peak is not None:
         return hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POINT,
             graphic_data=np.array([image.peak], dtype=float),
@@ -107,7 +102,10 @@ def _group(
     group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=tracking_uid(document_uid, f"image {index}"),
-            identifier=f"image {index}: {wording.ranked(image.probabilities)}",
+            identifier=(
+                f"image {index}: {wording.headline(image.triage)}; "
+                f"{wording.ranked(image.probabilities)}"
+            ),
         ),
         referenced_region=_region(image),
         # TID 1501 "Finding" (DCM 121071); set once, as finding_type, never also as a
@@ -115,6 +113,7 @@ def _group(
         finding_type=codes.FINDING_CODES[image.label],
         algorithm_id=algorithm,
         measurements=measurements,
+        qualitative_evaluations=[_band(image.triage)],
     )
     if image.heatmap is not None:
         group[0].ContentSequence.append(
@@ -128,9 +127,15 @@ def _group(
     return group
 
 
+def _band(t: Triage) -> hd.sr.QualitativeEvaluation:
+    """Flagged / indeterminate / not flagged, so "COVID-19" below its threshold never reads as
+    a COVID-19 finding."""
+    return hd.sr.QualitativeEvaluation(codes.TRIAGE_BAND, codes.BAND_CODES[t.band])
+
+
 def build_report(
     images: Sequence[ImageResult],
-    study: StudyResult,
+    study: Triage,
     *,
     evidence: Sequence[Dataset],
     algorithm: Algorithm,
@@ -164,7 +169,7 @@ def build_report(
         raise ValueError(f"unknown priority {study.priority!r}")
     # highdicom writes one "Algorithm Parameters" TEXT item per element it iterates over, so
     # each element carries both the name and the value.
-    parameters = [f"threshold {k}={v:.3f}" for k, v in sorted(study.thresholds.items())]
+    parameters = [f"threshold {k}={v:.4f}" for k, v in sorted(study.thresholds.items())]
     if study.operating_point:
         parameters.append(f"operating point={study.operating_point}"[:1024])
     parameters.append(f"weights sha256={algorithm.weights_sha256}")
@@ -183,9 +188,7 @@ def build_report(
         hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
                 uid=tracking_uid(sop_instance_uid, "study"),
-                identifier=(
-                    f"study: {wording.meaning(study.label)}, priority {study.priority.upper()}"
-                ),
+                identifier=f"study: {wording.headline(study)}",
             ),
             referenced_region=_region(images[0], outline=True),
             algorithm_id=algorithm_id,
@@ -194,6 +197,7 @@ def build_report(
                 hd.sr.QualitativeEvaluation(
                     codes.TRIAGE_PRIORITY, codes.PRIORITY_CODES[study.priority]
                 ),
+                _band(study),
             ],
             finding_category=codes.STUDY_RESULT,
         )
@@ -214,13 +218,7 @@ def build_report(
     )
     content = report[0]
     content.ContentSequence.append(
-        _summary_item(
-            wording.summary(
-                study.label,
-                study.priority,
-                [i.probabilities for i in images],
-            )
-        )
+        _summary_item(wording.summary(study, [i.probabilities for i in images]))
     )
     sr = hd.sr.ComprehensiveSR(
         evidence=[with_type2(ds) for ds in evidence],
@@ -235,9 +233,7 @@ def build_report(
         is_verified=False,
     )
     repair_inherited(sr)
-    sr.SeriesDescription = wording.series_description(
-        study.label, study.priority, max(i.probabilities[study.label] for i in images), "report"
-    )
+    sr.SeriesDescription = wording.series_description(study, "report")
     sr.ManufacturerModelName = algorithm.name
     sr.SoftwareVersions = algorithm.version
     return sr

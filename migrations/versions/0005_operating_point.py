@@ -1,4 +1,5 @@
-"""study_results.operating_point: which thresholds decided (card, site calibration, settings)
+"""results say their band and operating point: flagged / indeterminate / not flagged, and
+which thresholds decided (model card, site calibration, settings)
 
 Revision ID: 0005
 Revises: 0004
@@ -22,8 +23,14 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("operating_point", sa.String(200), nullable=False, server_default="settings")
         )
+        batch.add_column(sa.Column("band", sa.String(16), nullable=False, server_default=""))
+    with op.batch_alter_table("image_results") as batch:
+        batch.add_column(sa.Column("band", sa.String(16), nullable=False, server_default=""))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("image_results") as batch:
+        batch.drop_column("band")
     with op.batch_alter_table("study_results") as batch:
+        batch.drop_column("band")
         batch.drop_column("operating_point")

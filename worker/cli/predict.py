@@ -15,8 +15,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="classify DICOM, PNG or JPEG files",
         description=(
-            "Print the label, the calibrated probabilities and the model's name and version for "
-            "each file. Images that fail the image check (colour pictures, no plausible pair of "
+            "Print the triage result at the operating point in force (the card's, "
+            "CXR_SITE_CALIBRATION or CXR_THRESHOLD_*: the same decision the worker sends to the "
+            "PACS), the calibrated probabilities and the model's name and version for each "
+            "file. Images that fail the image check (colour pictures, no plausible pair of "
             "lungs) are not classified: the reason is printed instead and the exit status is 1. "
             "--heatmap DIR writes a Grad-CAM overlay PNG per file. Not for diagnostic use."
         ),
@@ -31,16 +33,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from PIL import Image
 
+    from dicom_node.results import wording
     from models.card import ModelCardError
     from models.gradcam import overlay
     from models.imaging import UnreadableImageError, is_colour, load_image
     from models.loader import load_model
+    from worker.decision import operating_point_for
+    from worker.site_calibration import SiteCalibrationError
 
     try:
         model = load_model(args.model)
-    except ModelCardError as exc:
+        point = operating_point_for(settings, model.card)
+    except (ModelCardError, SiteCalibrationError) as exc:
         print(f"cxr-triage predict: {exc}", file=sys.stderr)
         return 2
+    if point.temperature is not None:
+        from dataclasses import replace
+
+        model.card = replace(model.card, temperature=point.temperature)
     if args.heatmap:
         args.heatmap.mkdir(parents=True, exist_ok=True)
     failed = refused = 0
@@ -58,9 +68,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(json.dumps(refusal) if args.json else f"{path}: not classified: {pred.refused}")
             refused += 1
             continue
+        decision = point.image(pred.probabilities)
         record = {
             "file": str(path),
-            "label": pred.label,
+            "label": decision.label,  # the triage result, as the SR and SC say it
+            "band": decision.band,
+            "priority": decision.priority,
+            "result": wording.headline(decision),
+            "top_class": pred.label,
+            "operating_point": point.describe(),
             "probabilities": pred.probabilities,
             "model": model.card.name,
             "version": model.card.version,
@@ -72,8 +88,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             print(json.dumps(record))
         else:
-            probs = "  ".join(f"{k} {v:.3f}" for k, v in pred.probabilities.items())
-            print(f"{path}: {pred.label}  ({probs})  [{model.card.name} {model.card.version}]")
+            print(
+                f"{path}: {wording.headline(decision)}  ({wording.ranked(pred.probabilities)})  "
+                f"[{model.card.name} {model.card.version}; {point.describe()}]"
+            )
     if refused:
         print(f"{refused} of {len(args.files)} images refused by the image check", file=sys.stderr)
     return 1 if failed or refused else 0

@@ -253,6 +253,8 @@ class StudyResult(Base):
     label: Mapped[str] = mapped_column(String(32))
     priority: Mapped[str] = mapped_column(String(16), index=True)
     thresholds: Mapped[dict[str, float]] = mapped_column(JSON)
+    # flagged / indeterminate / not flagged ("" for results before revision 0005).
+    band: Mapped[str] = mapped_column(String(16), server_default="")
     # Where the thresholds came from (worker.decision.OperatingPoint.source), "shadow" marked.
     operating_point: Mapped[str] = mapped_column(String(200), server_default="settings")
     model_name: Mapped[str] = mapped_column(String(64))
@@ -271,7 +273,12 @@ class ImageResult(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"))
     revision: Mapped[int] = mapped_column(Integer)
-    label: Mapped[str] = mapped_column(String(32), doc="a class, or 'refused' by the image check")
+    label: Mapped[str] = mapped_column(
+        String(32), doc="the image's triage label, or 'refused' by the image check"
+    )
+    band: Mapped[str] = mapped_column(
+        String(16), server_default="", doc="flagged / indeterminate / not flagged ('' refused)"
+    )
     probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
     model_name: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str] = mapped_column(String(32))

@@ -402,6 +402,14 @@ def leave_one_site_out(
             },
             "probe": site_probe(probs, y["test"], [site(s) for s in test], group),
         }
+        logger.info(
+            "fold site=%s held out: macro AUROC %s, false COVID %s, COVID sensitivity %s, probe %s",
+            group,
+            figures["macro_auroc"],
+            figures["false_covid_rate"],
+            figures["per_class"].get("covid", {}).get("sensitivity"),
+            folds[group]["probe"]["p_covid_either_way"],
+        )
     return {
         "column": SITE_COLUMN,
         "mode": cfg.mode,

@@ -159,6 +159,20 @@ def test_pipeline_classifies_builds_and_delivers(start_node, pacs) -> None:  # t
     assert pipeline.process(study.id, study.revision).state == "duplicate"
 
 
+def test_shadow_mode_records_everything_and_delivers_nothing(start_node, pacs) -> None:  # type: ignore[no-untyped-def]
+    node = start_node(destinations=[pacs.address])
+    node.settings.shadow_mode = True
+    study = _received(node, [shared_file("cr_pa_chest_jpeg_baseline.dcm")])
+    outcome = _pipeline(node).process(study.id, study.revision)
+    assert outcome.state == DONE and outcome.to_deliver == []
+    (result,) = rows(node.engine, StudyResult, StudyResult.study_id == study.id)
+    (image,) = rows(node.engine, ImageResult, ImageResult.study_id == study.id)
+    assert result.operating_point.endswith("; shadow mode")
+    assert result.band in ("flagged", "indeterminate", "not flagged") and image.band == result.band
+    assert sorted(o.kind for o in rows(node.engine, ProducedObject)) == ["sc", "sr"]
+    assert rows(node.engine, Delivery) == [] and pacs.received() == []
+
+
 def test_end_to_end_with_celery_retries_dead_letter_and_replay(
     start_node, redis_server, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]

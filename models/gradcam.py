@@ -72,17 +72,26 @@ def _colours(h: np.ndarray) -> np.ndarray:
 
 
 def colour_ramp(width: int = 256) -> np.ndarray:
-    """The heatmap's colours from low to high as a ``(1, width, 3)`` uint8 strip (the scale)."""
-    h = np.linspace(0.0, 1.0, width)[None, :, None]
+    """The heatmap's drawn colours from low (the floor) to high as a ``(1, width, 3)`` uint8
+    strip (the scale)."""
+    h = np.linspace(FLOOR, 1.0, width)[None, :, None]
     return (_colours(h) * 255).astype(np.uint8)
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray | None, *, alpha: float = 0.4) -> np.ndarray:
+#: Heat below this share of the map's maximum is not drawn: the radiograph shows through, so
+#: weak evidence does not tint soft tissue, neck and shoulders blue.
+FLOOR = 0.2
+
+
+def overlay(
+    image: np.ndarray, heatmap: np.ndarray | None, *, alpha: float = 0.45, floor: float = FLOOR
+) -> np.ndarray:
     """RGB uint8 overlay of a [0, 1] heatmap on a [0, 1] grey image; the grey image alone when
-    ``heatmap`` is None."""
+    ``heatmap`` is None. Pixels with heat at or below ``floor`` stay grey; above it the colour
+    fades in, so there is no hard edge at the floor."""
     grey = np.repeat(np.clip(image, 0.0, 1.0)[..., None], 3, axis=-1)
     if heatmap is None:
         return (grey * 255).astype(np.uint8)
     h = np.clip(heatmap, 0.0, 1.0)[..., None]
-    weight = alpha * h  # cold regions stay close to the radiograph
+    weight = alpha * np.clip((h - floor) / (1.0 - floor), 0.0, 1.0)
     return ((1 - weight) * grey + weight * _colours(h)).clip(0, 1).__mul__(255).astype(np.uint8)

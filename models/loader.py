@@ -13,7 +13,7 @@ import numpy as np
 from models.card import ModelCard, ModelCardError, sha256_of
 from models.gradcam import gradcam_function, to_source
 from models.imaging import CropBox, Letterbox, prepare
-from models.lungs import DEFAULT_LUNG_DIR, LungModel, load_lung_model
+from models.lungs import DEFAULT_LUNG_DIR, LungFinding, LungModel, load_lung_model
 from models.metrics import softmax
 
 logger = logging.getLogger(__name__)
@@ -66,15 +66,21 @@ class LoadedModel:
         self, images: list[np.ndarray], colour: list[bool] | None = None
     ) -> list[tuple[str | None, CropBox | None]]:
         """The image check: ``(refusal reason or None, lung crop or None)`` per image."""
+        return [(reason, f.box if f else None) for reason, f in self._findings(images, colour)]
+
+    def _findings(
+        self, images: list[np.ndarray], colour: list[bool] | None = None
+    ) -> list[tuple[str | None, LungFinding | None]]:
+        """The image check with the lung model's finding (None without a lung model)."""
         colour = colour or [False] * len(images)
-        out: list[tuple[str | None, CropBox | None]] = [
+        out: list[tuple[str | None, LungFinding | None]] = [
             (COLOUR_IMAGE, None) if c else (None, None) for c in colour
         ]
         if self.lungs is None:
             return out
         todo = [i for i, (reason, _) in enumerate(out) if reason is None]
         for i, finding in zip(todo, self.lungs.find([images[i] for i in todo]), strict=True):
-            out[i] = (None, finding.box) if finding.ok else (finding.reason, None)
+            out[i] = (None, finding) if finding.ok else (finding.reason, None)
         return out
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -152,13 +158,15 @@ class LoadedModel:
         )
         if len(shrinks) != len(images):
             raise ValueError(f"{len(shrinks)} heatmap shrink factors for {len(images)} images")
-        checks = self.check(images, colour)
+        checks = self._findings(images, colour)
         kept = [i for i, (reason, _) in enumerate(checks) if reason is None]
         results: list[Prediction] = [Prediction("", {}, refused=reason) for reason, _ in checks]
         if kept:
-            crops = [checks[i][1] for i in kept]
             classified = self._classify(
-                [images[i] for i in kept], crops, heatmaps, [shrinks[i] for i in kept]
+                [images[i] for i in kept],
+                [checks[i][1] for i in kept],
+                heatmaps,
+                [shrinks[i] for i in kept],
             )
             for i, pred in zip(kept, classified, strict=True):
                 results[i] = pred
@@ -167,10 +175,11 @@ class LoadedModel:
     def _classify(
         self,
         images: list[np.ndarray],
-        crops: list[CropBox | None],
+        findings: list[LungFinding | None],
         heatmaps: bool,
         shrinks: list[int],
     ) -> list[Prediction]:
+        crops = [f.box if f else None for f in findings]
         batch, boxes = self._inputs(images, crops)
         if heatmaps:
             logits, cams = self._gradcam(batch)
@@ -178,10 +187,14 @@ class LoadedModel:
             logits, cams = self.logits(batch), None
         probs = softmax(logits, self.card.temperature)
         out = []
-        findings = [k for k, lab in enumerate(self.labels) if lab != "normal"]
+        classes = [k for k, lab in enumerate(self.labels) if lab != "normal"]
         for i, p in enumerate(probs):
             heat = to_source(cams[i], boxes[i], shrinks[i]) if cams is not None else None
-            explained = self.labels[max(findings, key=lambda k: p[k])] if findings else None
+            lungs = findings[i]
+            if heat is not None and lungs is not None:
+                # Evidence is drawn on the lungs only, fading out at the mask's edge.
+                heat = heat * lungs.source_mask(shrinks[i])
+            explained = self.labels[max(classes, key=lambda k: p[k])] if classes else None
             out.append(
                 Prediction(
                     self.labels[int(p.argmax())],

@@ -75,6 +75,17 @@ class LungFinding:
     box: CropBox  # lung box with margin (the whole image when not ok)
     mask: np.ndarray = field(repr=False)  # (input_size, input_size) bool over the letterbox
     measures: dict[str, float] = field(default_factory=dict)
+    letterbox: Letterbox | None = field(default=None, repr=False)  # how ``mask`` maps back
+
+    def source_mask(self, shrink: int = 1) -> np.ndarray:
+        """The lung mask in the source image's geometry (decimated by ``shrink``), in [0, 1].
+
+        Resized bilinearly from the model's square, so its edge is a soft ramp a few source
+        pixels wide rather than a staircase: what a heatmap confined to it fades along.
+        """
+        if self.letterbox is None:
+            raise ValueError("this finding has no letterbox to map its mask back with")
+        return np.clip(self.letterbox.crop_to_source(self.mask.astype(np.float32), shrink), 0, 1)
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -150,7 +161,8 @@ def assess(
     right = min(box.source_shape[1], int(np.ceil((c1 + grow_c) * scale)) - box.left)
     if bottom - top < 8 or right - left < 8:
         return refuse("the lung box is too small")
-    return LungFinding(True, "", CropBox(top, left, bottom - top, right - left), mask, measures)
+    crop = CropBox(top, left, bottom - top, right - left)
+    return LungFinding(True, "", crop, mask, measures, box)
 
 
 # --------------------------------------------------------------------------- the U-Net

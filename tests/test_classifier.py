@@ -304,6 +304,29 @@ def test_default_model_reads_both_encodings_of_a_chest_alike() -> None:
     assert outside.max() == 0
 
 
+def test_the_heatmap_stays_on_the_lungs_and_the_overlay_is_grey_elsewhere() -> None:
+    """No colour outside the lung mask: not on the neck, the shoulders or the crop's edges."""
+    from models.gradcam import overlay
+    from models.imaging import load_image
+
+    model = load_model()
+    image = load_image(shared_file("cr_pa_chest_jpeg_baseline.dcm"))
+    (pred,) = model.predict([image], heatmaps=True, heatmap_shrink=2)
+    assert pred.heatmap is not None and pred.heatmap_label in ("covid", "pneumonia")
+    (finding,) = model.lungs.find([image])  # type: ignore[union-attr]
+    lungs = finding.source_mask(2)
+    assert lungs.shape == pred.heatmap.shape
+    outside = lungs < 1e-3
+    assert outside.mean() > 0.3 and (pred.heatmap[outside] == 0).all()
+    assert pred.heatmap[~outside].max() > 0.2  # there is heat to draw on the lungs
+    from models.imaging import decimate
+
+    rgb = overlay(decimate(image, 2), pred.heatmap).astype(int)
+    tinted = (np.abs(rgb[..., 0] - rgb[..., 1]) > 2) | (np.abs(rgb[..., 1] - rgb[..., 2]) > 2)
+    assert not tinted[outside].any()
+    assert tinted[~outside].any()
+
+
 def test_float16_npz_weights_predict_like_float32(tmp_path: Path) -> None:
     """The shipped weights are float16: set into the graph they must give the same answers."""
     from models.loader import save_weights_npz

@@ -149,6 +149,33 @@ def render_markdown(card: ModelCard) -> str:
     for key in ("n", "accuracy", "macro_auroc", "ece"):
         if key in summary:
             lines.append(f"- {key}: {_fmt(summary[key])}")
+    sites = summary.get("by_site_at_operating_point", {})
+    if sites:
+        lines += [
+            "",
+            "### By site, at the operating point (internal test split: these sites were trained "
+            "on; see docs/model.md for sites held out)",
+            "",
+            "| site | n | macro AUROC | specificity | normals flagged COVID-19 | COVID-19 "
+            "sensitivity | pneumonia sensitivity |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for site, m in sites.items():
+            cells = [
+                m.get(k)
+                for k in (
+                    "macro_auroc",
+                    "specificity",
+                    "false_covid_rate",
+                    "covid_sensitivity",
+                    "pneumonia_sensitivity",
+                )
+            ]
+            lines.append(
+                f"| {site} | {m.get('n')} | "
+                + " | ".join("–" if c is None else _fmt(c) for c in cells)
+                + " |"
+            )
     for column, groups in summary.get("by_column", {}).items():
         lines += ["", f"### By {column}", "", "| group | n | accuracy |", "|---|---|---|"]
         for group, m in groups.items():

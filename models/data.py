@@ -168,13 +168,23 @@ def read_split(path: Path, samples: list[Sample]) -> dict[str, list[Sample]]:
     return parts
 
 
+#: Manifest columns that identify, not describe: no breakdown by them (one row per study).
+NOT_BROKEN_DOWN = frozenset({"group"})
+
+
+def breakdown_columns(samples: list[Sample]) -> dict[str, list[str]]:
+    """Each manifest column a report is broken down by, with its value per sample."""
+    names = sorted({c for s in samples for c in s.columns} - NOT_BROKEN_DOWN)
+    return {c: [s.columns.get(c, "") for s in samples] for c in names}
+
+
 def summarise(samples: list[Sample]) -> dict[str, object]:
     """Counts by label and by every manifest column, for the model card."""
     out: dict[str, object] = {
         "n": len(samples),
         "by_label": dict(Counter(s.label for s in samples)),
     }
-    columns = sorted({c for s in samples for c in s.columns})
+    columns = sorted({c for s in samples for c in s.columns} - NOT_BROKEN_DOWN)
     for column in columns:
         out[f"by_{column}"] = dict(
             Counter(f"{s.columns.get(column, '')}/{s.label}" for s in samples)

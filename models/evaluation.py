@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from models.data import Sample, list_datasets, read_split
+from models.data import Sample, breakdown_columns, list_datasets, read_split
 from models.imaging import is_colour, load_image
 from models.labels import canonical
 from models.loader import LoadedModel
@@ -113,10 +113,7 @@ def evaluate_folder(
     probs = softmax(np.concatenate(logits), model.card.temperature)
     labels = [canonical(x) for x in model.labels]
     y = np.array([labels.index(s.label) for s in kept])
-    columns = {
-        c: [s.columns.get(c, "") for s in kept]
-        for c in sorted({c for s in kept for c in s.columns})
-    }
+    columns = breakdown_columns(kept)
     report = evaluate_arrays(y, probs, labels, columns)
     report["refused_by_image_check"] = {
         "n": sum(refused.values()),

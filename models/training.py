@@ -22,7 +22,15 @@ from models.architectures import (
     normalisation,
 )
 from models.card import WEIGHTS_FILE, ModelCard, sha256_of
-from models.data import Sample, list_datasets, read_split, split, summarise, write_split
+from models.data import (
+    Sample,
+    breakdown_columns,
+    list_datasets,
+    read_split,
+    split,
+    summarise,
+    write_split,
+)
 from models.imaging import load_image, prepare
 from models.labels import LABELS
 from models.lungs import LungModel, load_lung_model
@@ -262,10 +270,7 @@ def train(cfg: TrainConfig) -> ModelCard:
     )
     from models.evaluation import evaluate_arrays, write_report
 
-    columns = {
-        c: [s.columns.get(c, "") for s in parts["test"]]
-        for c in sorted({c for s in parts["test"] for c in s.columns})
-    }
+    columns = breakdown_columns(parts["test"])
     report = evaluate_arrays(y["test"], test_probs, list(LABELS), columns)
     report["split"] = "internal test (held out from training and calibration)"
     write_report(report, y["test"], test_probs, list(LABELS), cfg.out / "evaluation")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from models.card import ModelCard, sha256_of
-from models.data import Sample, summarise
+from models.data import Sample, breakdown_columns, summarise
 from models.features import FeatureCache, build_cache
 from models.labels import LABELS
 from models.lungs import load_lung_model
@@ -94,6 +94,22 @@ def _top_config(cfg: TrainConfig) -> TopConfig:
 
 def _sites(samples: list[Sample]) -> list[str]:
     return [s.columns.get(SITE_COLUMN, "") for s in samples]
+
+
+def site_summary(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The card's short form of ``by_site_at_operating_point``: what a reader compares."""
+    out = {}
+    for site, f in report.get("by_site_at_operating_point", {}).items():
+        pc = f["per_class"]
+        out[site] = {
+            "n": f["n"],
+            "macro_auroc": f["macro_auroc"],
+            "specificity": pc.get("normal", {}).get("specificity"),
+            "false_covid_rate": f["false_covid_rate"],
+            "covid_sensitivity": pc.get("covid", {}).get("sensitivity"),
+            "pneumonia_sensitivity": pc.get("pneumonia", {}).get("sensitivity"),
+        }
+    return out
 
 
 def usable(
@@ -222,10 +238,7 @@ def train_transfer(cfg: TrainConfig) -> ModelCard:
         },
         label_definitions=LABEL_DEFINITIONS,
     )
-    columns = {
-        c: [s.columns.get(c, "") for s in parts["test"]]
-        for c in sorted({c for s in parts["test"] for c in s.columns})
-    }
+    columns = breakdown_columns(parts["test"])
     report = evaluate_arrays(y["test"], test_probs, list(LABELS), columns)
     report["split"] = "internal test (held out from training and calibration)"
     report["shortcut_probe"] = shortcut_probe(test_probs, parts["test"])
@@ -234,6 +247,7 @@ def train_transfer(cfg: TrainConfig) -> ModelCard:
     write_report(report, y["test"], test_probs, list(LABELS), cfg.out / "evaluation")
     card.metrics = {k: report[k] for k in ("n", "accuracy", "macro_auroc", "ece")}
     card.metrics["shortcut_probe"] = report["shortcut_probe"]
+    card.metrics["by_site_at_operating_point"] = site_summary(report)
     card.metrics["by_column"] = {
         col: {g: {"n": r["n"], "accuracy": r["accuracy"]} for g, r in groups.items()}
         for col, groups in report["by_column"].items()

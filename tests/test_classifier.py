@@ -266,7 +266,12 @@ def test_shipped_default_model() -> None:
         pytest.fail("the default model folder models/default is missing")
     model = load_model()  # verifies SHA-256, input shape, labels, Grad-CAM layer, lung model
     card = model.card
-    assert card.version == "2.0.0" and card.labels == list(LABELS)
+    assert card.version == "3.0.0" and card.labels == list(LABELS)
+    # It ships its operating point, chosen on validation data, and says what its labels mean.
+    assert set(card.operating_point["thresholds"]) == {"covid", "pneumonia"}
+    assert "siim_negative/normal" in card.training["split"]["train"]["by_source"]
+    assert "Negative for Pneumonia" in card.label_definitions
+    assert "group" not in card.metrics["by_column"]  # no breakdown by study
     assert card.architecture == "xception" and card.mode in ("ec", "ft")
     assert card.crop == "lungs" and model.lungs is not None
     assert card.lung_model["weights_sha256"] == model.lungs.card.weights_sha256
@@ -276,7 +281,8 @@ def test_shipped_default_model() -> None:
     size = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file())
     assert size <= 50 * 1024 * 1024, f"models/default is {size / 2**20:.1f} MB"
     report = json.loads((DEFAULT_MODEL_DIR / "evaluation" / "evaluation.json").read_text())
-    assert {"source", "age_group"} <= set(report["by_column"])
+    assert {"source", "age_group", "site"} <= set(report["by_column"])
+    assert {"siim", "nih", "kaggle-adult", "kermany"} <= set(report["by_site_at_operating_point"])
     assert "shortcut_probe" in report
     rng = np.random.default_rng(0)
     (noise,) = model.predict([rng.random((300, 250)).astype(np.float32)], heatmaps=True)

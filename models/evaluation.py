@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from models.data import Sample, breakdown_columns, list_datasets, read_split
-from models.imaging import is_colour, load_image
+from models.imaging import is_colour, read_image
 from models.labels import canonical
 from models.loader import LoadedModel
 from models.metrics import breakdown, classification_report, softmax
@@ -63,6 +64,72 @@ def by_site(
     }
 
 
+#: DICOM attributes a hospital's results are broken down by (``validate``).
+HEADER_BREAKDOWN = ("ViewPosition", "Modality", "Manufacturer")
+
+
+@dataclass
+class Scored:
+    """The files the model classified (with logits), and those it refused, with the reason."""
+
+    samples: list[Sample]
+    logits: np.ndarray
+    y: np.ndarray
+    attributes: dict[str, list[str]]  # HEADER_BREAKDOWN attribute -> value per classified file
+    refused: list[tuple[Sample, str]]
+
+    def probs(self, temperature: float) -> np.ndarray:
+        return softmax(self.logits, temperature)
+
+
+def _read(path: Path) -> tuple[np.ndarray, dict[str, str]]:
+    """Display values and the breakdown attributes, from one read of the file."""
+    image, ds = read_image(path)
+    if ds is None:
+        return image, {a: "(not DICOM)" for a in HEADER_BREAKDOWN}
+    return image, {a: str(ds.get(a, "") or "").strip() or "(none)" for a in HEADER_BREAKDOWN}
+
+
+def score(
+    model: LoadedModel,
+    samples: list[Sample],
+    *,
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "scoring",
+) -> Scored:
+    """Every file through the serving path (image check, lung crop, classifier), in batches.
+
+    Raises ``UnreadableImageError`` naming the first file that cannot be read.
+    """
+    labels = [canonical(x) for x in model.labels]
+    logits, kept, refused = [], [], []
+    attributes: dict[str, list[str]] = {a: [] for a in HEADER_BREAKDOWN}
+    for start in tqdm(
+        range(0, len(samples), batch_size),
+        desc=desc,
+        unit="batch",
+        disable=not progress,
+        file=sys.stderr,
+    ):
+        chunk = samples[start : start + batch_size]
+        read = [_read(s.path) for s in chunk]
+        reasons, chunk_logits = model.checked_logits(
+            [image for image, _ in read], [is_colour(s.path) for s in chunk]
+        )
+        logits.append(chunk_logits)
+        for sample, (_, values), reason in zip(chunk, read, reasons, strict=True):
+            if reason is not None:
+                refused.append((sample, reason))
+                continue
+            kept.append(sample)
+            for a in HEADER_BREAKDOWN:
+                attributes[a].append(values[a])
+    y = np.array([labels.index(s.label) for s in kept], int)
+    all_logits = np.concatenate(logits) if logits else np.zeros((0, len(labels)))
+    return Scored(kept, all_logits, y, attributes, refused)
+
+
 def evaluate_folder(
     model: LoadedModel,
     data: Path | list[Path],
@@ -86,33 +153,16 @@ def evaluate_folder(
     samples = list_datasets(folders, tuple(canonical(x) for x in model.labels))
     if split is not None:
         samples = read_split(split, samples)["test"]
-    logits, kept = [], []
-    refused: dict[str, int] = {}
-    reasons: list[str] = []
-    for i in tqdm(
-        range(0, len(samples), batch_size),
-        desc="evaluating",
-        unit="batch",
-        disable=not progress,
-        file=sys.stderr,
-    ):
-        chunk = samples[i : i + batch_size]
-        refusals, chunk_logits = model.checked_logits(
-            [load_image(s.path) for s in chunk], [is_colour(s.path) for s in chunk]
-        )
-        for sample, reason in zip(chunk, refusals, strict=True):
-            if reason is None:
-                kept.append(sample)
-                continue
-            refused[sample.label] = refused.get(sample.label, 0) + 1
-            if len(reasons) < 20:
-                reasons.append(f"{sample.key}: {reason}")
-        logits.append(chunk_logits)
+    scored = score(model, samples, batch_size=batch_size, progress=progress, desc="evaluating")
+    kept, y = scored.samples, scored.y
     if not kept:
         raise ValueError(f"the image check refused all {len(samples)} images of {data}")
-    probs = softmax(np.concatenate(logits), model.card.temperature)
+    probs = scored.probs(model.card.temperature)
     labels = [canonical(x) for x in model.labels]
-    y = np.array([labels.index(s.label) for s in kept])
+    refused: dict[str, int] = {}
+    for sample, _ in scored.refused:
+        refused[sample.label] = refused.get(sample.label, 0) + 1
+    reasons = [f"{sample.key}: {reason}" for sample, reason in scored.refused[:20]]
     columns = breakdown_columns(kept)
     report = evaluate_arrays(y, probs, labels, columns)
     report["refused_by_image_check"] = {

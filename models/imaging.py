@@ -170,13 +170,20 @@ def load_image(path: Path) -> np.ndarray:
     UnreadableImageError
         With the file name and the reason.
     """
+    return read_image(path)[0]
+
+
+def read_image(path: Path) -> tuple[np.ndarray, Dataset | None]:
+    """:func:`load_image`, and the DICOM dataset it was read from (None for PNG/JPEG), so a
+    caller that needs header attributes too reads the file once."""
     path = Path(path)
     try:
         if is_dicom(path) or path.suffix.lower() in (".dcm", ".dicom"):
-            return dicom_to_image(pydicom.dcmread(path))
+            ds = pydicom.dcmread(path)
+            return dicom_to_image(ds), ds
         with Image.open(path) as img:
             img.load()
-            return pil_to_image(img)
+            return pil_to_image(img), None
     except UnreadableImageError as exc:
         raise UnreadableImageError(f"{path}: {exc}") from exc
     except Exception as exc:

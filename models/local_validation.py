@@ -1,13 +1,14 @@
 """A hospital checks the model on its own labelled studies (``cxr-triage validate``, ``calibrate``).
 
 No public figure tells a hospital how the model does on its own scanners and patients; only its
-own labelled films can. :func:`score` runs every file through the serving path (image check,
-lung crop, classifier) and keeps what a breakdown needs from each DICOM header (view, modality,
-manufacturer); :func:`validation_report` gives sensitivity and specificity with 95% CIs at the
-thresholds in force, ROC, calibration, the confusion matrix at the triage decision, the
-refusals and the same per view/modality/manufacturer; :func:`write_validation` writes it as
-JSON and a self-contained HTML page. :func:`site_thresholds` picks thresholds for a target
-sensitivity or specificity on the same data, for ``calibrate``.
+own labelled films can. :func:`models.evaluation.score` runs every file through the serving
+path (image check, lung crop, classifier) and keeps what a breakdown needs from each DICOM
+header (view, modality, manufacturer); :func:`validation_report` gives sensitivity and
+specificity with 95% CIs at the thresholds in force, ROC, calibration, the confusion matrix at
+the triage decision, the refusals and the same per view/modality/manufacturer;
+:func:`write_validation` writes it as JSON and a self-contained HTML page.
+:func:`site_thresholds` picks thresholds for a target sensitivity or specificity on the same
+data, for ``calibrate``.
 
 Everything is checked before anything is written: a file that cannot be read, a set with only
 one class, or labels the model does not know stop the run with one line.
@@ -20,37 +21,17 @@ import hashlib
 import html
 import json
 import math
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from models.data import DatasetError, Sample
-from models.imaging import is_colour, is_dicom, load_image
+from models.evaluation import Scored
 from models.labels import DISPLAY, LABELS
-from models.metrics import auroc, auroc_ci, expected_calibration_error, fit_temperature, softmax
+from models.metrics import auroc, auroc_ci, expected_calibration_error, fit_temperature
 from models.site_eval import FLAGGED, NORMAL, flags
-
-#: DICOM attributes a hospital's results are broken down by.
-BREAKDOWN = ("ViewPosition", "Modality", "Manufacturer")
-
-
-@dataclass
-class Scored:
-    """The files the model classified (with logits), and those it refused, with the reason."""
-
-    samples: list[Sample]
-    logits: np.ndarray
-    y: np.ndarray
-    attributes: dict[str, list[str]]  # BREAKDOWN attribute -> value per classified sample
-    refused: list[tuple[Sample, str]]
-
-    def probs(self, temperature: float) -> np.ndarray:
-        return softmax(self.logits, temperature)
 
 
 def data_digest(samples: list[Sample]) -> str:
@@ -70,45 +51,6 @@ def check_classes(samples: list[Sample]) -> None:
             f"only {', '.join(sorted(present))} films: validating needs normal films and "
             f"films of at least one of {', '.join(FLAGGED)}"
         )
-
-
-def _header_values(path: Path) -> dict[str, str]:
-    if not is_dicom(path):
-        return {a: "(not DICOM)" for a in BREAKDOWN}
-    import pydicom
-
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return {a: str(ds.get(a, "") or "(none)").strip() or "(none)" for a in BREAKDOWN}
-
-
-def score(
-    model: Any, samples: list[Sample], *, batch_size: int = 16, progress: bool = True
-) -> Scored:
-    """Every file through the serving path; raises ``UnreadableImageError`` naming the file."""
-    logits, kept, refused = [], [], []
-    attributes: dict[str, list[str]] = {a: [] for a in BREAKDOWN}
-    for start in tqdm(
-        range(0, len(samples), batch_size),
-        desc="validating",
-        unit="batch",
-        disable=not progress,
-        file=sys.stderr,
-    ):
-        chunk = samples[start : start + batch_size]
-        images = [load_image(s.path) for s in chunk]
-        headers = [_header_values(s.path) for s in chunk]
-        reasons, chunk_logits = model.checked_logits(images, [is_colour(s.path) for s in chunk])
-        logits.append(chunk_logits)
-        for sample, header, reason in zip(chunk, headers, reasons, strict=True):
-            if reason is not None:
-                refused.append((sample, reason))
-                continue
-            kept.append(sample)
-            for a in BREAKDOWN:
-                attributes[a].append(header[a])
-    y = np.array([LABELS.index(s.label) for s in kept], int)
-    all_logits = np.concatenate(logits) if logits else np.zeros((0, len(LABELS)))
-    return Scored(kept, all_logits, y, attributes, refused)
 
 
 def wilson(k: int, n: int) -> tuple[float, float] | None:

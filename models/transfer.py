@@ -29,6 +29,8 @@ from models.data import Sample
 from models.features import FeatureCache
 from models.labels import LABELS
 from models.metrics import auroc, auroc_ci, classification_report, fit_temperature, softmax
+from models.site_eval import operating_thresholds, site_figures, site_probe
+from models.sites import SITE_COLUMN
 
 logger = logging.getLogger(__name__)
 
@@ -319,8 +321,6 @@ def leave_one_site_out(
     held out; the others (COVID-QU-Ex has no normals) always train. The selection figure is the
     **worst** held-out site, never the mean.
     """
-    from models.site_eval import site_figures, site_probe
-    from models.sites import SITE_COLUMN
 
     def site(s: Sample) -> str:
         return s.columns.get(SITE_COLUMN, "")
@@ -373,8 +373,8 @@ def leave_one_site_out(
         )
         top = _top(model, cfg.mode, x["test"].shape[1:])
         val_probs = softmax(logits_of(top, x["val"]), temperature)
-        thresholds = operating_thresholds_of(
-            val_probs, y["val"], [site(s) for s in val], max_false_flag
+        thresholds = operating_thresholds(
+            val_probs, y["val"], [site(s) for s in val], max_false_flag=max_false_flag
         )
         probs = softmax(logits_of(top, x["test"]), temperature)
         held = np.array([site(s) == group for s in test])
@@ -418,14 +418,6 @@ def leave_one_site_out(
         "folds": folds,
         "worst": worst_site(folds),
     }
-
-
-def operating_thresholds_of(
-    probs: np.ndarray, y: np.ndarray, sites: list[str], max_false_flag: float
-) -> dict[str, float]:
-    from models.site_eval import operating_thresholds
-
-    return operating_thresholds(probs, y, sites, max_false_flag=max_false_flag)
 
 
 def worst_site(folds: dict[str, Any]) -> dict[str, Any]:

@@ -72,7 +72,7 @@ def test_validate_and_calibrate_a_folder_and_a_manifest(tmp_path: Path) -> None:
     assert "specificity" in proc.stdout and "operating point" in proc.stdout
     report = json.loads((out / "validation.json").read_text())
     assert report["n_files"] == 20 and report["n_classified"] + report["refused"]["n"] == 20
-    assert report["operating_point"] in ("model card", "fallback")  # fallback: models before 3.0
+    assert report["operating_point"] == "model card"  # 3.0.0 ships its thresholds
     spec = report["at_thresholds"]["specificity"]
     assert spec["n"] == report["by_label"]["normal"] and spec["ci95"][0] <= spec["value"]
     assert set(report["by_attribute"]) == {"ViewPosition", "Modality", "Manufacturer"}

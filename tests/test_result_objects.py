@@ -377,12 +377,12 @@ def test_sc_sr_and_descriptions_say_the_same_thing(case: str) -> None:
 
     op = operating_point({"thresholds": T, "rule": "test"}, None, None)
     images = CASES[case]
-    study = op.study(images)
+    study, triages = op.decide(images)
     assert (study.label, study.band, study.priority) == EXPECTED[case]
     src = factories.radiograph(rows=300, columns=240, bits=12)
     scs, results = [], []
-    for n, probs in enumerate(images):
-        triage = op.image(probs)
+    for n, (probs, triage) in enumerate(zip(images, triages, strict=True)):
+        assert triage == op.image(probs)
         top_finding = max(("covid", "pneumonia"), key=lambda k: probs[k])
         sc = _round_trip(
             _sc(src, triage=triage, heatmap_label=top_finding, colour_ramp=colour_ramp())

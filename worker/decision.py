@@ -58,11 +58,20 @@ def decide_study(
     ValueError
         If there is no image, or a threshold is missing for a severe class.
     """
-    if not image_probabilities:
+    images = [decide_image(p, thresholds, margin) for p in image_probabilities]
+    return study_of(images, image_probabilities, operating_point)
+
+
+def study_of(
+    images: Sequence[Triage],
+    image_probabilities: Sequence[Mapping[str, float]],
+    operating_point: str = "",
+) -> Triage:
+    """The study's result from its images' results (see :func:`decide_study`)."""
+    if not images:
         raise ValueError("a study decision needs at least one image")
     order = [*SEVERITY, "normal"]
-    results = [decide_image(p, thresholds, margin) for p in image_probabilities]
-    top = min(results, key=lambda t: (BANDS.index(t.band), order.index(t.label)))
+    top = min(images, key=lambda t: (BANDS.index(t.band), order.index(t.label)))
     highest = max(float(p.get(top.label, 0.0)) for p in image_probabilities)
     return replace(top, probability=highest, operating_point=operating_point)
 
@@ -88,9 +97,19 @@ class OperatingPoint:
             operating_point=self.source,
         )
 
-    def study(self, image_probabilities: Sequence[Mapping[str, float]]) -> Triage:
-        """The study's result at this operating point."""
-        return decide_study(image_probabilities, self.thresholds, self.margin, self.source)
+    def decide(
+        self, image_probabilities: Sequence[Mapping[str, float]]
+    ) -> tuple[Triage, list[Triage]]:
+        """The study's result and each image's, at this operating point, each made once."""
+        images = [self.image(p) for p in image_probabilities]
+        return study_of(images, image_probabilities, self.source), images
+
+    def apply(self, model: Any) -> Any:
+        """Give a loaded model the site's temperature, if this point has one (else as it is),
+        so that every probability shown or thresholded is the site's."""
+        if self.temperature is not None:
+            model.card = replace(model.card, temperature=self.temperature)
+        return model
 
     def describe(self) -> str:
         values = ", ".join(f"{k} {v:.3f}" for k, v in sorted(self.thresholds.items()))

@@ -104,6 +104,14 @@ class _Inferred:
         return bool(self.predictions)
 
 
+@dataclass(frozen=True)
+class _Decided:
+    """The decide stage's result: the study's triage and each kept image's, in order."""
+
+    study: Triage
+    images: list[Triage]
+
+
 @dataclass
 class _Built:
     """A result object: its kind, dataset, source image and path under the outputs folder."""
@@ -153,9 +161,7 @@ class Pipeline:
         card = model.card  # type: ignore[attr-defined]
         self.algorithm = Algorithm(card.name, card.version, card.weights_sha256)
         self.operating_point = operating_point_for(settings, card)
-        if self.operating_point.temperature is not None:
-            # The site's temperature: the probabilities every result shows are the site's.
-            model.card = replace(card, temperature=self.operating_point.temperature)  # type: ignore[attr-defined]
+        self.operating_point.apply(model)
         logger.info("operating point: %s", self.operating_point.describe())
         self.spool = Spool(settings.spool_dir, fsync=settings.fsync)
 
@@ -357,15 +363,16 @@ class Pipeline:
             )
         return out
 
-    def _decide(self, predictions: list[Prediction]) -> Triage:
-        return self.operating_point.study([p.probabilities for p in predictions])
+    def _decide(self, predictions: list[Prediction]) -> _Decided:
+        study, images = self.operating_point.decide([p.probabilities for p in predictions])
+        return _Decided(study, images)
 
     def _build(
         self,
         study_uid: str,
         revision: int,
         inferred: _Inferred,
-        decision: Triage,
+        decided: _Decided,
         timer: Timer,
     ) -> list[_Built]:
         """The Grad-CAM SCs and the SR (not yet written: see :meth:`_store`).
@@ -381,14 +388,21 @@ class Pipeline:
         root = self.settings.uid_root
         outputs = self.settings.outputs_dir
         op = self.operating_point
-        # The SC's words and colours follow from these: a change makes a new SC.
-        decided_by = (sorted(op.thresholds.items()), op.margin)
+        # The SC's numbers, words and colours follow from these: a change makes a new SC.
+        temperature = self.model.card.temperature  # type: ignore[attr-defined]
+        decided_by = (sorted(op.thresholds.items()), op.margin, temperature)
         sc_series = derived_uid(root, study_uid, algo.weights_sha256, "sc-series")
         ramp = colour_ramp()
         scs: list[_Built] = []
         with timer.step("build_sc"):
-            for n, (ds, image, pred) in enumerate(
-                zip(inferred.datasets, inferred.images, inferred.predictions, strict=True)
+            for n, (ds, image, pred, triage) in enumerate(
+                zip(
+                    inferred.datasets,
+                    inferred.images,
+                    inferred.predictions,
+                    decided.images,
+                    strict=True,
+                )
             ):
                 pixels = hashlib.sha256(ds.get("PixelData") or b"").hexdigest()
                 uid = derived_uid(
@@ -400,7 +414,6 @@ class Pipeline:
                     header = pydicom.dcmread(outputs / kept, stop_before_pixels=True)
                     scs.append(_Built("sc", header, ds.SOPInstanceUID, kept))
                     continue
-                triage = op.image(pred.probabilities)
                 # Nothing flagged or near: nothing to point at, the SC is the radiograph,
                 # uncoloured.
                 heat = None if triage.band == NOT_FLAGGED else pred.heatmap
@@ -425,15 +438,17 @@ class Pipeline:
                 [
                     SRImage(
                         h,
-                        op.image(p.probabilities),
+                        t,
                         p.probabilities,
                         peak=_peak(p.heatmap, inferred.shrink),
                         region=_box(p.crop),
                         heatmap=sc.ds,
                     )
-                    for h, p, sc in zip(headers, inferred.predictions, scs, strict=True)
+                    for h, p, t, sc in zip(
+                        headers, inferred.predictions, decided.images, scs, strict=True
+                    )
                 ],
-                decision,
+                decided.study,
                 evidence=[*headers, *(b.ds for b in scs)],
                 algorithm=algo,
                 series_instance_uid=derived_uid(root, *key, "sr-series"),
@@ -467,11 +482,12 @@ class Pipeline:
         revision: int,
         study_uid: str,
         inferred: _Inferred,
-        decision: Triage,
+        decided: _Decided,
         built: list[_Built],
         timer: Timer,
     ) -> Outcome:
         """Results, produced objects and the delivery plan in one transaction; the next state."""
+        decision = decided.study
         by = _model_columns(self.algorithm)
         shadow = self.settings.shadow_mode
         # Shadow mode: everything is made and recorded, nothing is sent.
@@ -488,8 +504,9 @@ class Pipeline:
                 )
             )
             self._add_refusals(s, study_id, revision, inferred.refusals)
-            for inst, pred in zip(inferred.instances, inferred.predictions, strict=True):
-                image = self.operating_point.image(pred.probabilities)
+            for inst, pred, image in zip(
+                inferred.instances, inferred.predictions, decided.images, strict=True
+            ):
                 s.add(
                     ImageResult(
                         study_id=study_id,

@@ -46,13 +46,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from models.evaluation import evaluate_folder, write_report
     from models.imaging import UnreadableImageError
     from models.loader import load_model
-    from worker.decision import operating_point
+    from worker.decision import operating_point_for
+    from worker.site_calibration import SiteCalibrationError
 
     try:
         model = load_model(args.model)
-        point = operating_point(
-            model.card.operating_point, settings.threshold_covid, settings.threshold_pneumonia
-        )
+        # The operating point in force, a site calibration's temperature included.
+        point = operating_point_for(settings, model.card)
+        point.apply(model)
         report, y, probs = evaluate_folder(
             model,
             args.data,
@@ -60,7 +61,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             progress=not args.quiet,
             thresholds=point.thresholds,
         )
-    except (ModelCardError, DatasetError, UnreadableImageError, ValueError) as exc:
+    except (
+        ModelCardError,
+        DatasetError,
+        UnreadableImageError,
+        SiteCalibrationError,
+        ValueError,
+    ) as exc:
         print(f"cxr-triage evaluate: {exc}", file=sys.stderr)
         return 2
     if args.json:

@@ -47,10 +47,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except (ModelCardError, SiteCalibrationError) as exc:
         print(f"cxr-triage predict: {exc}", file=sys.stderr)
         return 2
-    if point.temperature is not None:
-        from dataclasses import replace
-
-        model.card = replace(model.card, temperature=point.temperature)
+    point.apply(model)
     if args.heatmap:
         args.heatmap.mkdir(parents=True, exist_ok=True)
     failed = refused = 0

@@ -11,7 +11,7 @@ from worker.settings import Settings
 
 if TYPE_CHECKING:  # models pulls in TensorFlow on use
     from models.data import Sample
-    from models.local_validation import Scored
+    from models.evaluation import Scored
     from worker.decision import OperatingPoint
 
 
@@ -52,9 +52,10 @@ def scored_data(
     """
     from models.card import ModelCardError
     from models.data import DatasetError, list_dataset
+    from models.evaluation import score
     from models.imaging import UnreadableImageError
     from models.labels import LABELS
-    from models.local_validation import check_classes, score
+    from models.local_validation import check_classes
     from worker.decision import operating_point_for
     from worker.site_calibration import SiteCalibrationError
 
@@ -65,7 +66,8 @@ def scored_data(
 
         model = load_model(args.model)
         point = operating_point_for(settings, model.card)
-        scored = score(model, samples, progress=not args.quiet)
+        point.apply(model)
+        scored = score(model, samples, progress=not args.quiet, desc="validating")
     except (DatasetError, ModelCardError, SiteCalibrationError, UnreadableImageError) as exc:
         return f"cxr-triage {command}: {exc}"
     if not len(scored.y):
@@ -81,8 +83,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(got, file=sys.stderr)
         return 2
     model, point, _, scored = got
-    temperature = point.temperature or model.card.temperature
-    report = validation_report(scored, point.thresholds, temperature)
+    report = validation_report(scored, point.thresholds, model.card.temperature)
     report["model"] = {
         "name": model.card.name,
         "version": model.card.version,

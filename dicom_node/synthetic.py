@@ -218,3 +218,36 @@ def write(ds: Dataset, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def from_picture(
+    picture: Path, tag: str, header: Dataset | None = None, **attributes: Any
+) -> Dataset:
+    """A PA chest radiograph holding ``picture``'s pixels (8-bit grey): real anatomy from a
+    labelled PNG/JPEG collection, under ``header``'s patient and study attributes (a synthetic
+    DX header when None), with new UIDs derived from ``tag`` (the same tag, the same UIDs)."""
+    from PIL import Image
+    from pydicom.uid import generate_uid
+
+    if header is not None:
+        ds = header.copy()
+        ds.file_meta = FileMetaDataset(header.file_meta)
+    else:
+        ds = radiograph(**attributes)
+    with Image.open(picture) as img:
+        pixels = np.asarray(img.convert("L"), dtype=np.uint8)
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[tag, "study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[tag, "series"])
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=[tag, "instance"])
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    for keyword in ("WindowCenter", "WindowWidth", "RescaleIntercept", "RescaleSlope"):
+        ds.pop(keyword, None)
+    ds.PixelData = pixels.tobytes()
+    return ds

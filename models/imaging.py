@@ -186,8 +186,32 @@ def read_image(path: Path) -> tuple[np.ndarray, Dataset | None]:
             return pil_to_image(img), None
     except UnreadableImageError as exc:
         raise UnreadableImageError(f"{path}: {exc}") from exc
+    except IsADirectoryError as exc:
+        raise UnreadableImageError(f"{path}: is a folder, not an image") from exc
+    except FileNotFoundError as exc:
+        raise UnreadableImageError(f"{path}: no such file") from exc
     except Exception as exc:
-        raise UnreadableImageError(f"{path}: not a DICOM, PNG or JPEG image ({exc})") from exc
+        # The library's own words stay on the exception chain (shown with --verbose).
+        raise UnreadableImageError(f"{path}: not a DICOM, PNG or JPEG image") from exc
+
+
+def image_kind(path: Path) -> str | None:
+    """ "dicom", "png" or "jpeg" from the first bytes of a file (None: none of them, or not a
+    readable file): a check cheap enough to run on every input before loading a model."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return None
+    if len(head) == 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if Path(path).suffix.lower() in (".dcm", ".dicom") and head:
+        return "dicom"  # a Part 10 file without its preamble; pydicom decides
+    return None
 
 
 @dataclass(frozen=True)

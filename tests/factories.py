@@ -44,28 +44,8 @@ def with_unsafe_uid(ds: Dataset, keyword: str, value: str) -> Dataset:
 
 
 def chest_from_picture(picture: Path, header: Path, tag: str) -> Dataset:
-    """A PA chest radiograph with ``picture``'s pixels (8-bit grey) under ``header``'s patient
-    and study attributes, with new UIDs derived from ``tag``: real anatomy the model classifies,
-    from the labelled PNG/JPEG collection."""
-    import numpy as np
+    """A PA chest radiograph with ``picture``'s pixels under ``header``'s patient and study
+    attributes (see :func:`dicom_node.synthetic.from_picture`)."""
     import pydicom
-    from PIL import Image
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    ds = pydicom.dcmread(header)
-    pixels = np.asarray(Image.open(picture).convert("L"), dtype=np.uint8)
-    ds.StudyInstanceUID = generate_uid(entropy_srcs=[tag, "study"])
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[tag, "series"])
-    ds.SOPInstanceUID = generate_uid(entropy_srcs=[tag, "instance"])
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    for keyword in ("WindowCenter", "WindowWidth", "RescaleIntercept", "RescaleSlope"):
-        ds.pop(keyword, None)
-    ds.PixelData = pixels.tobytes()
-    return ds
+    return synthetic.from_picture(picture, tag, pydicom.dcmread(header))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -85,10 +86,9 @@ def test_api_refuses_to_run_without_a_token(processed) -> None:  # noqa: F811  #
         create_app(node.settings, make_session_factory(node.engine))
 
 
-def test_page_in_headless_chromium(api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    require(shutil.which("chromium") is not None, "chromium is not installed")
-    port, (_node, pa, _ct, pending) = api
-    url = f"http://127.0.0.1:{port}/#token={TOKEN}"
+def _chromium(url: str, profile: Path, *extra: str) -> str:
+    """The page's DOM after its scripts ran, in headless Chromium in Tokyo's time zone (so a
+    time shown in UTC by mistake would show)."""
     flags = [
         "--headless",
         "--no-sandbox",
@@ -97,23 +97,43 @@ def test_page_in_headless_chromium(api, tmp_path: Path) -> None:  # type: ignore
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--user-data-dir={profile}",
         "--virtual-time-budget=8000",
+        *extra,
     ]
-    dom = subprocess.run(
-        ["chromium", *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
+    env = {**os.environ, "TZ": "Asia/Tokyo"}
+    done = subprocess.run(
+        ["chromium", *flags, url], capture_output=True, text=True, timeout=120, env=env
     )
-    assert pa.StudyInstanceUID[-24:] in dom.stdout  # the table was filled by the API
-    assert '<p id="status">3 studies</p>' in dom.stdout
+    return done.stdout
+
+
+def test_page_in_headless_chromium(api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    require(shutil.which("chromium") is not None, "chromium is not installed")
+    port, (_node, pa, ct, pending) = api
+    base = f"http://127.0.0.1:{port}/#token={TOKEN}"
+    dom = _chromium(base, tmp_path / "p1", "--dump-dom")
+    assert pa.StudyInstanceUID[-24:] in dom  # the table was filled by the API
+    assert '<p id="status">studies 1–3</p>' in dom
+    # Times in the reader's zone, named: Tokyo is UTC+9.
+    assert "received (Asia/Tokyo)" in dom and "GMT+9" in dom
     # The newest study's timeline is opened: the one still queued, with its instance's decision.
-    assert f"Study {pending.StudyInstanceUID} — queued" in dom.stdout
-    assert "ELIGIBLE [view-position]" in dom.stdout
+    assert f"Study {pending.StudyInstanceUID} — queued" in dom
+    assert "ELIGIBLE [view-position]" in dom
+
+    # Filters and pages come from the address, so a view can be bookmarked.
+    done = _chromium(base + "&state=done", tmp_path / "p2", "--dump-dom")
+    assert '<p id="status">studies 1–1</p>' in done
+    assert pa.StudyInstanceUID[-24:] in done and pending.StudyInstanceUID[-24:] not in done
+    page2 = _chromium(base + "&size=2&page=2", tmp_path / "p3", "--dump-dom")
+    assert '<p id="status">studies 3–3</p>' in page2 and "page 2" in page2
+    old = _chromium(base + "&from=2000-01-01&to=2000-01-02", tmp_path / "p4", "--dump-dom")
+    assert '<p id="status">no studies match</p>' in old
+    covid = _chromium(base + "&label=covid", tmp_path / "p5", "--dump-dom")
+    assert '<p id="status">no studies match</p>' in covid  # the fixture's study is normal
+
     shot = tmp_path / "page.png"
-    subprocess.run(
-        ["chromium", *flags, "--window-size=1200,900", f"--screenshot={shot}", url],
-        capture_output=True,
-        timeout=120,
-    )
+    _chromium(base, tmp_path / "p6", "--window-size=1200,900", f"--screenshot={shot}")
     import numpy as np
     from PIL import Image
 

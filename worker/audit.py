@@ -60,6 +60,7 @@ class StudyFilter:
     until: datetime | None = None
     state: str | None = None
     label: str | None = None
+    band: str | None = None
     priority: str | None = None
     calling_ae: str | None = None
     accession_number: str | None = None
@@ -94,6 +95,8 @@ def _study_query(f: StudyFilter) -> Select[Study, StudyResult]:
         q = q.where(Study.state == f.state)
     if f.label:
         q = q.where(StudyResult.label == f.label)
+    if f.band:
+        q = q.where(StudyResult.band == f.band)
     if f.priority:
         q = q.where(StudyResult.priority == f.priority)
     if f.model_version:
@@ -122,6 +125,7 @@ def list_studies(s: Session, f: StudyFilter) -> list[dict[str, Any]]:
                 "study_instance_uid": study.study_instance_uid,
                 "state": study.state,
                 "label": result.label if result else None,
+                "band": result.band if result else None,
                 "priority": result.priority if result else None,
                 "accession_number": study.accession_number,
                 "patient_id": study.patient_id,

@@ -31,6 +31,10 @@ from dicom_node.uids import DEFAULT_UID_ROOT
 CommaList = Annotated[list[str], NoDecode]
 
 
+#: Every setting is read from the environment as this prefix plus its name in capitals.
+ENV_PREFIX = "CXR_"
+
+
 def default_data_dir() -> Path:
     """``$XDG_DATA_HOME/cxr-triage``, else ``~/.local/share/cxr-triage``."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -40,7 +44,7 @@ def default_data_dir() -> Path:
 class Settings(BaseSettings):
     """All settings of the node and the worker."""
 
-    model_config = SettingsConfigDict(env_prefix="CXR_", extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
     # Network
     ae_title: str = Field("CXR_TRIAGE", min_length=1, max_length=16)

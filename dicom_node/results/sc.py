@@ -72,6 +72,28 @@ def label_strip(rgb: np.ndarray, lines: list[str], ramp: np.ndarray | None) -> n
     return np.asarray(img)
 
 
+def labelled_picture(
+    overlay_rgb: np.ndarray,
+    triage: Triage,
+    heatmap_label: str | None,
+    algorithm: Algorithm,
+    colour_ramp: np.ndarray | None,
+) -> np.ndarray:
+    """The SC's picture: the overlay above the strip that says the result, what the colours
+    mean and that it is not for diagnosis. ``predict --heatmap`` writes the same picture, so
+    a PNG on a desk never says less than the SC in the PACS."""
+    coloured = triage.band != NOT_FLAGGED and heatmap_label is not None
+    return label_strip(
+        overlay_rgb,
+        [
+            wording.headline(triage),
+            wording.heatmap_meaning(triage, heatmap_label if coloured else None),
+            f"{algorithm}   NOT FOR DIAGNOSTIC USE",
+        ],
+        colour_ramp if coloured else None,
+    )
+
+
 def build_gradcam_sc(
     source: Dataset,
     overlay_rgb: np.ndarray,
@@ -120,15 +142,7 @@ def build_gradcam_sc(
             "Rows/Columns must match, or both be divided by the same integer"
         )
     coloured = triage.band != NOT_FLAGGED and heatmap_label is not None
-    pixels = label_strip(
-        overlay_rgb,
-        [
-            wording.headline(triage),
-            wording.heatmap_meaning(triage, heatmap_label if coloured else None),
-            f"{algorithm}   NOT FOR DIAGNOSTIC USE",
-        ],
-        colour_ramp if coloured else None,
-    )
+    pixels = labelled_picture(overlay_rgb, triage, heatmap_label, algorithm, colour_ramp)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=with_type2(source),
         pixel_array=pixels,

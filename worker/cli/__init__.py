@@ -4,6 +4,10 @@ import argparse
 
 from dicom_node.addresses import Destination
 
+#: ``echo`` and ``send`` call as this by default: a tool, not the node (CXR_AE_TITLE), so a
+#: node's allow-list and audit never see the node calling itself.
+CLIENT_AE_TITLE = "CXR_SCU"
+
 
 def destination(text: str) -> Destination:
     """argparse type for ``AET@HOST:PORT`` that keeps the parser's explanation."""

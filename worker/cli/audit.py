@@ -16,6 +16,7 @@ COLUMNS = (
     "study_instance_uid",
     "state",
     "label",
+    "band",
     "priority",
     "accession_number",
     "patient_id",
@@ -52,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--until", type=when, help="received before")
     st.add_argument("--state", choices=[str(state) for state in StudyState])
     st.add_argument("--label", help="normal, covid or pneumonia")
+    st.add_argument("--band", help="flagged, indeterminate or not flagged")
     st.add_argument("--priority", help="urgent, soon or routine")
     st.add_argument("--calling-ae", help="studies sent by this AE title")
     st.add_argument("--accession", help="accession number")
@@ -128,6 +130,7 @@ def run_studies(args: argparse.Namespace, settings: Settings) -> int:
         until=args.until,
         state=args.state,
         label=args.label,
+        band=args.band,
         priority=args.priority,
         calling_ae=args.calling_ae,
         accession_number=args.accession,
@@ -146,7 +149,7 @@ def run_studies(args: argparse.Namespace, settings: Settings) -> int:
         writer.writerows(rows)
     else:
         # The study UID last and whole, so it can be copied into `audit show`.
-        print(f"{'received':19} {'state':11} {'label':10} {'priority':8} {'accession':16} study")
+        print(f"{'received (UTC)':19} {'state':11} {'label':10} {'priority':8} {'accession':16} study")
         for r in rows:
             print(
                 f"{r['first_instance_at'][:19]:19} {r['state']:11} {r['label'] or '-':10} "

@@ -17,7 +17,10 @@ from worker.settings import Settings
 
 # The demo stops waiting at a terminal state, or at failed (which needs a person).
 TERMINAL = {str(state) for state in StudyState if state.terminal} | {str(StudyState.FAILED)}
-_SHARED_SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dicom"
+_SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+_SHARED_SAMPLES = _SHARED_DATA / "dicom"
+#: The labelled collection the demo takes one held-out adult film per class from.
+_LABELLED = _SHARED_DATA / "cxr3"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,12 +30,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Start a node and a worker on the embedded default in OUT/data, send the sample "
             "studies (the real files in ../shared/data/dicom when present, else synthetic ones "
-            "made on the fly), wait for the results, print a table, and write each Grad-CAM SC "
-            "as PNG and each SR as HTML into OUT."
+            "made on the fly) and, when ../shared/data/cxr3 is present, one labelled adult film "
+            "per class (normal, COVID-19, pneumonia) that the shipped model did not train on, "
+            "wait for the results, print a table with each known label beside its result, and "
+            "write each Grad-CAM SC as PNG and each SR as HTML into OUT."
         ),
     )
     p.add_argument("--out", type=Path, default=Path("cxr-triage-demo"), help="output folder")
     p.add_argument("--samples", type=Path, help=f"DICOM folder (default {_SHARED_SAMPLES})")
+    p.add_argument(
+        "--labelled",
+        type=Path,
+        default=_LABELLED,
+        help=f"labelled collection with manifest.csv (default {_LABELLED})",
+    )
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for results")
     p.set_defaults(func=run)
 
@@ -55,6 +66,48 @@ def _samples(args: argparse.Namespace, out: Path) -> list[Path]:
             synthetic.radiograph(seed=3, view_position="LL", study_uid=study), made / "lateral.dcm"
         ),
     ]
+
+
+def _labelled_examples(collection: Path, out: Path) -> dict[Path, str]:
+    """The first adult film of each class in the shipped model's test split (held out from its
+    training), wrapped as a DICOM PA chest study each: file -> its label.
+
+    Chosen by their place in the split, not by what the model says of them, so the demo shows
+    the model as it is, a wrong answer included.
+    """
+    import csv
+
+    import models
+    from dicom_node import synthetic
+
+    split = Path(models.__file__).parent / "default" / "split.csv"
+    manifest = collection / "manifest.csv"
+    if not (split.is_file() and manifest.is_file()):
+        return {}
+    with manifest.open(newline="") as fh:
+        adult = {
+            f"{collection.name}/{row['file']}"
+            for row in csv.DictReader(fh)
+            if row.get("age_group") == "adult"
+        }
+    chosen: dict[str, str] = {}
+    with split.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["split"] == "test" and row["file"] in adult and row["label"] not in chosen:
+                chosen[row["label"]] = row["file"]
+    made = out / "samples"
+    examples: dict[Path, str] = {}
+    for label, key in sorted(chosen.items()):
+        picture = collection.parent / key
+        target = made / f"labelled_{label}.dcm"
+        ds = synthetic.from_picture(
+            picture,
+            f"demo-{key}",
+            patient_id=f"DEMO_{label.upper()}",
+            StudyDescription=f"demo: labelled {label} ({Path(key).name})",
+        )
+        examples[synthetic.write(ds, target)] = f"{label} ({Path(key).name})"
+    return examples
 
 
 def _free_port() -> int:
@@ -123,6 +176,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     open_database(demo_settings).dispose()
     files = _samples(args, out)
+    labelled = _labelled_examples(args.labelled, out)
+    files += list(labelled)
+    known = {
+        pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID: v for f, v in labelled.items()
+    }
     print(
         f"demo in {out}: {len(files)} sample file(s); node on 127.0.0.1:{port}, log {out}/demo.log"
     )
@@ -162,11 +220,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         group.stop()
 
     outputs = demo_settings.outputs_dir
-    print(f"\n{'study':24} {'state':10} {'result':16} {'priority':9} probabilities")
+    print(f"\n{'study':24} {'state':10} {'result':26} {'priority':9} probabilities")
+    print(f"{'':24} known label (held out from training), where the sample has one")
     with sessions() as s:
         for study in s.scalars(select(Study).order_by(Study.id)):
             result = s.scalars(select(StudyResult).where(StudyResult.study_id == study.id)).first()
-            label = result.label if result else "-"
+            label = f"{result.label} ({result.band})" if result else "-"
             prio = result.priority if result else "-"
             probs = [
                 r.probabilities
@@ -174,9 +233,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             ]
             shown = "; ".join(" ".join(f"{k}={v:.2f}" for k, v in p.items()) for p in probs)
             print(
-                f"...{study.study_instance_uid[-21:]:21} {study.state:10} {label:16} "
+                f"...{study.study_instance_uid[-21:]:21} {study.state:10} {label:26} "
                 f"{prio:9} {shown or '(no PA chest image)'}"
             )
+            if study.study_instance_uid in known:
+                print(f"{'':24} labelled {known[study.study_instance_uid]}")
         for obj in s.scalars(select(ProducedObject).order_by(ProducedObject.id)):
             path = outputs / obj.path
             if obj.kind == "sc":

@@ -7,7 +7,7 @@ import sys
 import time
 
 from dicom_node.sender import AssociationFailed, echo
-from worker.cli import destination
+from worker.cli import CLIENT_AE_TITLE, destination
 from worker.settings import Settings
 
 
@@ -18,14 +18,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Send a C-ECHO to AET@HOST:PORT and print the status and round-trip time.",
     )
     p.add_argument("peer", type=destination, metavar="AET@HOST:PORT")
-    p.add_argument("--calling-ae", help="our AE title (default: CXR_AE_TITLE)")
+    p.add_argument(
+        "--aet",
+        "--calling-ae",
+        dest="aet",
+        default=CLIENT_AE_TITLE,
+        help=f"the AE title to call as (default {CLIENT_AE_TITLE}; the node's own, CXR_AE_TITLE, "
+        "is for the node: a peer that allows only its modalities refuses a tool calling as it)",
+    )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     options = settings.sender_options(
-        calling_ae=args.calling_ae or settings.ae_title,
+        calling_ae=args.aet,
         acse_timeout=args.timeout,
         dimse_timeout=args.timeout,
         network_timeout=args.timeout,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,7 +37,7 @@ from worker.cli import (
 from worker.db.engine import DatabaseNotFoundError
 from worker.db.migrate import SchemaOutOfDateError
 from worker.logs import configure_logging
-from worker.settings import Settings, load_settings, unknown_environment_names
+from worker.settings import ENV_PREFIX, Settings, load_settings, unknown_environment_names
 
 SUBCOMMANDS = (
     run,
@@ -75,18 +77,59 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in SUBCOMMANDS:
         module.add_parser(sub)
+    for command in sub.choices.values():
+        # Options every command takes after its name, where a user types them.
+        command.add_argument(
+            "--data-dir",
+            type=Path,
+            help="the node's data folder (database, spool, results; default: CXR_DATA_DIR)",
+        )
+        command.add_argument(
+            "--verbose",
+            action="store_true",
+            help="on an error, also print the underlying library's message and traceback",
+        )
     return parser
+
+
+def settings_problem(exc: ValidationError) -> str:
+    """One line per invalid setting, named as the user sets it (CXR_PORT, not ``port``)."""
+    lines = []
+    for error in exc.errors():
+        msg = str(error["msg"])
+        if msg.startswith("Value error, "):  # our own validators' words, already with names
+            lines.append(msg.removeprefix("Value error, "))
+            continue
+        name = ENV_PREFIX + "_".join(str(part) for part in error["loc"]).upper()
+        value = error.get("input")
+        shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
+        lines.append(f"{name}: {msg.split(',')[0].lower()}{shown}")
+    return "; ".join(lines)
+
+
+#: Libraries whose log lines repeat, in their words, a failure a command reports in ours.
+_CHATTY = ("pynetdicom", "absl", "tensorflow", "h5py", "matplotlib", "PIL")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.verbose:
+        # TensorFlow's C++ start-up notices (oneDNN, CPU features) are not ours to show.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    overrides = {"data_dir": args.data_dir} if args.data_dir else {}
     try:
-        settings: Settings = load_settings(args.config)
-    except (ValidationError, FileNotFoundError, ValueError) as exc:
-        print(f"cxr-triage: invalid configuration:\n{exc}", file=sys.stderr)
+        settings: Settings = load_settings(args.config, **overrides)
+    except ValidationError as exc:
+        print(f"cxr-triage: invalid configuration: {settings_problem(exc)}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"cxr-triage: invalid configuration: {exc}", file=sys.stderr)
         return 2
     configure_logging(args.log_level or settings.log_level, settings.log_format)
+    if not args.verbose and args.command in ("echo", "send", "predict", "validate", "calibrate"):
+        for name in _CHATTY:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     io_switches.configure()  # send files as they are; `listen` also receives into the spool
     for name in unknown_environment_names():
         logging.getLogger("worker.settings").warning("ignoring %s: no such setting", name)
@@ -104,6 +147,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cxr-triage: cannot open the database ({url}): {cause}", file=sys.stderr)
         print("  see docs/deployment.md for creating the role and database", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # Anything else: one line in our words; the library's text and the traceback with
+        # --verbose (or CXR_LOG_LEVEL=DEBUG in a service's log).
+        if args.verbose:
+            traceback.print_exc()
+        print(
+            f"cxr-triage {args.command}: failed: {type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'}"
+            + ("" if args.verbose else "  (--verbose for details)"),
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

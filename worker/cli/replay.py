@@ -74,7 +74,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from worker.db.models import Delivery
     from worker.delivery import attempt_delivery, dead_letters
 
-    sessions = make_session_factory(open_database(settings))
+    sessions = make_session_factory(open_database(settings, create=False))
     if args.stuck is not None:
         if args.stuck < 0:
             print("cxr-triage replay: --stuck needs minutes >= 0", file=sys.stderr)

@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dicom_node.sender import SendResult, iter_dicom_files, send_files
-from worker.cli import destination
+from worker.cli import CLIENT_AE_TITLE, destination
 from worker.settings import Settings
 
 
@@ -25,7 +25,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     p.add_argument("--to", required=True, type=destination, metavar="AET@HOST:PORT")
-    p.add_argument("--calling-ae", help="our AE title (default: CXR_AE_TITLE)")
+    p.add_argument(
+        "--aet",
+        "--calling-ae",
+        dest="aet",
+        default=CLIENT_AE_TITLE,
+        help=f"the AE title to call as (default {CLIENT_AE_TITLE}; the node's own, CXR_AE_TITLE, "
+        "is for the node: a peer that allows only its modalities refuses a tool calling as it)",
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="DIMSE timeout, seconds")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -40,9 +47,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not files:
         print("cxr-triage send: no files found", file=sys.stderr)
         return 2
-    options = settings.sender_options(
-        calling_ae=args.calling_ae or settings.ae_title, dimse_timeout=args.timeout
-    )
+    options = settings.sender_options(calling_ae=args.aet, dimse_timeout=args.timeout)
     bar = tqdm(total=len(files), unit="file", disable=args.quiet or None, file=sys.stderr)
     failures: list[SendResult] = []
 

@@ -53,11 +53,12 @@ class DatabaseNotFoundError(RuntimeError):
     """A read-only command was pointed at a database that does not exist."""
 
 
-def open_database(settings: Settings, *, read_only: bool = False) -> Engine:
+def open_database(settings: Settings, *, read_only: bool = False, create: bool = True) -> Engine:
     """Create the engine and make sure the schema is current (auto-upgrade on SQLite).
 
     The one way every command opens the database: the listener, the worker, audit, api, replay.
-    ``read_only`` commands (audit, the API) never create or migrate one: pointed at the wrong
+    ``read_only`` commands (audit, the API) never create or migrate one, and commands that only
+    act on what is recorded (replay: ``create=False``) never create one: pointed at the wrong
     place they say so instead of reporting an empty database.
     """
     from sqlalchemy.engine import make_url
@@ -65,11 +66,12 @@ def open_database(settings: Settings, *, read_only: bool = False) -> Engine:
     from worker.db.migrate import ensure_schema
 
     url = settings.effective_database_url
-    if read_only:
+    if read_only or not create:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists():
             raise DatabaseNotFoundError(
-                f"no database at {parsed.database}: set CXR_DATA_DIR (or CXR_DATABASE_URL) to "
+                f"no database at {parsed.database}: point --data-dir or CXR_DATA_DIR (or "
+                "CXR_DATABASE_URL) at "
                 "the node's"
             )
     else:

@@ -233,7 +233,11 @@ def test_predict_and_evaluate_commands(trained: Path, tmp_path: Path) -> None:
     expected = "covid" if p["covid"] >= 0.5 else "pneumonia" if p["pneumonia"] >= 0.5 else "normal"
     assert record["label"] == expected and record["operating_point"].startswith("fallback")
     overlay = Image.open(record["heatmap"])
-    assert overlay.size == (1024, 1024) and overlay.mode == "RGB"
+    # The SC's picture: the image, then the strip that says the result below it.
+    assert overlay.mode == "RGB" and overlay.width == 1024 and overlay.height > 1024
+    picture = np.asarray(overlay, dtype=np.int16)[:1024]
+    coloured = (np.abs(picture[..., 0] - picture[..., 2]) > 8).any()
+    assert coloured == (record["band"] != "not flagged")
 
     data = make_dataset(tmp_path / "external", per_label=4, seed=5)
     out_json = tmp_path / "eval.json"

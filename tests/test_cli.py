@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests import factories
-from tests.helpers import cli_env, wait_for
+from tests.helpers import cli_env, rows, wait_for
 from tests.services import free_port, wait_port
 
 CLI = [sys.executable, "-m", "worker.cli.main"]
@@ -37,7 +37,11 @@ def test_help_at_every_level(args: list[str], tmp_path: Path) -> None:
 def test_invalid_configuration_is_explained(tmp_path: Path) -> None:
     proc = _run(["db", "current"], _env(tmp_path, CXR_PORT="eleven"))
     assert proc.returncode == 2
-    assert "invalid configuration" in proc.stderr and "port" in proc.stderr
+    # One line, naming the setting as the user set it, without pydantic's text.
+    assert proc.stderr.strip().splitlines() == [
+        "cxr-triage: invalid configuration: CXR_PORT: input should be a valid integer "
+        "(got 'eleven')"
+    ]
     proc = _run(["db", "current"], _env(tmp_path, CXR_DESTINATIONS="PACS@nowhere"))
     assert proc.returncode == 2 and "AET@host:port" in proc.stderr
     proc = _run(["--config", str(tmp_path / "missing.toml"), "db", "current"], _env(tmp_path))
@@ -204,3 +208,53 @@ def test_a_worker_that_stops_on_an_unrecoverable_error_exits_non_zero(tmp_path: 
     proc = _run(["work", "--concurrency", "1"], _env(tmp_path), timeout=240)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Unrecoverable error" in proc.stderr and "CHECK constraint failed" in proc.stderr
+
+
+def test_commands_that_read_a_database_never_create_one(tmp_path: Path) -> None:
+    """Pointed at the wrong folder, replay, audit and api say so; none leaves a database."""
+    missing = tmp_path / "nonexistent"
+    env = _env(tmp_path, CXR_API_TOKEN="t")
+    for args in (["replay", "--list"], ["replay"], ["audit", "studies"], ["api"]):
+        proc = _run([*args, "--data-dir", str(missing)], env)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert proc.stderr.strip().splitlines() == [
+            f"cxr-triage: no database at {missing}/cxr-triage.sqlite: point --data-dir or "
+            "CXR_DATA_DIR (or CXR_DATABASE_URL) at the node's"
+        ]
+        assert not missing.exists()
+
+
+def test_predict_checks_its_inputs_before_loading_the_model(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("not an image")
+    proc = _run(
+        ["predict", str(tmp_path / "empty"), str(tmp_path / "notes.txt"), str(tmp_path / "no")],
+        _env(tmp_path),
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"cxr-triage predict: {tmp_path / 'empty'}: no DICOM, PNG or JPEG files in this folder",
+        f"cxr-triage predict: {tmp_path / 'notes.txt'}: not a DICOM, PNG or JPEG image",
+        f"cxr-triage predict: {tmp_path / 'no'}: no such file",
+        "cxr-triage predict: nothing to classify",
+    ]
+
+
+def test_echo_and_send_call_as_their_own_title(start_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With the allow-list on, the tools call as --aet; by default they are CXR_SCU, never the
+    node's own title, so a node does not appear to call itself."""
+    from worker.db.models import Association, Rejection
+
+    node = start_node(allowed_calling_aets=["CR_ROOM1"])
+    peer = f"CXR_TRIAGE@127.0.0.1:{node.listener.port}"
+    env = _env(tmp_path)
+    refused = _run(["echo", peer, "--timeout", "5"], env)
+    assert refused.returncode == 1 and "FAILED" in refused.stderr
+    assert "pynetdicom" not in refused.stderr  # our words, not the library's log lines
+    assert _run(["echo", peer, "--aet", "CR_ROOM1"], env).returncode == 0
+    f = factories.write(factories.radiograph(), tmp_path / "x.dcm")
+    sent = _run(["send", str(f), "--to", peer, "--aet", "CR_ROOM1", "--quiet"], env)
+    assert sent.returncode == 0 and "sent 1 of 1" in sent.stdout
+    (rejected,) = rows(node.engine, Rejection)
+    assert rejected.calling_ae == "CXR_SCU"
+    assert {a.calling_ae for a in rows(node.engine, Association)} == {"CR_ROOM1"}

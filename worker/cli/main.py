@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in SUBCOMMANDS:
         module.add_parser(sub)
-    for command in sub.choices.values():
+    for command in _leaves(parser):
         # Options every command takes after its name, where a user types them.
         command.add_argument(
             "--data-dir",
@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
             help="on an error, also print the underlying library's message and traceback",
         )
     return parser
+
+
+def _leaves(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers that end a command line (``audit studies``, ``db upgrade``, ``send``)."""
+    nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not nested:
+        return [parser]
+    return [leaf for a in nested for p in a.choices.values() for leaf in _leaves(p)]
 
 
 def settings_problem(exc: ValidationError) -> str:

@@ -8,14 +8,10 @@ COPY dicom_node ./dicom_node
 COPY worker ./worker
 COPY models ./models
 COPY migrations ./migrations
-# The base image already has TensorFlow with CUDA: skip tensorflow-cpu, install the rest.
-RUN pip install --no-cache-dir --no-deps . \
- && pip install --no-cache-dir \
-      "pydicom>=3.0,<3.1" "pynetdicom>=3.0,<3.1" "pylibjpeg>=2.0,<3" "pylibjpeg-libjpeg>=2.1,<3" \
-      "pylibjpeg-openjpeg>=2.3,<3" "pyjpegls>=1.4,<2" "SQLAlchemy>=2.1,<2.2" "alembic>=1.13,<2" \
-      "psycopg[binary]>=3.1,<4" "celery[redis]>=5.4,<6" "pydantic>=2.6,<3" \
-      "pydantic-settings>=2.3,<3" "tqdm>=4.66,<5" "pillow>=10,<13" "matplotlib>=3.8,<4" \
-      "scikit-learn>=1.4,<2" "highdicom>=0.28,<0.29" "prometheus-client>=0.20,<1" \
+# The base image already has TensorFlow with CUDA, and the package's own requirements do not
+# name TensorFlow (it is the cpu/gpu extra): a plain install keeps the image's build.
+RUN python -c "import tensorflow as t; v = t.__version__.split('.'); assert (2, 16) <= (int(v[0]), int(v[1])) < (2, 22), v" \
+ && pip install --no-cache-dir . \
  && rm -rf /src
 RUN useradd --system --uid 10001 --home-dir /var/lib/cxr-triage cxr \
  && mkdir -p /var/lib/cxr-triage && chown cxr /var/lib/cxr-triage

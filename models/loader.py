@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -228,6 +229,11 @@ def load_model(folder: Path | None = None, *, verify: bool = True) -> LoadedMode
                 f"{weights}: SHA-256 {digest[:16]}... does not match the card's "
                 f"{card.weights_sha256[:16]}...: the weights were changed or the card is stale"
             )
+    if importlib.util.find_spec("tensorflow") is None:
+        raise ModuleNotFoundError(
+            "TensorFlow is not installed: pip install 'cxr-triage[cpu]' (or '[gpu]' on an "
+            "NVIDIA host); the node alone does not need it, workers and model commands do"
+        )
     model = _load_weights(card, weights)
     expected_in = (card.input_size, card.input_size, 1)
     if tuple(model.input_shape[1:]) != expected_in:
@@ -247,7 +253,15 @@ def load_model(folder: Path | None = None, *, verify: bool = True) -> LoadedMode
         ) from exc
     lungs = _lung_model_for(card, folder, verify) if card.crop == "lungs" else None
     logger.info("loaded model %s %s from %s", card.name, card.version, folder)
+    logger.info("TensorFlow devices: %s", _devices())
     return LoadedModel(card, model, folder, lungs)
+
+
+def _devices() -> str:
+    """What TensorFlow runs on (``CPU:0, GPU:0``): where a GPU host shows whether it is used."""
+    import tensorflow as tf
+
+    return ", ".join(d.name.replace("/device:", "") for d in tf.config.list_logical_devices())
 
 
 def _load_weights(card: ModelCard, weights: Path) -> Any:

@@ -110,7 +110,7 @@ def _chromium(url: str, profile: Path, *extra: str) -> str:
 
 def test_page_in_headless_chromium(api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     require(shutil.which("chromium") is not None, "chromium is not installed")
-    port, (_node, pa, ct, pending) = api
+    port, (_node, pa, _ct, pending) = api
     base = f"http://127.0.0.1:{port}/#token={TOKEN}"
     dom = _chromium(base, tmp_path / "p1", "--dump-dom")
     assert pa.StudyInstanceUID[-24:] in dom  # the table was filled by the API

@@ -79,3 +79,16 @@ def test_compose_file() -> None:
         build = services[name]["build"]
         assert (DOCKER / build["context"] / build["dockerfile"]).is_file()
     assert set(compose["volumes"]) >= {"spool", "postgres", "redis"}
+
+
+def test_tensorflow_is_an_extra_the_images_choose() -> None:
+    """The package's requirements name no TensorFlow: `cpu` or `gpu` picks the build, so the GPU
+    image keeps its CUDA TensorFlow and no install ends with two builds of one package."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not any("tensorflow" in dep for dep in project["dependencies"])
+    extras = project["optional-dependencies"]
+    assert any(dep.startswith("tensorflow-cpu") for dep in extras["cpu"])
+    assert any(dep.startswith("tensorflow[and-cuda]") for dep in extras["gpu"])
+    assert "cxr-triage[cpu]" in extras["dev"]
+    worker = (DOCKER / "worker.Dockerfile").read_text()
+    assert "tensorflow-cpu" not in worker and "pip install --no-cache-dir . " in worker

@@ -15,7 +15,7 @@ from pydicom.uid import generate_uid
 
 from tests import factories
 from tests.helpers import cli_env, pipeline_worker, rows, send, wait_for
-from tests.services import StoreSCP, shared_file
+from tests.services import SHARED, StoreSCP, require, shared_file
 from worker.db.engine import make_session_factory
 from worker.db.models import (
     DEAD_LETTER,
@@ -295,7 +295,18 @@ def test_demo_writes_results_to_open(tmp_path: Path) -> None:
     factories.write(factories.ct_slice(), samples / "ct.dcm")
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [*CLI, "demo", "--out", str(out), "--samples", str(samples), "--timeout", "240"],
+        [
+            *CLI,
+            "demo",
+            "--out",
+            str(out),
+            "--samples",
+            str(samples),
+            "--labelled",
+            str(tmp_path / "none"),
+            "--timeout",
+            "240",
+        ],
         capture_output=True,
         text=True,
         timeout=400,
@@ -309,6 +320,34 @@ def test_demo_writes_results_to_open(tmp_path: Path) -> None:
     width, height = Image.open(pngs[0]).size
     assert width == 400 and 500 < height < 600  # the radiograph, plus the label strip below
     assert "AI triage, not for diagnosis" in pages[0].read_text()  # the SR's summary
+
+
+@pytest.mark.slow
+def test_demo_shows_a_heatmap_and_a_finding(tmp_path: Path) -> None:
+    """With the labelled collection beside the checkout, the demo sends one held-out film per
+    class: a newcomer sees a coloured heatmap and an SR that names a finding."""
+    collection = SHARED / "data" / "cxr3"
+    require((collection / "manifest.csv").is_file(), f"{collection} is absent")
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [*CLI, "demo", "--out", str(out), "--samples", str(tmp_path / "none"), "--timeout", "300"],
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for label in ("normal", "covid", "pneumonia"):
+        assert f"labelled {label} (" in proc.stdout
+    import numpy as np
+    from PIL import Image
+
+    def coloured(png: Path) -> bool:
+        rgb = np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)
+        return bool((np.abs(rgb[..., 0] - rgb[..., 2]) > 40).sum() > 1000)
+
+    assert any(coloured(p) for p in out.glob("gradcam_*.png"))
+    reports = [p.read_text() for p in out.glob("report_*.html")]
+    assert any("COVID-19" in r or "pneumonia" in r.lower() for r in reports)
 
 
 def _dog_as_pa_chest(tmp_path: Path, study_uid: str | None = None) -> Path:

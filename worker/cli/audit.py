@@ -149,7 +149,8 @@ def run_studies(args: argparse.Namespace, settings: Settings) -> int:
         writer.writerows(rows)
     else:
         # The study UID last and whole, so it can be copied into `audit show`.
-        print(f"{'received (UTC)':19} {'state':11} {'label':10} {'priority':8} {'accession':16} study")
+        header = f"{'received (UTC)':19} {'state':11} {'label':10} {'priority':8}"
+        print(f"{header} {'accession':16} study")
         for r in rows:
             print(
                 f"{r['first_instance_at'][:19]:19} {r['state']:11} {r['label'] or '-':10} "

@@ -10,7 +10,7 @@ COPY models ./models
 COPY migrations ./migrations
 # The base image already has TensorFlow with CUDA, and the package's own requirements do not
 # name TensorFlow (it is the cpu/gpu extra): a plain install keeps the image's build.
-RUN python -c "import tensorflow as t; v = t.__version__.split('.'); assert (2, 16) <= (int(v[0]), int(v[1])) < (2, 22), v" \
+RUN python -c 'import sys, tensorflow as t; v = tuple(int(x) for x in t.__version__.split(".")[:2]); sys.exit(not (2, 16) <= v < (2, 22))' \
  && pip install --no-cache-dir . \
  && rm -rf /src
 RUN useradd --system --uid 10001 --home-dir /var/lib/cxr-triage cxr \

@@ -24,7 +24,7 @@ from dicom_node.results.triage import Triage
 from dicom_node.uids import DEFAULT_UID_ROOT, new_uid
 from models.gradcam import colour_ramp
 from tests import factories
-from tests.services import require, shared_file
+from tests.services import SHARED_DICOM, require, shared_file
 
 PROBS = {"normal": 0.08, "covid": 0.86, "pneumonia": 0.06}
 T = {"covid": 0.5, "pneumonia": 0.5}
@@ -228,17 +228,59 @@ def test_dicom3tools_and_dcmtk_accept_the_objects(tmp_path: Path) -> None:
     html = subprocess.run(["dsr2html", str(files["sr"])], capture_output=True, text=True).stdout
     assert "AI triage, not for diagnosis: COVID-19 flagged: 86.0%" in html
     assert "86.0 %" in html
+
+
+def _samples() -> list[Any]:
+    """Every real sample (ids for the report), and synthetic sources without optional tags."""
+    real = sorted(SHARED_DICOM.glob("*.dcm")) if SHARED_DICOM.is_dir() else []
+    return [
+        *(pytest.param(p, id=p.stem) for p in real),
+        pytest.param("no-body-part", id="synthetic-no-body-part"),
+        pytest.param("bare-age", id="synthetic-bare-age"),
+    ]
+
+
+@pytest.mark.dcmtk
+@pytest.mark.parametrize("sample", _samples())
+@pytest.mark.filterwarnings(
+    "ignore:Invalid value for VR AS:UserWarning"
+)  # the bare "62", on purpose
+def test_objects_from_every_sample_validate(sample: Path | str, tmp_path: Path) -> None:
+    """dciodvfy on the SC and the SR, dcentvfy across source, SC and SR: no errors, whatever
+    the source leaves out or gets wrong (no body part, a bare "62" as PatientAge)."""
+    require(shutil.which("dciodvfy") is not None, "dicom3tools (dciodvfy) is not installed")
+    if sample == "no-body-part":
+        src = factories.radiograph(rows=400, columns=320, body_part=None)
+    elif sample == "bare-age":
+        src = factories.radiograph(rows=400, columns=320, PatientAge="62")
+    else:
+        src = pydicom.dcmread(sample)
+    src_path = tmp_path / "src.dcm"
+    src.save_as(src_path, enforce_file_format=True)
+    sc = _sc(src)
+    files = {"sc": tmp_path / "sc.dcm", "sr": tmp_path / "sr.dcm"}
+    sc.save_as(files["sc"], enforce_file_format=True)
+    _sr(src, sc).save_as(files["sr"], enforce_file_format=True)
+    for kind, path in files.items():
+        out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        errors = [
+            line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")
+        ]
+        assert errors == [], (kind, errors)
     entity = subprocess.run(
         ["dcentvfy", str(src_path), *map(str, files.values())], capture_output=True, text=True
     )
-    problems = [
-        line
-        for line in (entity.stdout + entity.stderr).splitlines()
-        if line.startswith("Error")
-        # Known: the source's PatientAge "62" is invalid for AS; we write it repaired as 062Y.
-        and "PatientAge" not in line
-    ]
-    assert problems == [], problems
+    errors = [line for line in (entity.stdout + entity.stderr).splitlines() if "Error" in line]
+    assert errors == [], errors
+    for kind, path in files.items():
+        made = pydicom.dcmread(path)
+        # A PatientAge is the source's own, valid value or absent: never one we made up.
+        assert made.get("PatientAge") in (None, src.get("PatientAge")), kind
+        assert made.SeriesDate == made.ContentDate and made.SeriesTime == made.ContentTime
+    made_sc = pydicom.dcmread(files["sc"])
+    assert made_sc.LossyImageCompression == "01"
+    assert made_sc.LossyImageCompressionMethod == "ISO_10918_1"
+    assert float(made_sc.LossyImageCompressionRatio) > 1
 
 
 def test_report_needs_images_and_known_labels(source: pydicom.Dataset) -> None:

@@ -29,14 +29,35 @@ TYPE2_INHERITED = (
 
 
 def repair_inherited(ds: Dataset) -> Dataset:
-    """Fix or drop inherited values that violate their VR; log each change. Returns ``ds``."""
+    """Drop inherited values that violate their VR, never inventing a new value; log each.
+    Returns ``ds``.
+
+    PatientAge is Type 3 in our objects: an invalid one (``62`` where AS needs ``062Y``) is left
+    out rather than rewritten, so no object of ours states a value the source did not.
+    """
     age = ds.get("PatientAge")
     if age not in (None, "") and not re.fullmatch(r"\d{3}[DWMY]", str(age)):
-        if re.fullmatch(r"\d{1,3}", str(age)):
-            ds.PatientAge = f"{int(str(age)):03d}Y"  # a bare number of years
-        else:
-            ds.PatientAge = ""
-        logger.info("repaired inherited PatientAge %r -> %r", age, ds.PatientAge)
+        del ds.PatientAge
+        logger.info("left out the source's invalid PatientAge %r", age)
+    return ds
+
+
+def complete_series(ds: Dataset, source: Dataset | None = None) -> Dataset:
+    """The General Series attributes a viewer and a validator look for, on an object we made.
+
+    SeriesDate/SeriesTime: when the series was made (its content date), so a PACS files it under
+    a date, not "?". Laterality (Type 2C: required unless the body part is known to be unpaired):
+    the source's when it has one, else present and empty ("unknown") when the body part is not
+    a chest, whose lungs the SC shows both of.
+    """
+    if "ContentDate" in ds and "SeriesDate" not in ds:
+        ds.SeriesDate = ds.ContentDate
+        ds.SeriesTime = ds.get("ContentTime", "")
+    if source is not None and "Laterality" not in ds:
+        if source.get("Laterality"):
+            ds.Laterality = source.Laterality
+        elif str(ds.get("BodyPartExamined", "")).upper() != "CHEST":
+            ds.Laterality = None
     return ds
 
 

@@ -11,7 +11,7 @@ from pydicom.uid import JPEGBaseline8Bit
 from dicom_node.eligibility import OUR_MANUFACTURER
 from dicom_node.results import wording
 from dicom_node.results.algorithm import Algorithm
-from dicom_node.results.inherited import repair_inherited, with_type2
+from dicom_node.results.inherited import complete_series, repair_inherited, with_type2
 from dicom_node.results.triage import NOT_FLAGGED, Triage
 
 # Attributes from_ref_dataset leaves out that viewers and dciodvfy expect on the SC.
@@ -161,6 +161,11 @@ def build_gradcam_sc(
         if keyword in source and keyword not in sc:
             setattr(sc, keyword, source.data_element(keyword).value)  # type: ignore[union-attr]
     repair_inherited(sc)
+    complete_series(sc, source)
+    # JPEG Baseline is lossy: say so, and by how much (PS3.3 C.7.6.1.1.5).
+    sc.LossyImageCompression = "01"
+    sc.LossyImageCompressionRatio = f"{pixels.nbytes / max(1, len(sc.PixelData)):.2f}"
+    sc.LossyImageCompressionMethod = "ISO_10918_1"
     sc.SeriesDescription = wording.series_description(triage, "heatmap")
     sc.ManufacturerModelName = algorithm.name
     sc.SoftwareVersions = algorithm.version

@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from dicom_node.eligibility import OUR_MANUFACTURER
 from dicom_node.results import codes, wording
 from dicom_node.results.algorithm import Algorithm
-from dicom_node.results.inherited import repair_inherited, with_type2
+from dicom_node.results.inherited import complete_series, repair_inherited, with_type2
 from dicom_node.results.triage import NOT_FLAGGED, Triage
 
 
@@ -233,6 +233,7 @@ def build_report(
         is_verified=False,
     )
     repair_inherited(sr)
+    complete_series(sr)
     sr.SeriesDescription = wording.series_description(study, "report")
     sr.ManufacturerModelName = algorithm.name
     sr.SoftwareVersions = algorithm.version

@@ -17,12 +17,18 @@ from typing import BinaryIO
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID
 
 _ITEM = 0xFFFEE000
 _ITEM_DELIM = 0xFFFEE00D
 _SEQ_DELIM = 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
+# Deepest nesting of sequence items accepted. Real chest objects nest a few levels; a hostile
+# file nests hundreds, and pydicom's recursive reader would then exhaust the stack, where the
+# garbage collector may run finalizers that fail in turn. The walk refuses such a file before
+# pydicom reads it.
+MAX_NESTING = 32
 # VRs whose explicit-VR header has 2 reserved bytes and a 4-byte length.
 _LONG_VRS = {
     b"OB",
@@ -65,21 +71,23 @@ def read_header_checked(path: Path) -> Dataset:
         If pydicom cannot parse the file or its encoding is cut short.
     """
     try:
+        meta = read_file_meta_info(path)
+        ts = UID(meta.TransferSyntaxUID)
         with open(path, "rb") as fh:
-            ds = dcmread(fh, stop_before_pixels=True)
-            ts = UID(ds.file_meta.TransferSyntaxUID)
             end = os.fstat(fh.fileno()).st_size
+            pixel_bytes = None
             if ts.is_deflated:
                 # A deflated stream cannot be walked without inflating it: parse it whole.
-                fh.seek(0)
                 dcmread(fh)
-                return ds
-            start = 132 + 12 + int(ds.file_meta.FileMetaInformationGroupLength)
-            if not ts.is_implicit_VR:
-                _check_explicit_vr(fh, start, end)
-            pixel_bytes = check_encoding_complete(
-                fh, start, end, implicit_vr=ts.is_implicit_VR, little_endian=ts.is_little_endian
-            )
+            else:
+                start = 132 + 12 + int(meta.FileMetaInformationGroupLength)
+                if not ts.is_implicit_VR:
+                    _check_explicit_vr(fh, start, end)
+                pixel_bytes = check_encoding_complete(
+                    fh, start, end, implicit_vr=ts.is_implicit_VR, little_endian=ts.is_little_endian
+                )
+            fh.seek(0)
+            ds = dcmread(fh, stop_before_pixels=True)
             if pixel_bytes is not None and not ts.is_compressed:
                 _check_native_pixel_length(ds, pixel_bytes)
             # pydicom converts values when first read: convert all now, so that a value it
@@ -254,6 +262,8 @@ class _Walker:
                     f"found ({tag >> 16:04X},{tag & 0xFFFF:04X})"
                 )
             if length == _UNDEFINED:
+                if self._depth >= MAX_NESTING:
+                    raise MalformedDatasetError(f"sequences nested more than {MAX_NESTING} deep")
                 self._depth += 1
                 pos = self.dataset(value, limit, until_item_delimiter=True)
                 self._depth -= 1

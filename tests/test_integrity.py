@@ -93,3 +93,24 @@ def test_short_native_pixel_data_is_malformed(_check: Callable[[bytes], Dataset]
     ds.PixelData = ds.PixelData[:-512]  # well-formed encoding, too few pixels
     with pytest.raises(MalformedDatasetError, match="image attributes need 8192"):
         _check(factories.encode(ds))
+
+
+def _nested(depth: int) -> Dataset:
+    """A radiograph whose private sequence nests ``depth`` items deep, undefined lengths."""
+    ds = factories.radiograph(rows=16, columns=16)
+    inner: Dataset = ds
+    for _ in range(depth):
+        item = Dataset()
+        item.is_undefined_length_sequence_item = True
+        inner.add_new(0x00291010, "SQ", Sequence([item]))
+        inner[0x00291010].is_undefined_length = True
+        inner = item
+    return ds
+
+
+def test_nesting_is_refused_before_pydicom_recurses(_check: Callable[[bytes], Dataset]) -> None:
+    from dicom_node.integrity import MAX_NESTING
+
+    _check(factories.encode(_nested(MAX_NESTING)))
+    with pytest.raises(MalformedDatasetError, match=f"nested more than {MAX_NESTING} deep"):
+        _check(factories.encode(_nested(MAX_NESTING + 1)))

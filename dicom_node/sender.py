@@ -99,7 +99,8 @@ def _ae(options: SenderOptions) -> AE:
 
 
 def _associate(ae: AE, dest: Destination, options: SenderOptions) -> Association:
-    tls = (options.ssl_context, None) if options.ssl_context else None
+    # The host goes to the handshake so that the certificate is checked against it.
+    tls = (options.ssl_context, dest.host) if options.ssl_context else None
     connected: list[bool] = []
     try:
         assoc = ae.associate(
@@ -107,7 +108,7 @@ def _associate(ae: AE, dest: Destination, options: SenderOptions) -> Association
             dest.port,
             ae_title=dest.ae_title,
             max_pdu=options.max_pdu,
-            tls_args=tls,  # type: ignore[arg-type]  # None: no SNI; peers are addressed by IP
+            tls_args=tls,
             evt_handlers=[
                 (evt.EVT_CONN_OPEN, tune_socket),
                 (evt.EVT_CONN_OPEN, lambda _event: connected.append(True)),

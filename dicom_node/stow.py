@@ -25,6 +25,8 @@ from dicom_node.addresses import StowDestination
 from dicom_node.sender import SendResult, SendSummary
 
 STORED = 0x0000  # as a C-STORE would say it
+# A STOW answer is a short JSON document; one far longer is not read (nor held in memory).
+MAX_ANSWER_BYTES = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class StowOptions:
     basic_auth: str | None = None  # "user:password"
     ssl_context: ssl.SSLContext | None = None
     timeout: float = 60.0
+    max_answer_bytes: int = MAX_ANSWER_BYTES
 
     def headers(self) -> dict[str, str]:
         if self.bearer_token:
@@ -94,6 +97,13 @@ def _stow_one(
     }
     conn: http.client.HTTPConnection
     if url.scheme == "https":
+        if options.ssl_context is None:
+            return SendResult(
+                str(path),
+                uid,
+                None,
+                f"{dest}: https needs CXR_SEND_TLS_CA or CXR_SEND_TLS_SYSTEM_CA=true",
+            )
         conn = http.client.HTTPSConnection(
             url.netloc, timeout=options.timeout, context=options.ssl_context
         )
@@ -102,7 +112,15 @@ def _stow_one(
     try:
         conn.request("POST", f"{url.path}/studies", body=_body(data, boundary), headers=headers)
         rsp = conn.getresponse()
-        answer = rsp.read()
+        answer = rsp.read(options.max_answer_bytes + 1)
+        if len(answer) > options.max_answer_bytes:
+            return SendResult(
+                str(path),
+                uid,
+                None,
+                f"{dest}: HTTP {rsp.status} answer longer than "
+                f"{options.max_answer_bytes // 2**20} MiB, not read",
+            )
     except OSError as exc:  # refused, unresolvable, timed out, TLS
         return SendResult(str(path), uid, None, f"{dest}: {type(exc).__name__}: {exc}")
     finally:

@@ -47,6 +47,7 @@ def _cert(
     *,
     ca: bool = False,
     usage: x509.ObjectIdentifier | None = None,
+    names: tuple[str, ...] = ("localhost", "127.0.0.1"),
 ) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
@@ -63,12 +64,17 @@ def _cert(
     if usage is not None:
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName([_san(name) for name in names]),
             critical=False,
         )
     return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def _write_cert(cert: x509.Certificate, path: Path) -> Path:
@@ -76,11 +82,19 @@ def _write_cert(cert: x509.Certificate, path: Path) -> Path:
     return path
 
 
-def make_pki(directory: Path) -> Pki:
+def make_pki(directory: Path, server_names: tuple[str, ...] = ("localhost", "127.0.0.1")) -> Pki:
+    """A CA, a server certificate for ``server_names``, a client and a self-signed rogue."""
     ca_key = _key()
     ca = _cert("cxr-triage test CA", ca_key, None, ca_key, ca=True)
     server_key, client_key, rogue_key = _key(), _key(), _key()
-    server = _cert("localhost", server_key, ca, ca_key, usage=ExtendedKeyUsageOID.SERVER_AUTH)
+    server = _cert(
+        server_names[0],
+        server_key,
+        ca,
+        ca_key,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        names=server_names,
+    )
     client = _cert("MODALITY", client_key, ca, ca_key, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
     rogue = _cert("ROGUE", rogue_key, None, rogue_key, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
     return Pki(

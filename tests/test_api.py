@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import wait_for
 from tests.services import free_port, require, wait_port
 from tests.test_audit import processed  # noqa: F401 - the fixture
 from worker.db.engine import make_session_factory
@@ -75,6 +77,16 @@ def test_api_requires_a_token_and_paginates(api) -> None:  # type: ignore[no-unt
     assert not recon["ok"] and recon["items"][0]["sop_instance_uid"] == pending.SOPInstanceUID
     schema = json.loads(_get(port, "/openapi.json", token=None)[1])
     assert {"/api/studies", "/api/studies/{study_uid}", "/api/reconcile"} <= set(schema["paths"])
+
+
+def test_odd_tokens_are_401_and_query_strings_stay_out_of_the_log(api, caplog) -> None:  # type: ignore[no-untyped-def]
+    port, _ = api
+    for odd in ("t\u00f6k\u00e9n", "\u00ff" * 300, ""):
+        assert _get(port, "/api/studies", token=odd)[0] == 401, odd
+    with caplog.at_level(logging.INFO, logger="worker.api"):
+        assert _get(port, "/api/studies?patient_id=PHI-SECRET-42")[0] == 200
+        wait_for(lambda: "GET /api/studies 200" in caplog.text, timeout=5)
+    assert "PHI-SECRET-42" not in caplog.text
 
 
 def test_api_refuses_to_run_without_a_token(processed) -> None:  # noqa: F811  # type: ignore[no-untyped-def]

@@ -320,6 +320,11 @@ def test_demo_writes_results_to_open(tmp_path: Path) -> None:
     width, height = Image.open(pngs[0]).size
     assert width == 400 and 500 < height < 600  # the radiograph, plus the label strip below
     assert "AI triage, not for diagnosis" in pages[0].read_text()  # the SR's summary
+    # Spool, results, database and what the demo wrote hold patient data: owner only.
+    made = [out, *out.rglob("*")]
+    assert any(p.suffix == ".sqlite" for p in made) and any("outputs" in p.parts for p in made)
+    shared = [f"{p} {p.stat().st_mode & 0o777:o}" for p in made if p.stat().st_mode & 0o077]
+    assert not shared
 
 
 @pytest.mark.slow

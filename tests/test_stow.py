@@ -146,9 +146,48 @@ def test_https_with_our_ca_and_the_settings_credentials(tmp_path: Path) -> None:
         )
         (stored,) = stow_files([path], dest, settings.stow_options()).results
         assert stored.ok, stored
-        untrusted = Settings(stow_bearer_token="s3cret").stow_options()  # system CAs only
-        (refused,) = stow_files([path], dest, untrusted).results
+        # Trusting the system's CAs is asked for by name, and they do not vouch for the PACS.
+        system = Settings(stow_bearer_token="s3cret", send_tls_system_ca=True).stow_options()
+        (refused,) = stow_files([path], dest, system).results
         assert not refused.ok and "SSL" in (refused.error or ""), refused
+        # Nobody trusted: refused before connecting, and such settings do not load at all.
+        (unsure,) = stow_files([path], dest, Settings().stow_options()).results
+        assert "https needs CXR_SEND_TLS_CA" in (unsure.error or ""), unsure
+        with pytest.raises(ValueError, match="needs CXR_SEND_TLS_CA"):
+            Settings(destinations=[str(dest)])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _Flood(http.server.BaseHTTPRequestHandler):
+    """A STOW-RS service that stores the instance and answers with far too much."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.end_headers()
+        chunk = b" " * 2**20
+        try:
+            for _ in range(64):  # bounded: 64 MiB at most, the client hangs up long before
+                self.wfile.write(chunk)
+        except OSError:
+            pass
+
+
+def test_an_oversized_answer_is_a_failed_attempt_not_read(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flood)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        dest = StowDestination(f"http://127.0.0.1:{server.server_address[1]}/dicom-web")
+        path = factories.write(factories.radiograph(), tmp_path / "x.dcm")
+        (result,) = stow_files([path], dest, StowOptions(timeout=10)).results
+        assert not result.ok
+        assert "answer longer than 4 MiB, not read" in (result.error or ""), result
     finally:
         server.shutdown()
         server.server_close()

@@ -111,3 +111,23 @@ def test_outbound_tls_from_settings(start_node, make_settings, pki) -> None:  # 
     assert echo(target, tls.sender_options()) == 0
     (assoc,) = wait_for(lambda: rows(pacs.engine, Association), timeout=5)
     assert assoc.tls and assoc.calling_ae == "CXR_TRIAGE"
+
+
+def test_outbound_tls_checks_the_name_and_trusts_only_what_it_is_given(  # type: ignore[no-untyped-def]
+    start_node, make_settings, tmp_path
+) -> None:
+    """A PACS whose certificate names another host is refused unless the check is turned off."""
+    (tmp_path / "other").mkdir()
+    other = make_pki(tmp_path / "other", server_names=("pacs.example.org",))
+    pacs = start_node(tls_cert=other.server_cert, tls_key=other.server_key)
+    target = Destination("CXR_TRIAGE", "127.0.0.1", pacs.listener.port)
+    checked = make_settings(send_tls=True, send_tls_ca=other.ca)
+    with pytest.raises(AssociationFailed):
+        echo(target, checked.sender_options(acse_timeout=5))
+    unchecked = make_settings(send_tls=True, send_tls_ca=other.ca, send_tls_verify_hostname=False)
+    assert echo(target, unchecked.sender_options()) == 0
+    # The configured CA replaces the system store; the system's CAs only when asked for.
+    assert len(client_context(other.ca).get_ca_certs()) == 1
+    with pytest.raises(ValueError, match="CXR_SEND_TLS_SYSTEM_CA"):
+        make_settings(send_tls=True)
+    assert make_settings(send_tls=True, send_tls_system_ca=True).sender_options().ssl_context

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hmac
 import io
+import logging
+import time
 from datetime import datetime, timedelta
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
@@ -28,6 +30,8 @@ from worker.audit import (
 )
 from worker.db.models import ProducedObject, Study
 from worker.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 # Filters are matched against stored DICOM strings: printable, at most 64 characters (LO/UI).
 # Anything else (a NUL byte would be a PostgreSQL error) is refused with 422, not a 500.
@@ -59,9 +63,30 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
         title="cxr-triage audit API", version="1", docs_url="/api/docs", openapi_url="/openapi.json"
     )
 
+    expected = token.encode()
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next: Any) -> Response:
+        # Our own access line, in place of uvicorn's: the path without its query string, which
+        # may carry a patient ID or an accession number.
+        start = time.perf_counter()
+        response: Response = await call_next(request)
+        logger.info(
+            "%s %s %d %.0f ms",
+            request.method,
+            request.url.path,
+            response.status_code,
+            (time.perf_counter() - start) * 1000,
+        )
+        return response
+
     def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
         scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given, token):
+        # Compared as bytes: a header may hold any Latin-1 text, and compare_digest refuses a
+        # non-ASCII str (a 500 before authentication).
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.encode("utf-8", "surrogateescape"), expected
+        ):
             raise HTTPException(
                 401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
             )

@@ -24,6 +24,8 @@ from pydantic_settings import (
 from dicom_node.addresses import AnyDestination, parse_destination, parse_destinations
 
 if TYPE_CHECKING:
+    import ssl
+
     from dicom_node.sender import SenderOptions
     from dicom_node.stow import StowOptions
 from dicom_node.uids import DEFAULT_UID_ROOT
@@ -71,6 +73,8 @@ class Settings(BaseSettings):
     send_tls_ca: Path | None = None
     send_tls_cert: Path | None = None
     send_tls_key: Path | None = None
+    send_tls_system_ca: bool = False  # trust the system's CAs too (alone when no CA is given)
+    send_tls_verify_hostname: bool = True
     # DICOMweb destinations (stow+http(s)://…): one of these authenticates every request
     stow_bearer_token: SecretStr | None = None
     stow_basic_auth: SecretStr | None = None  # user:password
@@ -152,7 +156,28 @@ class Settings(BaseSettings):
             raise ValueError("CXR_TLS_VERIFY_CLIENT needs CXR_TLS_CA")
         if (self.send_tls_cert is None) != (self.send_tls_key is None):
             raise ValueError("CXR_SEND_TLS_CERT and CXR_SEND_TLS_KEY must be given together")
+        https = any(getattr(d, "base_url", "").startswith("https:") for d in self.destinations)
+        if (self.send_tls or https) and not self._trusts_someone:
+            raise ValueError(
+                "CXR_SEND_TLS (or an https STOW destination) needs CXR_SEND_TLS_CA, the CA that "
+                "signs the destinations' certificates, or CXR_SEND_TLS_SYSTEM_CA=true"
+            )
         return self
+
+    @property
+    def _trusts_someone(self) -> bool:
+        return self.send_tls_ca is not None or self.send_tls_system_ca
+
+    def _client_tls(self) -> ssl.SSLContext:
+        from dicom_node.tls import client_context
+
+        return client_context(
+            self.send_tls_ca,
+            cert=self.send_tls_cert,
+            key=self.send_tls_key,
+            verify_hostname=self.send_tls_verify_hostname,
+            system_ca=self.send_tls_system_ca,
+        )
 
     @property
     def longest_retry_delay(self) -> float:
@@ -182,13 +207,8 @@ class Settings(BaseSettings):
         """How this node associates with destinations: AE title, PDU size, TLS."""
         # Imported here: settings are read by every command, most of which never send.
         from dicom_node.sender import SenderOptions
-        from dicom_node.tls import client_context
 
-        ssl_context = None
-        if self.send_tls:
-            ssl_context = client_context(
-                self.send_tls_ca, cert=self.send_tls_cert, key=self.send_tls_key
-            )
+        ssl_context = self._client_tls() if self.send_tls else None
         values: dict[str, Any] = {
             "calling_ae": self.ae_title,
             "max_pdu": self.max_pdu,
@@ -200,16 +220,13 @@ class Settings(BaseSettings):
     def stow_options(self) -> StowOptions:
         """How this node authenticates to STOW-RS destinations (TLS as for C-STORE)."""
         from dicom_node.stow import StowOptions
-        from dicom_node.tls import client_context
 
         return StowOptions(
             bearer_token=self.stow_bearer_token.get_secret_value()
             if self.stow_bearer_token
             else None,
             basic_auth=self.stow_basic_auth.get_secret_value() if self.stow_basic_auth else None,
-            ssl_context=client_context(
-                self.send_tls_ca, cert=self.send_tls_cert, key=self.send_tls_key
-            ),
+            ssl_context=self._client_tls() if self._trusts_someone else None,
         )
 
     # -- derived -----------------------------------------------------------------------------

@@ -35,5 +35,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         host=settings.metrics_bind,
         port=args.port or settings.api_port,
         log_level=settings.log_level.lower(),
+        access_log=False,  # worker.api logs each request without its query string
     )
     return 0

@@ -120,6 +120,9 @@ _CHATTY = ("pynetdicom", "absl", "tensorflow", "h5py", "matplotlib", "PIL")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Everything this process and its children create (spool, results, the SQLite database,
+    # logs) holds patient data: owner only. Node and workers run as one user (docs/deployment.md).
+    os.umask(0o077)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.verbose:

@@ -27,6 +27,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicom_node.content import same_content
 from dicom_node.eligibility import decide
 from dicom_node.incoming import (
     PartialDataset,
@@ -546,8 +547,12 @@ class Listener:
                 os.close(fd)
                 shutil.copyfile(received, name)
                 source = Path(name)
-            if existed and filecmp.cmp(source, location.path, shallow=False):
-                # A resend of what we hold: keep our copy, record only the receipt.
+            if existed and (
+                filecmp.cmp(source, location.path, shallow=False)
+                or same_content(source, location.path)
+            ):
+                # A resend of what we hold (the same bytes, or the same pixels and public
+                # attributes in another encoding): keep our copy, record only the receipt.
                 if source != received:
                     source.unlink()
                 record = replace(record, spool_path=location.relative, duplicate=True)

@@ -230,6 +230,41 @@ def test_identical_resend_changes_nothing_and_every_sender_is_kept(
     wait_for(lambda: _study(node, ds.StudyInstanceUID).revision == 2)
 
 
+def test_a_resend_in_another_encoding_is_a_duplicate_and_a_new_pixel_a_revision(
+    start_node, redis_server
+) -> None:  # type: ignore[no-untyped-def]
+    """Transcoded, or with a PACS's private tag added: the same content, so no revision 2."""
+    import copy
+
+    from pydicom.uid import ImplicitVRLittleEndian, RLELossless
+
+    from worker.db.models import Receipt
+
+    node = start_node(broker_url=redis_server.url)
+    ds = factories.radiograph(rows=64, columns=64, bits=16)
+    send(node, [ds], calling_ae="MODALITY")
+    wait_for(lambda: _study(node, ds.StudyInstanceUID).state == QUEUED)
+    implicit = copy.deepcopy(ds)
+    implicit.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    implicit.private_block(0x0029, "ORTHANC ROUTER", create=True).add_new(0x01, "LO", "hop 2")
+    rle = copy.deepcopy(ds)
+    rle.compress(RLELossless, generate_instance_uid=False)
+    for resend in (implicit, rle):
+        assert send(node, [resend], calling_ae="PACS").results[0].ok
+    study = _study(node, ds.StudyInstanceUID)
+    assert study.revision == 1 and study.state == QUEUED
+    assert len(_queued_messages(redis_server)) == 1
+    receipts = sorted(rows(node.engine, Receipt), key=lambda r: r.id)
+    assert [r.duplicate for r in receipts] == [False, True, True]
+    # One pixel changed, in any encoding, is new content: a new revision.
+    changed = copy.deepcopy(implicit)
+    pixels = changed.pixel_array.copy()
+    pixels[10, 10] ^= 1
+    changed.PixelData = pixels.tobytes()
+    send(node, [changed])
+    wait_for(lambda: _study(node, ds.StudyInstanceUID).revision == 2)
+
+
 def test_replay_stuck_sends_a_lost_study_again_now(start_node, redis_server) -> None:  # type: ignore[no-untyped-def]
     import subprocess
     import sys

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from sqlalchemy import select
@@ -12,6 +13,7 @@ from worker.claims import BATCHED, IN_BATCH, claim, claim_waiting, wait_for_batc
 from worker.db.models import Study, StudyEvent, StudyState
 from worker.db.transitions import created, move
 
+LEASE = 30.0
 _PATH = [StudyState.COMPLETE, StudyState.QUEUEING, StudyState.QUEUED]
 
 
@@ -38,8 +40,8 @@ def test_waiting_studies_join_a_batch_oldest_first_and_their_own_tasks_stand_bac
     leader = _study(sessions, "1.2.1", StudyState.QUEUED)
     others = [_study(sessions, f"1.2.{n}", StudyState.QUEUED) for n in (2, 3, 4)]
     not_yet = _study(sessions, "1.2.5", StudyState.COMPLETE)  # not queued: not taken
-    assert claim(sessions, leader, 1) is None
-    taken = claim_waiting(sessions, leader, limit=2)
+    assert claim(sessions, leader, 1, LEASE) is None
+    taken = claim_waiting(sessions, leader, limit=2, lease=LEASE)
     assert [c.study_id for c in taken] == others[:2]
     assert _state(sessions, others[2]) == "queued" and _state(sessions, not_yet) == "complete"
     with sessions() as s:
@@ -50,20 +52,36 @@ def test_waiting_studies_join_a_batch_oldest_first_and_their_own_tasks_stand_bac
         ).first()
     assert detail == f"{BATCHED} {leader}"
     # The batched study's own task must not process it a second time while the batch lives.
-    assert claim(sessions, others[0], 1) == IN_BATCH
+    assert claim(sessions, others[0], 1, LEASE) == IN_BATCH
     with sessions.begin() as s:
         assert move(s, others[0], StudyState.DELIVERING, "batch recorded it")
-    assert wait_for_batch(sessions, others[0], 1) == "duplicate"
+    assert wait_for_batch(sessions, others[0], 1, LEASE) == "duplicate"
 
 
-def test_a_batch_that_died_lets_the_study_s_own_task_take_it_over(sessions, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_batch_that_died_lets_the_study_s_own_task_take_it_over(sessions) -> None:  # type: ignore[no-untyped-def]
     leader = _study(sessions, "1.3.1", StudyState.QUEUED)
     other = _study(sessions, "1.3.2", StudyState.QUEUED)
-    assert claim(sessions, leader, 1) is None
-    assert [c.study_id for c in claim_waiting(sessions, leader, limit=4)] == [other]
-    monkeypatch.setattr(claims, "BATCH_LEASE", 0.0)  # the lease has run out
-    assert claim(sessions, other, 1) is None
+    assert claim(sessions, leader, 1, LEASE) is None
+    assert [c.study_id for c in claim_waiting(sessions, leader, limit=4, lease=0.3)] == [other]
+    assert claim(sessions, other, 1, LEASE) == IN_BATCH
+    time.sleep(0.5)  # nobody renewed the batch's lease: its worker is gone
+    assert claim(sessions, other, 1, LEASE) is None
     assert _state(sessions, other) == "processing"
+
+
+def test_a_slow_batch_that_renews_its_lease_keeps_the_study(sessions) -> None:  # type: ignore[no-untyped-def]
+    """Slow is not dead: as long as the owner renews, nobody takes the study over."""
+    from worker.leases import renew
+
+    leader = _study(sessions, "1.7.1", StudyState.QUEUED)
+    other = _study(sessions, "1.7.2", StudyState.QUEUED)
+    assert claim(sessions, leader, 1, LEASE) is None
+    assert [c.study_id for c in claim_waiting(sessions, leader, limit=4, lease=0.6)] == [other]
+    for _ in range(8):  # 1.6 s, well past the 0.6 s lease, renewed every 0.2 s
+        renew(sessions, 0.6)
+        assert claim(sessions, other, 1, LEASE) == IN_BATCH
+        time.sleep(0.2)
+    assert wait_for_batch(sessions, other, 1, 0.6) is None  # the renewals stopped
 
 
 class _Interleaved:
@@ -107,7 +125,7 @@ def test_a_task_that_overtakes_the_node_s_queued_commit_still_claims(sessions, m
     study_id = _study(sessions, "1.4.1", StudyState.QUEUEING)
     interleaved = _Interleaved(sessions)
     _lose_first_move(monkeypatch, interleaved, StudyState.QUEUED)
-    assert claim(interleaved, study_id, 1) is None  # type: ignore[arg-type]
+    assert claim(interleaved, study_id, 1, LEASE) is None  # type: ignore[arg-type]
     assert _state(sessions, study_id) == "processing"
 
 
@@ -115,7 +133,7 @@ def test_a_task_that_loses_the_race_to_another_worker_stands_back(sessions, monk
     study_id = _study(sessions, "1.5.1", StudyState.QUEUED)
     interleaved = _Interleaved(sessions)
     _lose_first_move(monkeypatch, interleaved, StudyState.PROCESSING)
-    assert claim(interleaved, study_id, 1) == "taken by another worker"  # type: ignore[arg-type]
+    assert claim(interleaved, study_id, 1, LEASE) == "taken by another worker"  # type: ignore[arg-type]
 
 
 def test_a_batch_taking_the_study_as_its_task_claims_it_leaves_one_owner(
@@ -129,7 +147,7 @@ def test_a_batch_taking_the_study_as_its_task_claims_it_leaves_one_owner(
     """
     leader = _study(sessions, "1.6.1", StudyState.QUEUED)
     study_id = _study(sessions, "1.6.2", StudyState.QUEUED)
-    assert claim(sessions, leader, 1) is None
+    assert claim(sessions, leader, 1, LEASE) is None
     real_move = claims.move
     batch: list[list[Any]] = []
     threads: list[threading.Thread] = []
@@ -137,7 +155,7 @@ def test_a_batch_taking_the_study_as_its_task_claims_it_leaves_one_owner(
     def batch_first(s: Any, sid: int, to: Any, detail: str, **kw: Any) -> bool:
         if sid == study_id and not threads:
             other = threading.Thread(
-                target=lambda: batch.append(claim_waiting(sessions, leader, limit=4))
+                target=lambda: batch.append(claim_waiting(sessions, leader, limit=4, lease=LEASE))
             )
             threads.append(other)
             other.start()
@@ -145,7 +163,7 @@ def test_a_batch_taking_the_study_as_its_task_claims_it_leaves_one_owner(
         return bool(real_move(s, sid, to, detail, **kw))
 
     monkeypatch.setattr(claims, "move", batch_first)
-    reason = claim(sessions, study_id, 1)
+    reason = claim(sessions, study_id, 1, LEASE)
     threads[0].join(30)
     taken = [c.study_id for c in batch[0]]
     owners = (reason is None) + taken.count(study_id)

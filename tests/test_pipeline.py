@@ -12,6 +12,7 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
+from sqlalchemy import update
 
 from tests import factories
 from tests.helpers import cli_env, pipeline_worker, rows, send, wait_for
@@ -610,11 +611,34 @@ def test_a_task_whose_study_is_in_a_dead_batch_works_meanwhile_then_takes_it_ove
         wait_for(lambda uid=study.study_instance_uid: _study(node, uid).state == QUEUED)
     sessions = make_session_factory(node.engine)
     # A batch whose worker died after taking the oldest study.
-    (held,) = claims.claim_waiting(sessions, leader=10**9, limit=1)
+    (held,) = claims.claim_waiting(sessions, leader=10**9, limit=1, lease=2.0)
     assert held.study_id == studies[0].id
-    monkeypatch.setattr(claims, "BATCH_LEASE", 2.0)
+    with sessions.begin() as s:  # another process's lease, which nobody renews
+        s.execute(
+            update(Study).where(Study.id == held.study_id).values(lease_owner="gone:1")
+        )
     outcomes = _pipeline(node).process_batch(studies[0].id, studies[0].revision)
     # Its own task batched the two others meanwhile, then took its study over from the dead
     # batch once the lease ran out: first outcome its own.
     assert [o.state for o in outcomes] == ["done", "done", "done"]
     assert all(_study(node, s.study_instance_uid).state == "done" for s in studies)
+
+
+def test_a_worker_that_lost_its_lease_records_nothing(start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A worker that hung past its lease wakes to find the study taken over: it leaves it."""
+    from worker import claims
+    from worker.db.models import QUEUED
+
+    node = start_node()
+    cr = shared_file("cr_pa_chest_jpeg_baseline.dcm")
+    study = _received(node, [_as_new_study(cr, tmp_path / "cr.dcm")])
+    wait_for(lambda: _study(node, study.study_instance_uid).state == QUEUED)
+    sessions = make_session_factory(node.engine)
+    assert claims.claim(sessions, study.id, study.revision, 30.0) is None
+    with sessions.begin() as s:  # meanwhile the sweeper re-dispatched it, another worker took it
+        s.execute(update(Study).where(Study.id == study.id).values(lease_owner="other:1"))
+    (outcome,) = _pipeline(node)._process([claims.Claimed(study.id, study.revision)])
+    assert outcome.state == "taken over"
+    after = _study(node, study.study_instance_uid)
+    assert after.state == "processing" and after.lease_owner == "other:1"
+    assert rows(node.engine, StudyResult, StudyResult.study_id == study.id) == []

@@ -179,14 +179,22 @@ def test_concurrent_dispatchers_queue_each_study_once(db_url: str) -> None:
 
 def test_study_lost_by_the_broker_is_sent_again_by_the_sweeper(start_node, redis_server) -> None:  # type: ignore[no-untyped-def]
     """Redis restarted without persistence: the queued study's message is gone."""
-    node = start_node(broker_url=redis_server.url, stuck_after=2.0, delivery_backoff=0.1)
+    from worker.leases import renew
+
+    node = start_node(broker_url=redis_server.url, stuck_after=3.0, delivery_backoff=0.1)
+    sessions = make_session_factory(node.engine)
     ds = factories.radiograph()
     assert send(node, [ds]).results[0].ok
     wait_for(lambda: len(_queued_messages(redis_server)) == 1, timeout=30)
     redis_server.stop()
     redis_server.start()  # a Redis that kept nothing
     assert _queued_messages(redis_server) == []
-    (message,) = wait_for(lambda: _queued_messages(redis_server), timeout=30)
+
+    def idle_worker_sees_it_again() -> list[dict[str, Any]]:
+        renew(sessions, 3.0)  # a worker is alive, holding nothing: the broker gives it nothing
+        return _queued_messages(redis_server)
+
+    (message,) = wait_for(idle_worker_sees_it_again, timeout=30)
     study = _study(node, ds.StudyInstanceUID)
     assert message["headers"]["id"] == study.task_id == f"study-{study.id}-r1"  # same task id
     assert study.state == QUEUED

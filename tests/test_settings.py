@@ -80,8 +80,10 @@ def test_get_settings_is_cached() -> None:
     get_settings.cache_clear()
 
 
-def test_the_sweeper_waits_longer_than_any_retry() -> None:
-    assert Settings(delivery_backoff=10, delivery_retries=5).longest_retry_delay == 160
-    with pytest.raises(ValidationError, match="CXR_STUCK_AFTER"):
-        Settings(stuck_after=100, delivery_backoff=10, delivery_retries=5)
-    Settings(stuck_after=161, delivery_backoff=10, delivery_retries=5)
+def test_the_lease_is_short_and_independent_of_the_retry_schedule() -> None:
+    """The sweeper knows when each retry is due: a lease need not outlast the longest delay."""
+    assert Settings().stuck_after == 45
+    settings = Settings(stuck_after=15, delivery_backoff=10, delivery_retries=5)
+    assert [settings.retry_delay(n) for n in (1, 2, 5)] == [10, 20, 160]
+    with pytest.raises(ValidationError, match="stuck_after"):
+        Settings(stuck_after=1)  # renewed every 0.3 s: a database hiccup would lose leases

@@ -1,11 +1,11 @@
 """Who processes a study: a task claims its own study, and may take waiting ones into its batch.
 
-A claim is a move to ``processing`` (see :func:`worker.db.transitions.move`), so of two workers
-racing for a study exactly one wins. A study in ``processing`` is normally claimable again: its
-worker died and the broker redelivered the task. A study taken into another task's batch is
-the exception while the batch lasts: its own task, arriving meanwhile, must not process it a
-second time, so it waits for the batch (:func:`wait_for_batch`) and takes the study over only
-if the batch has not finished it within :data:`BATCH_LEASE` seconds.
+A claim is a move to ``processing`` (see :func:`worker.db.transitions.move`) that takes the
+study's lease (:mod:`worker.leases`), so of two workers racing for a study exactly one wins. A
+study in ``processing`` is claimable again only once its lease has run out: its worker died or
+hung. A task that finds its study leased (in another task's batch, or a redelivered task whose
+first run is still working) waits for the lease to end (:func:`wait_for_batch`): mostly the
+owner finishes the study and the task has nothing left to do.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,11 +29,11 @@ from worker.db.models import (
     QUEUED,
     QUEUEING,
     Study,
-    StudyEvent,
     StudyState,
     utcnow,
 )
 from worker.db.transitions import move
+from worker.leases import owner
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +42,8 @@ _CLAIMABLE = {COMPLETE, QUEUEING, QUEUED, PROCESSING, FAILED}
 _WAITING = (COMPLETE, QUEUEING, QUEUED)
 #: The event detail of a study taken into another study's batch (followed by that study's id).
 BATCHED = "batched with study"
-#: How long a batch may hold a study before that study's own task takes it over (the batch's
-#: worker is then presumed dead). Far above any batch's time; a takeover of a live batch's study
-#: still sends nothing twice: result UIDs are derived, and only one ``_record`` can move it on.
-BATCH_LEASE = 300.0
-#: Answer of :func:`claim` for a study that a live batch holds.
-IN_BATCH = "in another task's batch"
+#: Answer of :func:`claim` for a study whose lease another process holds.
+IN_BATCH = "leased by another worker"
 
 
 @dataclass(frozen=True)
@@ -57,20 +54,23 @@ class Claimed:
     revision: int
 
 
-def _held_by_batch(s: Session, study_id: int) -> bool:
-    """Is the study's latest move to ``processing`` a batch's, within the lease?"""
-    event = s.scalars(
-        select(StudyEvent)
-        .where(StudyEvent.study_id == study_id, StudyEvent.to_state == PROCESSING)
-        .order_by(StudyEvent.id.desc())
-        .limit(1)
-    ).first()
-    if event is None or not event.detail.startswith(BATCHED):
-        return False
-    return bool(utcnow() - event.at < timedelta(seconds=BATCH_LEASE))
+def _leased(study: Study) -> bool:
+    """Does a live lease (someone else's, or an earlier task's of ours) hold the study?"""
+    return (
+        study.state == PROCESSING
+        and study.lease_owner is not None
+        and study.lease_until is not None
+        and study.lease_until > utcnow()
+    )
 
 
-def claim(sessions: sessionmaker[Session], study_id: int, revision: int) -> str | None:
+def _lease(lease: float) -> dict[str, Any]:
+    return {"lease_owner": owner(), "lease_until": utcnow() + timedelta(seconds=lease)}
+
+
+def claim(
+    sessions: sessionmaker[Session], study_id: int, revision: int, lease: float
+) -> str | None:
     """Move the study to ``processing``; return why not (duplicate, superseded ...) or None."""
     # The task can arrive before the node has recorded that it was queued (the broker was
     # faster than the node's commit): a study that moved on to another waiting state meanwhile
@@ -86,7 +86,7 @@ def claim(sessions: sessionmaker[Session], study_id: int, revision: int) -> str 
                 return "duplicate"
             if study.state not in _CLAIMABLE:
                 return f"state {study.state}"
-            if study.state == PROCESSING and _held_by_batch(s, study_id):
+            if _leased(study):
                 return IN_BATCH
             if attempt and study.state not in _WAITING:
                 return "taken by another worker"  # it left the waiting states under us
@@ -94,7 +94,9 @@ def claim(sessions: sessionmaker[Session], study_id: int, revision: int) -> str 
             # write transaction) a batch can take the study between that read and this move,
             # and processing -> processing would then give it two owners.
             seen = StudyState(study.state)
-            if move(s, study_id, PROCESSING, f"revision {revision}", expect=[seen]):
+            if move(
+                s, study_id, PROCESSING, f"revision {revision}", expect=[seen], **_lease(lease)
+            ):
                 return None
             if study.state not in _WAITING:
                 return "taken by another worker"
@@ -104,22 +106,28 @@ def claim(sessions: sessionmaker[Session], study_id: int, revision: int) -> str 
 
 
 def wait_for_batch(
-    sessions: sessionmaker[Session], study_id: int, revision: int, *, poll: float = 0.1
+    sessions: sessionmaker[Session],
+    study_id: int,
+    revision: int,
+    lease: float,
+    *,
+    poll: float = 0.1,
 ) -> str | None:
-    """Claim a study that a batch holds once the batch lets go of it (bounded by the lease).
+    """Claim a leased study once its lease ends: mostly "duplicate" (its owner finished it).
 
-    Returns what :func:`claim` returns: mostly "duplicate" (the batch finished the study).
+    Waits at most two lease lengths: an owner still renewing after that is alive and slow, and
+    this task leaves the study to it (if the owner dies later, the sweeper re-dispatches it).
     """
-    deadline = time.monotonic() + BATCH_LEASE + 1.0
-    reason = claim(sessions, study_id, revision)
+    deadline = time.monotonic() + 2 * lease + 1.0
+    reason = claim(sessions, study_id, revision, lease)
     while reason == IN_BATCH and time.monotonic() < deadline:
         time.sleep(poll)
-        reason = claim(sessions, study_id, revision)
+        reason = claim(sessions, study_id, revision, lease)
     return reason
 
 
 def claim_waiting(
-    sessions: sessionmaker[Session], leader: int, limit: int, wait: float = 0.0
+    sessions: sessionmaker[Session], leader: int, limit: int, lease: float, wait: float = 0.0
 ) -> list[Claimed]:
     """Take up to ``limit`` queued studies into study ``leader``'s batch, oldest first.
 
@@ -137,7 +145,10 @@ def claim_waiting(
             ).all()
             for study_id, revision in waiting:
                 # Lost races are simply skipped: that study's own task or another batch has it.
-                if move(s, study_id, PROCESSING, f"{BATCHED} {leader}", expect=[QUEUED]):
+                moved = move(
+                    s, study_id, PROCESSING, f"{BATCHED} {leader}", expect=[QUEUED], **_lease(lease)
+                )
+                if moved:
                     claimed.append(Claimed(study_id, revision))
         if len(claimed) >= limit or time.monotonic() >= deadline:
             break

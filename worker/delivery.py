@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.addresses import AnyDestination, StowDestination
@@ -23,6 +23,7 @@ from worker.db.models import (
     utcnow,
 )
 from worker.db.transitions import move
+from worker.leases import ensure_heartbeat, owner
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def attempt_delivery(
     *,
     final: bool,
     stow: StowOptions | None = None,
+    lease: float = 60.0,
 ) -> bool:
     """Send one object to one destination (C-STORE, or STOW-RS with ``stow``'s credentials)
     and record the attempt; True if it was stored.
@@ -45,7 +47,15 @@ def attempt_delivery(
     study moves to ``dead_letter`` (``cxr-triage replay`` sends it again later).
     """
     sent = attempt_deliveries(
-        sessions, outputs, [object_id], destination, attempt, options, final=final, stow=stow
+        sessions,
+        outputs,
+        [object_id],
+        destination,
+        attempt,
+        options,
+        final=final,
+        stow=stow,
+        lease=lease,
     )
     return sent[object_id]
 
@@ -60,14 +70,35 @@ def attempt_deliveries(
     *,
     final: bool,
     stow: StowOptions | None = None,
+    lease: float = 60.0,
 ) -> dict[int, bool]:
     """:func:`attempt_delivery` for several objects over one association; object id -> stored.
 
-    Each object's attempt is recorded on its own, as if it had been sent alone.
+    Each object's attempt is recorded on its own, as if it had been sent alone: first as
+    ``sending`` under this process's lease (so the sweeper can tell a slow attempt, whose lease
+    is renewed, from a dead one), then with its outcome.
     """
+    ensure_heartbeat(sessions, lease)
     with sessions() as s:
         objects = {i: s.get_one(ProducedObject, i) for i in object_ids}
     paths = {i: outputs / o.path for i, o in objects.items()}
+    with sessions.begin() as s:
+        in_flight = {
+            i: Delivery(
+                object_id=i,
+                destination=str(destination),
+                attempt=attempt,
+                status=None,
+                outcome="sending",
+                at=utcnow(),
+                lease_owner=owner(),
+                lease_until=utcnow() + timedelta(seconds=lease),
+            )
+            for i in object_ids
+        }
+        s.add_all(in_flight.values())
+        s.flush()
+        row_ids = {i: d.id for i, d in in_flight.items()}
     try:
         if isinstance(destination, StowDestination):
             summary = stow_files(paths.values(), destination, stow)
@@ -88,15 +119,16 @@ def attempt_deliveries(
     }
     with sessions.begin() as s:
         for i, result in results.items():
-            s.add(
-                Delivery(
-                    object_id=i,
-                    destination=str(destination),
-                    attempt=attempt,
+            s.execute(
+                update(Delivery)
+                .where(Delivery.id == row_ids[i])
+                .values(
                     status=result.status,
                     outcome=outcomes[i],
                     error=result.error,
                     at=utcnow(),
+                    lease_owner=None,
+                    lease_until=None,
                 )
             )
     for i, result in results.items():

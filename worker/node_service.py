@@ -120,7 +120,8 @@ def build_node(
         policy,
         enqueue,
         redeliver=redeliver,
-        stuck_after=settings.stuck_after,
+        lease=settings.stuck_after,
+        retry_delay=settings.retry_delay,
     )
     spool = Spool(
         settings.spool_dir, min_free_bytes=settings.min_free_mb * 2**20, fsync=settings.fsync

@@ -44,6 +44,7 @@ from worker.db.models import (
 )
 from worker.db.transitions import move
 from worker.decision import operating_point_for
+from worker.leases import LeaseLostError, ensure_heartbeat, owner
 from worker.logs import study_context
 from worker.outputs import derived_uid, write_object
 from worker.settings import Settings
@@ -211,16 +212,18 @@ class Pipeline:
         on.
         """
         size = self.settings.batch_size if batch_size is None else batch_size
-        reason = claim(self.sessions, study_id, revision)
+        lease = self.settings.stuck_after
+        ensure_heartbeat(self.sessions, lease)  # renews this process's leases while it works
+        reason = claim(self.sessions, study_id, revision, lease)
         meanwhile: list[Outcome] = []
         if reason == IN_BATCH:
             # Another task's batch holds our study. Rather than wait idle, take a batch of what
             # else is queued; then see what became of ours.
             if size > 1:
-                others = claim_waiting(self.sessions, study_id, size, 0.0)
+                others = claim_waiting(self.sessions, study_id, size, lease, 0.0)
                 if others:
                     meanwhile = self._process(others)
-            reason = wait_for_batch(self.sessions, study_id, revision)
+            reason = wait_for_batch(self.sessions, study_id, revision, lease)
         if reason is not None:
             logger.info("study %d revision %d not processed: %s", study_id, revision, reason)
             return [Outcome(reason), *meanwhile]
@@ -228,7 +231,9 @@ class Pipeline:
             return [*self._process([Claimed(study_id, revision)]), *meanwhile]
         batch = [Claimed(study_id, revision)]
         if size > 1:
-            batch += claim_waiting(self.sessions, study_id, size - 1, self.settings.batch_wait)
+            batch += claim_waiting(
+                self.sessions, study_id, size - 1, lease, self.settings.batch_wait
+            )
         if len(batch) > 1:
             logger.info("study %d: batched with %d waiting studies", study_id, len(batch) - 1)
         return self._process(batch)
@@ -284,6 +289,11 @@ class Pipeline:
         with study_context(uid):
             try:
                 yield
+            except LeaseLostError as exc:
+                # This process stalled past its lease (hung, or cut off from the database) and
+                # another took the study over: leave it to that one, record nothing.
+                logger.warning("%s; leaving it", exc)
+                outcomes[c.study_id] = Outcome("taken over")
             except Exception as exc:
                 self._fail(c, exc, outcomes)
 
@@ -291,7 +301,14 @@ class Pipeline:
         logger.exception("study %d failed", c.study_id, exc_info=exc)
         with self.sessions.begin() as s:
             detail = f"{type(exc).__name__}: {exc}"[:2000]
-            move(s, c.study_id, FAILED, detail, expect=[PROCESSING])
+            move(
+                s,
+                c.study_id,
+                FAILED,
+                detail,
+                expect=[PROCESSING],
+                where=[Study.lease_owner == owner()],  # not a study another worker took over
+            )
         outcomes[c.study_id] = Outcome(FAILED, error=exc)
 
     def _load(self, study_id: int, timer: Timer) -> _Loaded:
@@ -572,9 +589,15 @@ class Pipeline:
             if shadow:
                 detail += "; shadow mode: not delivered"
             if not move(
-                s, study_id, DELIVERING if destinations else DONE, detail, expect=[PROCESSING]
+                s,
+                study_id,
+                DELIVERING if destinations else DONE,
+                detail,
+                expect=[PROCESSING],
+                where=[Study.lease_owner == owner()],
             ):
-                raise RuntimeError(f"study {study_uid} left processing while it was processed")
+                # Nothing of this transaction is kept: the results are the new owner's to record.
+                raise LeaseLostError(f"study {study_uid}: its lease passed to another worker")
         logger.info("study %s: %s, priority %s", study_uid, decision.label, decision.priority)
         return Outcome(
             DELIVERING if destinations else DONE,
@@ -616,6 +639,13 @@ class Pipeline:
             self._add_refusals(s, study_id, revision, refusals)
             _add_timings(s, study_id, revision, timer)
             reasons = sorted({r or "" for _, r in refusals})
-            move(s, study_id, SKIPPED, "; ".join(reasons)[:2000], expect=[PROCESSING])
+            move(
+                s,
+                study_id,
+                SKIPPED,
+                "; ".join(reasons)[:2000],
+                expect=[PROCESSING],
+                where=[Study.lease_owner == owner()],
+            )
         logger.info("study %d skipped: no image passed the image check", study_id)
         return Outcome(SKIPPED)

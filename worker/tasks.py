@@ -94,10 +94,11 @@ def register_tasks(app: Celery, settings: Settings) -> _Process:
             proc.sender_options,
             final=final,
             stow=proc.stow_options,
+            lease=settings.stuck_after,
         )
         for object_id, ok in sent.items():
             if not ok and not final:
-                delay = settings.delivery_backoff * 2 ** (attempt - 1)
+                delay = settings.retry_delay(attempt)
                 deliver.apply_async(
                     args=[object_id, destination, attempt + 1],
                     countdown=delay,
@@ -107,17 +108,23 @@ def register_tasks(app: Celery, settings: Settings) -> _Process:
     # shared=False: a task registered on one app must not leak into every other Celery app.
     @app.task(name=settings.study_task, shared=False)
     def process_study(study_id: int, study_instance_uid: str, revision: int) -> str:
-        # This study, and other queued ones in the same model call (CXR_BATCH_SIZE).
-        outcomes = proc.pipeline.process_batch(study_id, revision)
-        # First delivery attempt inline: results reach the PACS without another queue hop,
-        # every object of the batch for one destination over one association.
-        by_destination: dict[str, list[int]] = {}
-        for outcome in outcomes:
-            for object_id, destination in outcome.to_deliver:
-                by_destination.setdefault(destination, []).append(object_id)
-        for destination, object_ids in by_destination.items():
-            deliver_now(object_ids, destination, 1)
-        return outcomes[0].state
+        from worker.leases import release
+
+        try:
+            # This study, and other queued ones in the same model call (CXR_BATCH_SIZE).
+            outcomes = proc.pipeline.process_batch(study_id, revision)
+            # First delivery attempt inline: results reach the PACS without another queue hop,
+            # every object of the batch for one destination over one association.
+            by_destination: dict[str, list[int]] = {}
+            for outcome in outcomes:
+                for object_id, destination in outcome.to_deliver:
+                    by_destination.setdefault(destination, []).append(object_id)
+            for destination, object_ids in by_destination.items():
+                deliver_now(object_ids, destination, 1)
+            return outcomes[0].state
+        finally:
+            # The studies' leases end with the task; deliveries still due carry their own.
+            release(proc.sessions)
 
     @app.task(name=DELIVER_TASK, shared=False)
     def deliver(object_id: int, destination: str, attempt: int) -> None:

@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=float,
         metavar="MINUTES",
         help="also send again the work of studies in queued, processing or delivering with no "
-        "progress for MINUTES (what the node's sweeper does after CXR_STUCK_AFTER)",
+        "progress for MINUTES: queued ones, and those whose worker's lease ran out (a live "
+        "worker's study is left to it, as the node's sweeper does)",
     )
     p.set_defaults(func=run)
 
@@ -59,9 +60,10 @@ def _stuck(args: argparse.Namespace, settings: Settings, sessions: object) -> in
         CompletionPolicy(),
         StudyEnqueuer(celery, settings.study_task, settings.inference_queue),
         redeliver=DeliveryEnqueuer(celery, settings.inference_queue),
-        stuck_after=args.stuck * 60,
+        lease=args.stuck * 60,  # "queued for MINUTES"; a live worker's lease is never taken
+        retry_delay=settings.retry_delay,
     )
-    sent = store.sweep_stuck_studies()
+    sent = store.sweep_stuck_studies(queued_now=True)
     print(f"sent again: {sent} task(s) for {len(stuck)} stuck study(ies)")
     return 0
 
@@ -109,6 +111,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             options,
             final=True,
             stow=stow,
+            lease=settings.stuck_after,
         )
         failed += not ok
     print(

@@ -155,6 +155,10 @@ class Study(Base):
     last_queue_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # The worker process processing or delivering it (worker.leases): it renews lease_until
+    # while it works; when it lets go, lease_owner is cleared and lease_until says when.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
     instances: Mapped[list[Instance]] = relationship(back_populates="study")
     events: Mapped[list[StudyEvent]] = relationship(
@@ -321,10 +325,25 @@ class Delivery(Base):
     attempt: Mapped[int] = mapped_column(Integer)
     status: Mapped[int | None] = mapped_column(Integer)
     outcome: Mapped[str] = mapped_column(
-        String(16), index=True, doc="pending (planned, attempt 0), delivered, retry or dead"
+        String(16),
+        index=True,
+        doc="pending (planned, attempt 0), sending (in flight), delivered, retry or dead",
     )
     error: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # While the attempt is in flight (outcome "sending"): who sends it, renewed while it does.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WorkerHeartbeat(Base):
+    """A worker process that is alive: it writes ``seen_at`` every third of a lease."""
+
+    __tablename__ = "worker_heartbeats"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 class StepTiming(Base):

@@ -10,7 +10,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, case, distinct, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Table,
+    bindparam,
+    case,
+    distinct,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,11 +36,14 @@ from worker.db.models import (
     RECEIVING,
     SKIPPED,
     Association,
+    Delivery,
     Instance,
+    ProducedObject,
     Receipt,
     Rejection,
     Study,
     StudyState,
+    WorkerHeartbeat,
 )
 from worker.db.transitions import created, move
 from worker.pids import pid_alive
@@ -139,13 +153,15 @@ class NodeStore:
         policy: CompletionPolicy,
         enqueue: Enqueue | None = None,
         redeliver: Redeliver | None = None,
-        stuck_after: float = 1800.0,
+        lease: float = 45.0,
+        retry_delay: Callable[[int], float] = lambda attempt: 0.0,
     ) -> None:
         self.sessions = sessions
         self.policy = policy
         self.enqueue = enqueue
         self.redeliver = redeliver
-        self.stuck_after = timedelta(seconds=stuck_after)
+        self.lease = timedelta(seconds=lease)
+        self.retry_delay = retry_delay  # seconds a failed attempt waits before the next
         self._next_sweep = 0.0
         self.node = node_name()
         # Back off while the broker is down instead of retrying (and logging) every pass.
@@ -449,79 +465,123 @@ class NodeStore:
         return queued
 
     # -- the sweeper ------------------------------------------------------------------------------
-    def sweep_stuck_studies(self) -> int:
-        """Send again the work of studies with no progress for ``stuck_after``.
+    def sweep_stuck_studies(self, *, queued_now: bool = False) -> int:
+        """Take over work whose lease ran out, and send again tasks the broker lost.
 
-        A study stays ``queued`` when the broker lost its message (Redis restarted without
-        persistence), ``processing`` when its worker died mid-inference, ``delivering`` when its
-        retry task was lost. The study task goes out again with the same deterministic id, so the
-        worker's claim makes a duplicate harmless; deliveries go out again for the pairs still
-        pending. At most once every ``stuck_after / 10`` seconds (and at least every 60 s).
+        - ``processing`` whose lease ran out (its worker died or hangs): the study task again.
+        - ``delivering``: an attempt in flight whose lease ran out, a retry overdue by a lease
+          (its task was lost), or a planned first attempt of a study nobody holds: sent again.
+        - ``queued`` for a lease, while workers are alive and have been idle for a lease (so
+          the broker has no task left to give them: it lost them, e.g. Redis restarted empty);
+          ``queued_now`` sends them regardless (``cxr-triage replay --stuck``).
+
+        Live leases are never taken over, however long their work takes. Tasks go out again
+        with their deterministic ids and the same result UIDs, so a duplicate is harmless.
+        Runs at most once every third of a lease.
         """
         if self.enqueue is None or time.monotonic() < self._next_sweep:
             return 0
-        self._next_sweep = time.monotonic() + min(60.0, self.stuck_after.total_seconds() / 10)
-        cutoff = _now() - self.stuck_after
+        self._next_sweep = time.monotonic() + self.lease.total_seconds() / 3
+        now = _now()
+        expired = or_(Study.lease_until.is_(None), Study.lease_until < now)
         with self.sessions() as s:
-            stuck = s.execute(
-                select(Study.id, Study.state).where(
-                    Study.state.in_([QUEUED, PROCESSING, DELIVERING]), Study.updated_at < cutoff
+            dead = s.scalars(select(Study.id).where(Study.state == PROCESSING, expired)).all()
+            delivering = s.scalars(
+                select(Study.id).where(
+                    Study.state == DELIVERING, or_(Study.lease_owner.is_(None), expired)
                 )
             ).all()
+            lost: list[int] = []
+            if queued_now or self._workers_idle(s, now):
+                lost = list(
+                    s.scalars(
+                        select(Study.id).where(
+                            Study.state == QUEUED, Study.updated_at < now - self.lease
+                        )
+                    ).all()
+                )
         sent = 0
-        for study_id, state in stuck:
-            try:
-                if state == DELIVERING:
-                    sent += self._redeliver(study_id, cutoff)
-                else:
-                    sent += self._requeue(study_id, state, cutoff)
-            except Exception as exc:
-                logger.warning("could not re-dispatch stuck study %d: %s", study_id, exc)
-                break  # the broker is down: the next sweep tries again
+        try:
+            for study_id in dead:
+                sent += self._requeue(study_id, PROCESSING, now)
+            for study_id in lost:
+                sent += self._requeue(study_id, QUEUED, now)
+            for study_id in delivering:
+                sent += self._redeliver(study_id, now)
+        except Exception as exc:
+            logger.warning("could not re-dispatch stuck work: %s", exc)  # the next sweep tries
         return sent
 
-    def _requeue(self, study_id: int, state: str, cutoff: datetime) -> int:
+    def _workers_idle(self, s: Session, now: datetime) -> bool:
+        """Workers are alive, and none has held a study for a lease."""
+        alive = s.scalar(select(func.count()).where(WorkerHeartbeat.seen_at > now - self.lease))
+        last_held = s.scalar(select(func.max(Study.lease_until)))
+        return bool(alive) and (last_held is None or last_held <= now - self.lease)
+
+    def _requeue(self, study_id: int, state: str, now: datetime) -> int:
         assert self.enqueue is not None
         with self.sessions() as s:
             study = s.get_one(Study, study_id)
         task_id = self.enqueue(study)
+        if state == PROCESSING:
+            detail = f"re-dispatched task {task_id}: the lease of {study.lease_owner} ran out"
+            still = or_(Study.lease_until.is_(None), Study.lease_until < now)
+        else:
+            detail = f"re-dispatched task {task_id}: queued while the workers were idle"
+            still = Study.updated_at < now - self.lease
         with self.sessions.begin() as s:
             moved = move(
                 s,
                 study_id,
                 QUEUED,
-                f"re-dispatched task {task_id}: {state} with no progress since "
-                f"{cutoff:%Y-%m-%d %H:%M} UTC",
+                detail,
                 expect=[StudyState(state)],
-                where=[Study.updated_at < cutoff],
+                where=[still],
+                lease_owner=None,
             )
         if moved:
-            logger.warning(
-                "study %s was stuck %s; sent %s again", study.study_instance_uid, state, task_id
-            )
+            logger.warning("study %s: %s", study.study_instance_uid, detail)
         return int(moved)
 
-    def _redeliver(self, study_id: int, cutoff: datetime) -> int:
-        from worker.delivery import latest_attempts
-
+    def _redeliver(self, study_id: int, now: datetime) -> int:
         if self.redeliver is None:
             return 0
-        waiting = [
-            (object_id, dest, attempt)
-            for (object_id, dest), (outcome, attempt, at) in latest_attempts(
-                self.sessions, study_id
-            ).items()
-            if outcome in ("pending", "retry") and at < cutoff
-        ]
-        for object_id, dest, attempt in waiting:
-            self.redeliver(object_id, dest, attempt + 1)
-        if waiting:
+        with self.sessions() as s:
+            revision = s.scalar(select(Study.revision).where(Study.id == study_id))
+            last = (
+                select(func.max(Delivery.id))
+                .join(ProducedObject, ProducedObject.id == Delivery.object_id)
+                .where(ProducedObject.study_id == study_id, ProducedObject.revision == revision)
+                .group_by(Delivery.object_id, Delivery.destination)
+            )
+            latest = s.scalars(select(Delivery).where(Delivery.id.in_(last))).all()
+            due = [d for d in latest if self._delivery_lost(d, now)]
+            for d in due:
+                self.redeliver(d.object_id, d.destination, d.attempt + 1)
+                # Held by the sweeper for a lease: the task just sent gets a lease to start.
+                s.execute(
+                    update(Delivery)
+                    .where(Delivery.id == d.id)
+                    .values(lease_owner=f"sweeper {self.node}"[:64], lease_until=now + self.lease)
+                )
+            s.commit()
+        if due:
             with self.sessions.begin() as s:
                 move(
                     s,
                     study_id,
                     DELIVERING,
-                    f"re-dispatched {len(waiting)} delivery attempt(s) with no progress",
+                    f"re-dispatched {len(due)} delivery attempt(s) whose lease ran out",
                     expect=[DELIVERING],
                 )
-        return len(waiting)
+        return len(due)
+
+    def _delivery_lost(self, d: Delivery, now: datetime) -> bool:
+        if d.lease_until is not None and d.lease_until >= now:
+            return False  # in flight (renewed by its sender) or just re-dispatched
+        if d.outcome in ("sending", "pending"):
+            return True
+        if d.outcome == "retry":
+            delay = self.retry_delay(d.attempt)
+            return d.at + timedelta(seconds=delay) + self.lease < now
+        return False

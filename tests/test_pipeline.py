@@ -614,9 +614,7 @@ def test_a_task_whose_study_is_in_a_dead_batch_works_meanwhile_then_takes_it_ove
     (held,) = claims.claim_waiting(sessions, leader=10**9, limit=1, lease=2.0)
     assert held.study_id == studies[0].id
     with sessions.begin() as s:  # another process's lease, which nobody renews
-        s.execute(
-            update(Study).where(Study.id == held.study_id).values(lease_owner="gone:1")
-        )
+        s.execute(update(Study).where(Study.id == held.study_id).values(lease_owner="gone:1"))
     outcomes = _pipeline(node).process_batch(studies[0].id, studies[0].revision)
     # Its own task batched the two others meanwhile, then took its study over from the dead
     # batch once the lease ran out: first outcome its own.

@@ -94,6 +94,9 @@ class ListenerConfig:
     #: File descriptor of a listening socket that sibling processes share (``listen
     #: --processes N``): accept from it instead of binding one.
     shared_socket: int | None = None
+    #: A file whose modification time the accept loop renews about once a second, so that a
+    #: supervising parent can tell a hung listener from a busy one.
+    heartbeat_file: Path | None = None
 
 
 class _Server(GuardedAssociationServer):
@@ -113,6 +116,7 @@ class _Server(GuardedAssociationServer):
     def service_actions(self) -> None:
         super().service_actions()
         self.listener._housekeeping()
+        self.listener._beat()
 
 
 class _SiblingServer(_Server):
@@ -183,6 +187,7 @@ class Listener:
         self._live: dict[int, Any] = {}  # id(Association) -> Association, for stop()
         self._files: dict[int, set[Path]] = {}  # id(Association) -> incoming/ files it opened
         self._connections = 0
+        self._next_beat = 0.0
         self._next_sweep = 0.0
         self._limits = PduLimits(max_pdata=config.max_pdu, timeout=config.pdu_timeout)
 
@@ -296,6 +301,18 @@ class Listener:
         idle = 2 * max(self.config.network_timeout, self.config.dimse_timeout) + 60
         for path in sweep_stale(self.spool.incoming, older_than=idle):
             logger.warning("removed %s from incoming/: no writer for %.0f s", path.name, idle)
+
+    def _beat(self) -> None:
+        """Renew the heartbeat file (at most once a second): the accept loop is alive."""
+        path = self.config.heartbeat_file
+        now = time.monotonic()
+        if path is None or now < self._next_beat:
+            return
+        self._next_beat = now + 1.0
+        try:
+            path.touch()
+        except OSError as exc:
+            logger.warning("could not renew the heartbeat file %s: %s", path, exc)
 
     # -- connections (called by the server, see dicom_node.server) ----------------------------
     def admit_connection(self, address: tuple[str, int]) -> bool:

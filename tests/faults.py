@@ -51,6 +51,45 @@ SOURCE_IMAGE = "cr_pa_chest_jpeg_baseline.dcm"  # a real PA chest radiograph, 12
 LARGE_IMAGE = "cr_pa_chest_monochrome1.dcm"  # the same kind of image, 1 MB, for the full disk
 
 
+_SLOW_SCP = """
+import sys, time, uuid
+from pathlib import Path
+from pynetdicom import AE, evt, AllStoragePresentationContexts
+
+folder, port, delay = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+
+def on_store(event):
+    time.sleep(delay)  # answers late, but answers: the object is stored
+    ds = event.dataset
+    ds.file_meta = event.file_meta
+    ds.save_as(folder / f"{uuid.uuid4().hex}.dcm", enforce_file_format=True)
+    return 0x0000
+
+ae = AE("PACS")
+ae.supported_contexts = AllStoragePresentationContexts
+ae.dimse_timeout = ae.network_timeout = 600
+ae.start_server(("127.0.0.1", port), evt_handlers=[(evt.EVT_C_STORE, on_store)])
+"""
+
+
+class SlowPACS(StoreSCP):
+    """A PACS (pynetdicom) that stores every object under a name of its own, as storescp +uf
+    does, but answers each C-STORE only after ``delay`` seconds."""
+
+    def __init__(self, folder: Path, delay: float) -> None:
+        super().__init__(folder)
+        self.delay = delay
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _SLOW_SCP, str(self.folder), str(self.port), str(self.delay)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port)
+
+
 @dataclass
 class Tally:
     """What became of every acknowledged instance after one fault.
@@ -69,18 +108,21 @@ class Tally:
     duplicated: int = 0
     resent: int = 0
     seconds: float = 0.0
+    recovery: float = 0.0  # from the fault to every study settled
     unaccounted: list[str] = field(default_factory=list)
 
     def row(self) -> str:
         return (
             f"| {self.fault} | {self.acknowledged} | {self.delivered} | {self.held} | "
-            f"{self.lost} | {self.duplicated} | {self.resent} | {self.seconds:.0f} |"
+            f"{self.lost} | {self.duplicated} | {self.resent} | {self.recovery:.0f} | "
+            f"{self.seconds:.0f} |"
         )
 
 
 TABLE_HEADER = (
-    "| fault | acknowledged | delivered | held | lost | duplicated | re-sent same UIDs | s |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|"
+    "| fault | acknowledged | delivered | held | lost | duplicated | re-sent same UIDs "
+    "| recovery s | s |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -162,7 +204,6 @@ class Deployment:
             "CXR_DESTINATIONS": self.pacs.address,
             "CXR_QUIET_SECONDS": "2",
             "CXR_MONITOR_INTERVAL": "0.5",
-            "CXR_STUCK_AFTER": "15",
             "CXR_DELIVERY_RETRIES": "2",
             "CXR_DELIVERY_BACKOFF": "1",
             "CXR_WORKER_METRICS_PORT": "0",
@@ -176,6 +217,8 @@ class Deployment:
         self.log = self.log_path.open("ab")
         self.engine = make_engine(database_url)
         self.started = time.monotonic()
+        self.fault_at: float | None = None  # when the scenario injected its fault
+        self.settled_at: float | None = None
 
     def __enter__(self) -> Deployment:
         return self
@@ -257,6 +300,7 @@ class Deployment:
         while time.monotonic() < deadline:
             states = self.states()
             if all(states.get(uid) in SETTLED for uid in study_uids):
+                self.settled_at = time.monotonic()
                 return True
             time.sleep(0.5)
         logger.warning("not settled after %.0f s: %s", timeout, self.states())
@@ -276,6 +320,8 @@ class Deployment:
         """Compare what the node acknowledged with what the PACS holds and the database says."""
         tally = Tally(fault, acknowledged=len(modality.acknowledged))
         tally.seconds = time.monotonic() - self.started
+        if self.fault_at is not None and self.settled_at is not None:
+            tally.recovery = max(0.0, self.settled_at - self.fault_at)
         received = [pydicom.dcmread(p, stop_before_pixels=True) for p in self.pacs.received()]
         cited, tally.duplicated, tally.resent = pacs_counts(received)
         states = self.states()
@@ -337,6 +383,7 @@ def listener_killed(root: Path, database_url: str, shared: Path) -> Tally:
         assoc = modality.associate(second)
         for ds in second[:2]:
             modality.store(assoc, ds)
+        dep.fault_at = time.monotonic()
         dep.kill_listener()
         assoc.abort()
         dep.start_listener()
@@ -355,6 +402,7 @@ def worker_killed(root: Path, database_url: str, shared: Path) -> Tally:
         modality.send(study)
         if not dep.wait_state(uid, {StudyState.PROCESSING}, timeout=120):
             raise RuntimeError(f"the study never reached processing: {dep.states()}")
+        dep.fault_at = time.monotonic()
         dep.kill_worker()
         dep.start_worker()  # its message is unacknowledged in Redis: the sweeper sends it again
         dep.settle({uid}, SETTLE_S)
@@ -375,6 +423,7 @@ def redis_restarted(root: Path, database_url: str, shared: Path) -> Tally:
         for uid in uids:
             if not dep.wait_state(uid, {StudyState.QUEUED}, timeout=60):
                 raise RuntimeError(f"the study was never queued: {dep.states()}")
+        dep.fault_at = time.monotonic()
         dep.redis.stop()
         dep.redis.start()  # --save "" --appendonly no: an empty broker
         dep.start_worker()
@@ -388,17 +437,17 @@ PACS_DOWN_S = 60.0
 
 def pacs_down(root: Path, database_url: str, shared: Path) -> Tally:
     """The PACS is down for a minute while results wait to be sent."""
-    # Retries 2, 4, ... 64 s apart (126 s in all); the sweeper waits longer than any one delay.
+    # Retries 2, 4, ... 64 s apart (126 s in all), longer than the lease: the sweeper knows when
+    # each retry is due and leaves it to its task.
     with Deployment(
         root,
         database_url,
         CXR_DELIVERY_RETRIES="6",
         CXR_DELIVERY_BACKOFF="2",
-        CXR_STUCK_AFTER="90",
     ) as dep:
         dep.start()
         dep.pacs.stop()
-        down_at = time.monotonic()
+        down_at = dep.fault_at = time.monotonic()
         modality = Modality(dep.port)
         studies = [make_study(shared / SOURCE_IMAGE, 2, f"pacs-down-{i}") for i in range(2)]
         for study in studies:
@@ -416,6 +465,7 @@ def unresolvable_destination(root: Path, database_url: str, shared: Path) -> Tal
         dep.start()
         modality = Modality(dep.port)
         study = make_study(shared / SOURCE_IMAGE, 2, "unresolvable")
+        dep.fault_at = time.monotonic()
         modality.send(study)
         dep.settle({study[0].StudyInstanceUID}, SETTLE_S)
         return dep.tally("a destination that does not resolve", modality)
@@ -447,6 +497,7 @@ def disk_full(root: Path, database_url: str, shared: Path) -> Tally:
         dep.start_worker(["nsenter", f"--mount={namespace}/ns/mnt", "--"])
         modality = Modality(dep.port)
         study = make_study(shared / LARGE_IMAGE, 4, "disk-full")
+        dep.fault_at = time.monotonic()
         statuses = modality.send(study)
         refused = [ds for ds, st in zip(study, statuses, strict=True) if st != 0]
         if not refused:
@@ -460,6 +511,55 @@ def disk_full(root: Path, database_url: str, shared: Path) -> Tally:
         return dep.tally("data disk full, then space freed", modality)
 
 
+def worker_hung(root: Path, database_url: str, shared: Path) -> Tally:
+    """SIGSTOP the worker mid-inference (hung, not dead); start another; wake the first later.
+
+    At the default lease: the hung worker stops renewing, its lease runs out and the sweeper
+    re-dispatches the study to the other worker. Woken, the first finds its lease gone and
+    records and sends nothing.
+    """
+    with Deployment(root, database_url) as dep:
+        dep.start()
+        modality = Modality(dep.port)
+        study = make_study(shared / SOURCE_IMAGE, 3, "worker-hung")
+        uid = study[0].StudyInstanceUID
+        modality.send(study)
+        if not dep.wait_state(uid, {StudyState.PROCESSING}, timeout=120):
+            raise RuntimeError(f"the study never reached processing: {dep.states()}")
+        hung = dep.worker
+        assert hung is not None
+        dep.fault_at = time.monotonic()
+        os.killpg(hung.pid, signal.SIGSTOP)
+        dep.start_worker()
+        dep.settle({uid}, SETTLE_S)
+        tally = dep.tally("worker SIGSTOPped mid-inference (hung)", modality)
+        os.killpg(hung.pid, signal.SIGCONT)
+        time.sleep(20)  # it finishes its inference and finds the study taken over
+        dep._kill(hung, signal.SIGTERM)
+        woken = dep.tally("worker SIGSTOPped mid-inference (hung)", modality)
+        woken.seconds = tally.seconds  # recovered when the other worker finished
+        return woken
+
+
+#: The lease for the slow PACS, shorter than the default so that the PACS can answer after two
+#: leases within the 60 s DIMSE timeout (at the default 45 s lease that would take 90 s).
+SLOW_PACS_LEASE_S = 8.0
+
+
+def slow_pacs(root: Path, database_url: str, shared: Path) -> Tally:
+    """The PACS answers every C-STORE after two lease lengths: slow, not dead, never re-sent."""
+    with Deployment(root, database_url, CXR_STUCK_AFTER=f"{SLOW_PACS_LEASE_S:g}") as dep:
+        dep.pacs = SlowPACS(root / "slow-pacs", delay=2 * SLOW_PACS_LEASE_S)
+        dep.env["CXR_DESTINATIONS"] = dep.pacs.address
+        dep.start()
+        modality = Modality(dep.port)
+        study = make_study(shared / SOURCE_IMAGE, 1, "slow-pacs")
+        dep.fault_at = time.monotonic()
+        modality.send(study)
+        dep.settle({study[0].StudyInstanceUID}, SETTLE_S)
+        return dep.tally(f"PACS answers after {2 * SLOW_PACS_LEASE_S:.0f} s (2 leases)", modality)
+
+
 SCENARIOS: dict[str, Scenario] = {
     "listener_killed": listener_killed,
     "worker_killed": worker_killed,
@@ -467,4 +567,6 @@ SCENARIOS: dict[str, Scenario] = {
     "pacs_down": pacs_down,
     "unresolvable_destination": unresolvable_destination,
     "disk_full": disk_full,
+    "worker_hung": worker_hung,
+    "slow_pacs": slow_pacs,
 }

@@ -188,6 +188,62 @@ def test_listen_with_several_processes_shares_the_port(tmp_path: Path) -> None:
         log.close()
 
 
+def test_a_listener_process_that_dies_or_hangs_is_replaced_while_the_others_carry_on(
+    tmp_path: Path,
+) -> None:
+    import os
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    port = free_port()
+    env = _env(tmp_path, CXR_PORT=str(port))
+    log_path = tmp_path / "listen.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [*CLI, "listen", "--processes", "2", "--hang-after", "3"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+    def children() -> set[int]:
+        listed = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        return {int(pid) for pid in listed}
+
+    def serving() -> int:
+        return log_path.read_text().count(", spool ")
+
+    def nodes() -> list[str]:
+        with sqlite3.connect(tmp_path / "data" / "cxr-triage.sqlite") as db:
+            return [r[0] for r in db.execute("select node from associations order by id")]
+
+    try:
+        wait_for(lambda: serving() == 2, timeout=60)
+        ae = AE(ae_title="HOLDER")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", port, ae_title="CXR_TRIAGE")
+        assert assoc.is_established
+        holder = int(wait_for(nodes, timeout=10)[-1].rsplit(":", 1)[1])
+        (other,) = children() - {holder}
+        os.kill(other, signal.SIGKILL)  # dies
+        wait_for(lambda: other not in children() and len(children()) == 2, timeout=15)
+        wait_for(lambda: serving() == 3, timeout=60)
+        assert assoc.send_c_echo().Status == 0  # the holder's association carried on
+        (replacement,) = children() - {holder}
+        os.kill(replacement, signal.SIGSTOP)  # hangs: its accept loop stops renewing
+        wait_for(lambda: replacement not in children() and len(children()) == 2, timeout=30)
+        assert assoc.send_c_echo().Status == 0
+        assoc.release()
+        text = log_path.read_text()
+        assert "restarting it in 1 s (the others carry on)" in text
+        assert "has not answered for" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        log.close()
+
+
 def _all_queued(tmp_path: Path) -> bool:
     with sqlite3.connect(tmp_path / "data" / "cxr-triage.sqlite") as db:
         states = {r[0] for r in db.execute("select state from studies")}

@@ -27,6 +27,8 @@ EXPECTED = {
     # The PACS has its copy; the study waits in dead_letter for the other destination.
     "unresolvable_destination": (2, 2),
     "disk_full": (4, 0),
+    "worker_hung": (3, 0),
+    "slow_pacs": (1, 0),
 }
 
 
@@ -38,6 +40,8 @@ def test_fault(name: str, tmp_path: Path, pg_url: str) -> None:
     tally = faults.SCENARIOS[name](tmp_path, pg_url, _shared())
     assert tally.lost == 0, tally
     assert tally.duplicated == 0, tally
+    if name in ("slow_pacs", "worker_hung"):
+        assert tally.resent == 0, tally  # slow or hung work is never sent a second time
     assert (tally.delivered, tally.held) == EXPECTED[name], tally
     assert tally.unaccounted == [], tally  # `audit reconcile` agrees
 

@@ -9,6 +9,7 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
@@ -27,7 +28,9 @@ from worker.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-def listener_config(settings: Settings, shared_socket: int | None = None) -> ListenerConfig:
+def listener_config(
+    settings: Settings, shared_socket: int | None = None, heartbeat_file: Path | None = None
+) -> ListenerConfig:
     ssl_context = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         ssl_context = server_context(
@@ -56,6 +59,7 @@ def listener_config(settings: Settings, shared_socket: int | None = None) -> Lis
         reuse_port=settings.reuse_port,
         ssl_context=ssl_context,
         shared_socket=shared_socket,
+        heartbeat_file=heartbeat_file,
     )
 
 
@@ -101,12 +105,17 @@ class Node:
 
 
 def build_node(
-    settings: Settings, shared_socket: int | None = None, *, monitor: bool = True
+    settings: Settings,
+    shared_socket: int | None = None,
+    *,
+    monitor: bool = True,
+    heartbeat_file: Path | None = None,
 ) -> Node:
     """Build (but do not start) the node described by ``settings``.
 
     ``shared_socket`` is a listening socket's descriptor inherited from ``listen --processes``;
-    ``monitor`` False leaves out the completion monitor (another process of the group runs it).
+    ``monitor`` False leaves out the completion monitor (another process of the group runs it);
+    ``heartbeat_file`` is renewed by the accept loop for a supervising parent.
     """
     engine = open_database(settings)
     celery = create_celery(settings)
@@ -126,15 +135,21 @@ def build_node(
     spool = Spool(
         settings.spool_dir, min_free_bytes=settings.min_free_mb * 2**20, fsync=settings.fsync
     )
-    listener = Listener(listener_config(settings, shared_socket), spool, store)
+    listener = Listener(listener_config(settings, shared_socket, heartbeat_file), spool, store)
     completion = CompletionMonitor(store, settings.monitor_interval) if monitor else None
     return Node(settings, engine, store, listener, completion, enqueue)
 
 
-def serve(settings: Settings, shared_socket: int | None = None, *, monitor: bool = True) -> None:
+def serve(
+    settings: Settings,
+    shared_socket: int | None = None,
+    *,
+    monitor: bool = True,
+    heartbeat_file: Path | None = None,
+) -> None:
     """Run the node until SIGINT or SIGTERM."""
     io_switches.configure(settings.spool_dir / "incoming")
-    node = build_node(settings, shared_socket, monitor=monitor)
+    node = build_node(settings, shared_socket, monitor=monitor, heartbeat_file=heartbeat_file)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

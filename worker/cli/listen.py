@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
+from pathlib import Path
 
 from worker.db.migrate import SchemaOutOfDateError
 from worker.settings import Settings
@@ -36,8 +38,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     # Set by the parent of `--processes N` for its children: the socket they share, and for
     # all but the first, that the first runs the completion monitor for the group.
+    p.add_argument(
+        "--hang-after",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="with --processes: a listener process whose accept loop has not run for this "
+        "long is killed and replaced (default 30); one that dies is restarted",
+    )
     p.add_argument("--shared-socket", type=int, help=argparse.SUPPRESS)
     p.add_argument("--no-monitor", action="store_true", help=argparse.SUPPRESS)
+    # Set by a supervising parent: a file the accept loop renews, so that a hang shows.
+    p.add_argument("--heartbeat-file", type=Path, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
@@ -53,7 +65,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from worker.node_service import serve
 
     try:
-        serve(settings, args.shared_socket, monitor=not args.no_monitor)
+        serve(
+            settings,
+            args.shared_socket,
+            monitor=not args.no_monitor,
+            heartbeat_file=args.heartbeat_file,
+        )
     except SchemaOutOfDateError as exc:
         print(f"cxr-triage listen: {exc}", file=sys.stderr)
         return 2
@@ -105,7 +122,20 @@ def _supervise(args: argparse.Namespace, settings: Settings) -> int:
     # One completion monitor for the group: it works on the shared database, and N of them
     # polled it N times a second (bench/database_cpu.py: a pass a second apart costs ~10 ms).
     commands = [command] + [[*command, "--no-monitor"]] * (args.processes - 1)
-    with sock:
-        group = ProcessGroup(commands, env, pass_fds=(sock.fileno(),))
-    logger.info("started %d listener processes on port %d", args.processes, settings.port)
-    return group.wait()
+    # The socket stays open here for the group's life: a restarted child inherits it again.
+    with sock, tempfile.TemporaryDirectory(prefix="cxr-listen-") as beats:
+        heartbeats = [Path(beats) / f"listener-{i}" for i in range(args.processes)]
+        commands = [
+            [*cmd, "--heartbeat-file", str(path)]
+            for cmd, path in zip(commands, heartbeats, strict=True)
+        ]
+        group = ProcessGroup(
+            commands,
+            env,
+            pass_fds=(sock.fileno(),),
+            supervise=True,
+            heartbeats=heartbeats,
+            hang_after=args.hang_after,
+        )
+        logger.info("started %d listener processes on port %d", args.processes, settings.port)
+        return group.wait()

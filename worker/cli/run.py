@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import socket
+import tempfile
 import time
+from pathlib import Path
 
 from worker.cli.processes import ProcessGroup, child_env, cli_command
 from worker.settings import Settings
@@ -24,7 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Start `cxr-triage listen` and `cxr-triage work` as two processes sharing the same "
             "settings (SQLite and the embedded broker unless configured), and stop both on "
-            "SIGINT/SIGTERM or when either exits. The listener process never loads TensorFlow. "
+            "SIGINT/SIGTERM; either one that dies is restarted (after 1, 2, 4 ... 60 s), and a "
+            "listener whose accept loop hangs for 30 s is replaced. The listener process never "
+            "loads TensorFlow. "
             "Logs 'ready' once the node accepts connections and every worker process has "
             "loaded the model and run its warm-up."
         ),
@@ -80,7 +84,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     open_database(settings).dispose()  # migrate once, before both processes start
     cmd = cli_command(args.config)
-    group = ProcessGroup([[*cmd, "listen"], [*cmd, "work"]], child_env())
+    with tempfile.TemporaryDirectory(prefix="cxr-run-") as beats:
+        heartbeat = Path(beats) / "listener"
+        group = ProcessGroup(
+            [[*cmd, "listen", "--heartbeat-file", str(heartbeat)], [*cmd, "work"]],
+            child_env(),
+            supervise=True,  # a child that dies is restarted; the other carries on
+            heartbeats=[heartbeat, None],
+        )
+        return _serve(group, settings)
+
+
+def _serve(group: ProcessGroup, settings: Settings) -> int:
     logger.info(
         "node on %s:%d as %s, worker on queue %s; Ctrl-C stops both",
         settings.bind,

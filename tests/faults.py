@@ -33,7 +33,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tests.helpers import cli_env
-from tests.services import RedisServer, StoreSCP, free_port, require, wait_port
+from tests.services import (
+    PrivatePostgres,
+    RedisServer,
+    StoreSCP,
+    free_port,
+    require,
+    wait_port,
+)
 from worker.db.engine import make_engine
 from worker.db.models import Study, StudyState
 
@@ -560,6 +567,44 @@ def slow_pacs(root: Path, database_url: str, shared: Path) -> Tally:
         return dep.tally(f"PACS answers after {2 * SLOW_PACS_LEASE_S:.0f} s (2 leases)", modality)
 
 
+#: How long the database stays down.
+PG_DOWN_S = 20.0
+
+
+def postgres_outage(root: Path, database_url: str, shared: Path) -> Tally:
+    """PostgreSQL (a private cluster) stops for 20 s while a study is processed and another
+    arrives; the modality sends again what the node did not acknowledge."""
+    from worker.db.migrate import upgrade
+
+    pg = PrivatePostgres()
+    try:
+        pg.start()
+        engine = make_engine(pg.url)
+        upgrade(engine)
+        engine.dispose()
+        with Deployment(root, pg.url) as dep:
+            dep.start()
+            modality = Modality(dep.port)
+            first = make_study(shared / SOURCE_IMAGE, 2, "pg-outage-1")
+            modality.send(first)
+            uid = first[0].StudyInstanceUID
+            if not dep.wait_state(uid, {StudyState.PROCESSING}, timeout=120):
+                raise RuntimeError(f"the study never reached processing: {dep.states()}")
+            dep.fault_at = time.monotonic()
+            pg.stop()
+            second = make_study(shared / SOURCE_IMAGE, 2, "pg-outage-2")
+            statuses = modality.send(second)  # cannot be recorded: not acknowledged
+            time.sleep(max(0.0, PG_DOWN_S - (time.monotonic() - dep.fault_at)))
+            pg.start()
+            refused = [ds for ds, st in zip(second, statuses, strict=True) if st != 0]
+            if refused:
+                modality.send(refused)  # the modality's retry
+            dep.settle({uid, second[0].StudyInstanceUID}, SETTLE_S)
+            return dep.tally(f"PostgreSQL down for {PG_DOWN_S:.0f} s", modality)
+    finally:
+        pg.destroy()
+
+
 SCENARIOS: dict[str, Scenario] = {
     "listener_killed": listener_killed,
     "worker_killed": worker_killed,
@@ -569,4 +614,5 @@ SCENARIOS: dict[str, Scenario] = {
     "disk_full": disk_full,
     "worker_hung": worker_hung,
     "slow_pacs": slow_pacs,
+    "postgres_outage": postgres_outage,
 }

@@ -29,6 +29,7 @@ EXPECTED = {
     "disk_full": (4, 0),
     "worker_hung": (3, 0),
     "slow_pacs": (1, 0),
+    "postgres_outage": (4, 0),
 }
 
 

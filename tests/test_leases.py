@@ -24,7 +24,7 @@ from worker.db.models import (
 )
 from worker.db.node_store import NodeStore
 from worker.db.transitions import created, move
-from worker.leases import owner, release, renew
+from worker.leases import done_sending, hold, owner, release, renew
 
 LEASE = 0.6
 
@@ -146,18 +146,19 @@ def _delivering(sessions: Any, uid: str) -> tuple[int, int]:
     return study_id, object_id
 
 
-def _attempt(sessions: Any, object_id: int, outcome: str, attempt: int, **kw: Any) -> None:
+def _attempt(sessions: Any, object_id: int, outcome: str, attempt: int, **kw: Any) -> int:
     with sessions.begin() as s:
-        s.add(
-            Delivery(
-                object_id=object_id,
-                destination="PACS@127.0.0.1:104",
-                attempt=attempt,
-                outcome=outcome,
-                at=kw.pop("at", utcnow()),
-                **kw,
-            )
+        row = Delivery(
+            object_id=object_id,
+            destination="PACS@127.0.0.1:104",
+            attempt=attempt,
+            outcome=outcome,
+            at=kw.pop("at", utcnow()),
+            **kw,
         )
+        s.add(row)
+        s.flush()
+        return row.id
 
 
 def test_a_slow_delivery_is_never_sent_twice_a_dead_one_once(sessions) -> None:  # type: ignore[no-untyped-def]
@@ -165,12 +166,14 @@ def test_a_slow_delivery_is_never_sent_twice_a_dead_one_once(sessions) -> None: 
     store = _store(sessions, sent)
     _, object_id = _delivering(sessions, "1.9.4")
     until = utcnow() + timedelta(seconds=LEASE)
-    _attempt(sessions, object_id, "sending", 1, lease_owner=owner(), lease_until=until)
+    row = _attempt(sessions, object_id, "sending", 1, lease_owner=owner(), lease_until=until)
+    hold(deliveries=[row])  # as attempt_deliveries does while it sends
     for _ in range(6):  # a PACS answering after two lease lengths: its sender renews
         renew(sessions, LEASE)
         assert _sweep(store) == 0
         time.sleep(0.2)
-    time.sleep(LEASE + 0.1)  # the sender died mid-send
+    done_sending([row])  # the sender died mid-send: nobody renews
+    time.sleep(LEASE + 0.1)
     assert _sweep(store) == 1
     assert sent.deliveries == [(object_id, "PACS@127.0.0.1:104", 2)]
     assert _sweep(store) == 0  # the task just sent has a lease's time to start
@@ -185,3 +188,19 @@ def test_a_retry_waits_its_turn_and_a_lost_one_goes_again(sessions) -> None:  # 
     ago = utcnow() - timedelta(seconds=6 + LEASE + 0.1)
     _attempt(sessions, object_id, "retry", 3, at=ago)  # due a lease ago, never ran
     assert _sweep(store) == 1 and sent.deliveries[-1][2] == 4
+
+
+def test_a_task_that_could_not_release_its_studies_stops_renewing_them(sessions) -> None:  # type: ignore[no-untyped-def]
+    """The database was down when the task ended: its studies' leases must still run out."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import sessionmaker
+
+    study_id = _queued(sessions, "1.9.6")
+    assert claim(sessions, study_id, 1, LEASE) is None
+    claimed_until = _study(sessions, study_id).lease_until
+    unreachable = sessionmaker(create_engine("sqlite:////nonexistent/folder/cxr.sqlite"))
+    release(unreachable)  # logs, does not raise
+    time.sleep(0.1)
+    renew(sessions, LEASE)  # the heartbeat carries on once the database is back
+    study = _study(sessions, study_id)
+    assert study.lease_owner == owner() and study.lease_until == claimed_until

@@ -33,7 +33,7 @@ from worker.db.models import (
     utcnow,
 )
 from worker.db.transitions import move
-from worker.leases import owner
+from worker.leases import hold, owner
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ def claim(
             if move(
                 s, study_id, PROCESSING, f"revision {revision}", expect=[seen], **_lease(lease)
             ):
+                hold([study_id])
                 return None
             if study.state not in _WAITING:
                 return "taken by another worker"
@@ -149,6 +150,7 @@ def claim_waiting(
                     s, study_id, PROCESSING, f"{BATCHED} {leader}", expect=[QUEUED], **_lease(lease)
                 )
                 if moved:
+                    hold([study_id])
                     claimed.append(Claimed(study_id, revision))
         if len(claimed) >= limit or time.monotonic() >= deadline:
             break

@@ -23,7 +23,7 @@ from worker.db.models import (
     utcnow,
 )
 from worker.db.transitions import move
-from worker.leases import ensure_heartbeat, owner
+from worker.leases import done_sending, ensure_heartbeat, hold, owner
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,26 @@ def attempt_deliveries(
         s.add_all(in_flight.values())
         s.flush()
         row_ids = {i: d.id for i, d in in_flight.items()}
+    hold(deliveries=list(row_ids.values()))
+    try:
+        return _send_and_record(
+            sessions, objects, paths, row_ids, destination, attempt, options, final, stow
+        )
+    finally:
+        done_sending(list(row_ids.values()))
+
+
+def _send_and_record(
+    sessions: sessionmaker[Session],
+    objects: dict[int, ProducedObject],
+    paths: dict[int, Path],
+    row_ids: dict[int, int],
+    destination: AnyDestination,
+    attempt: int,
+    options: SenderOptions,
+    final: bool,
+    stow: StowOptions | None,
+) -> dict[int, bool]:
     try:
         if isinstance(destination, StowDestination):
             summary = stow_files(paths.values(), destination, stow)

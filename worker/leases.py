@@ -34,23 +34,55 @@ def owner() -> str:
     return f"{socket.gethostname()[:50]}:{os.getpid()}"
 
 
+#: What this process works on now: the heartbeat renews these and nothing else, so a task that
+#: ended without being able to say so (the database was down) stops holding its studies.
+_held_studies: set[int] = set()
+_sending: set[int] = set()  # Delivery row ids in flight
+_held_lock = threading.Lock()
+
+
+def hold(study_ids: list[int] | None = None, deliveries: list[int] | None = None) -> None:
+    """Note that this process now works on these studies / delivery attempts."""
+    with _held_lock:
+        _held_studies.update(study_ids or [])
+        _sending.update(deliveries or [])
+
+
+def done_sending(deliveries: list[int]) -> None:
+    """These delivery attempts are over (their rows say how)."""
+    with _held_lock:
+        _sending.difference_update(deliveries)
+
+
 def renew(sessions: sessionmaker[Session], lease: float) -> None:
-    """Extend every lease this process holds and say that it is alive."""
+    """Extend the leases of what this process works on, and say that it is alive."""
+    with _held_lock:
+        studies, deliveries = sorted(_held_studies), sorted(_sending)
     me, now = owner(), utcnow()
     until = now + timedelta(seconds=lease)
     with sessions.begin() as s:
-        s.execute(
-            update(Study)
-            .where(Study.lease_owner == me, Study.state.in_([PROCESSING, DELIVERING]))
-            .values(lease_until=until)
-            .execution_options(synchronize_session=False)
-        )
-        s.execute(
-            update(Delivery)
-            .where(Delivery.lease_owner == me, Delivery.outcome == "sending")
-            .values(lease_until=until)
-            .execution_options(synchronize_session=False)
-        )
+        if studies:
+            s.execute(
+                update(Study)
+                .where(
+                    Study.id.in_(studies),
+                    Study.lease_owner == me,
+                    Study.state.in_([PROCESSING, DELIVERING]),
+                )
+                .values(lease_until=until)
+                .execution_options(synchronize_session=False)
+            )
+        if deliveries:
+            s.execute(
+                update(Delivery)
+                .where(
+                    Delivery.id.in_(deliveries),
+                    Delivery.lease_owner == me,
+                    Delivery.outcome == "sending",
+                )
+                .values(lease_until=until)
+                .execution_options(synchronize_session=False)
+            )
         _seen(s, me, now)
 
 
@@ -62,14 +94,23 @@ def _seen(s: Session, me: str, now: object) -> None:
 
 
 def release(sessions: sessionmaker[Session]) -> None:
-    """Let go of every study this process holds (its task is over, whatever became of them)."""
-    with sessions.begin() as s:
-        s.execute(
-            update(Study)
-            .where(Study.lease_owner == owner())
-            .values(lease_owner=None, lease_until=utcnow())
-            .execution_options(synchronize_session=False)
-        )
+    """Let go of every study this process holds (its task is over, whatever became of them).
+
+    Never raises: if the database cannot be told, the heartbeat has stopped renewing anyway,
+    and the leases run out.
+    """
+    with _held_lock:
+        _held_studies.clear()
+    try:
+        with sessions.begin() as s:
+            s.execute(
+                update(Study)
+                .where(Study.lease_owner == owner())
+                .values(lease_owner=None, lease_until=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+    except Exception as exc:
+        logger.warning("could not release leases (they will run out): %s", exc)
 
 
 def forget(sessions: sessionmaker[Session]) -> None:

@@ -56,7 +56,15 @@ class _Process:
         A failure is logged and marked, not raised: the pool would restart the process into the
         same failure forever. Readiness then names it, and tasks fail with it.
         """
+        from worker.leases import ensure_heartbeat
+
         pid = os.getpid()
+        try:
+            # From the start, not the first task: an idle, live worker is what tells the node's
+            # sweeper that queued studies with no task left in the broker were lost.
+            ensure_heartbeat(self.sessions, self.settings.stuck_after)
+        except Exception as exc:
+            logger.warning("no lease heartbeat yet: %s", exc)
         try:
             seconds = self.pipeline.warm_up()
         except Exception as exc:

@@ -448,6 +448,7 @@ def train_lungs(cfg: LungTrainConfig) -> LungCard:
         train_ds,
         validation_data=val_ds,
         epochs=cfg.epochs,
+        shuffle=False,  # the tf.data pipeline shuffles; fit's own flag does not apply
         verbose=1 if cfg.progress and sys.stderr.isatty() else 2,
         callbacks=[keras.callbacks.CSVLogger(str(cfg.out / "history.csv"))],
     )

@@ -218,6 +218,7 @@ def train(cfg: TrainConfig) -> ModelCard:
         _dataset(x["train"], y["train"], cfg.batch_size, train=True, seed=cfg.seed),
         validation_data=_dataset(x["validation"], y["validation"], 64, train=False, seed=0),
         epochs=cfg.epochs,
+        shuffle=False,  # the tf.data pipeline shuffles; fit's own flag does not apply
         class_weight=_class_weights(y["train"]),
         callbacks=callbacks,
         verbose=1 if cfg.progress and sys.stderr.isatty() else 2,

@@ -165,6 +165,7 @@ def train_top(
         ds(x_train, y_train, weights),
         validation_data=ds(x_val, y_val, None),
         epochs=cfg.epochs,
+        shuffle=False,  # the tf.data pipeline shuffles; fit's own flag does not apply
         callbacks=[
             keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=cfg.patience, restore_best_weights=True

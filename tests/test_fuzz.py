@@ -18,6 +18,8 @@ SEED = 20261126
 COUNT = 300
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning:pydicom.valuerep")  # invalid on purpose
+@pytest.mark.filterwarnings("ignore::UserWarning:pydicom.filewriter")  # 10 MiB names
 @pytest.mark.slow
 def test_seeded_fuzz_run_keeps_every_invariant(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "data", free_port())

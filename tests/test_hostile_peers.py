@@ -164,6 +164,7 @@ def test_aborted_transfer_leaves_no_file(start_node, how) -> None:  # type: igno
     assert assoc.outcome == "aborted"
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning:pydicom.valuerep")  # invalid on purpose
 def test_overlong_command_uid_leaves_no_file(start_node) -> None:  # type: ignore[no-untyped-def]
     node = start_node()
     ds = factories.radiograph(rows=64, columns=64)
@@ -381,6 +382,7 @@ _FLIPPED_RQ = bytes.fromhex(
 )
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning:pydicom.valuerep")  # invalid on purpose
 def test_negotiation_error_is_aborted_not_a_thread_crash(start_node, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     crashed: list[BaseException | None] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: crashed.append(args.exc_value))

@@ -177,6 +177,7 @@ def test_truncated_dataset_fails_and_node_stays_up(start_node, tmp_path) -> None
     assert send(node, [factories.radiograph()]).results[0].status == 0
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning:pydicom.valuerep")  # invalid on purpose
 @pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID"])
 def test_traversal_uid_is_refused(start_node, tmp_path, keyword) -> None:  # type: ignore[no-untyped-def]
     node = start_node()

@@ -533,6 +533,7 @@ def test_a_new_revision_keeps_the_sc_of_an_unchanged_image(start_node, tmp_path)
     assert sc1.sop_instance_uid in cited and scs[second.SOPInstanceUID].sop_instance_uid in cited
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR AS:UserWarning")  # "81", on purpose
 def test_a_chest_without_type2_attributes_still_gets_its_results(start_node, pacs) -> None:  # type: ignore[no-untyped-def]
     """An anonymised DX (no PatientBirthDate, StudyDate, AccessionNumber, …), accepted as a PA
     chest by CXR_ASSUME_PA_CHEST: its SC and SR reach the PACS, with those attributes empty."""

@@ -71,7 +71,6 @@ def _sr(
                     src,
                     COVID,
                     PROBS,
-                    peak=(src.Columns / 3, src.Rows / 2),
                     region=(10.0, 12.0, src.Columns - 10.0, src.Rows - 12.0),
                     heatmap=sc,
                 )
@@ -139,43 +138,51 @@ def test_structured_report_content_tree(source: pydicom.Dataset) -> None:
     )
     assert proc.ConceptCodeSequence[0].CodeValue == codes.PROCEDURE_CHEST_XRAY.value
     report = sr.content
-    groups = report.get_planar_roi_measurement_groups()
-    assert len(groups) == 2  # one image + the study-level group
-    first = groups[0]
+    assert report.get_planar_roi_measurement_groups() == []
+    (first,) = report.get_image_measurement_groups()  # one group per image, no study group
     assert first.finding_type == codes.FINDING_CODES["covid"]
-    probs = {m.name.meaning: (m.value, m.unit.value) for m in first.get_measurements()}
+    measured = first.get_measurements()
+    probs = {m.name.meaning: (m.value, m.unit.value) for m in measured}
     assert probs == {  # percent, one decimal: what a reader needs
         codes.PROBABILITY_CODES[k].meaning: (round(100 * v, 1), "%") for k, v in PROBS.items()
     }
-    # A finding points at the heatmap's peak on its source image; the SC illustrates it.
-    region = first.roi
-    assert region.graphic_type == hd.sr.GraphicTypeValues.POINT
-    assert region.value.tolist()[0] == pytest.approx([source.Columns / 3, source.Rows / 2])
-    assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
-        source.SOPInstanceUID
-    )
+    # A finding's probabilities hang from the lungs' outline on the source image; the first
+    # also from the corner point where a viewer puts the text; the SC illustrates it.
+    for n, m in enumerate(measured):
+        regions = [i for i in m[0].ContentSequence if i.ValueType == "SCOORD"]
+        purposes = [r.ConceptNameCodeSequence[0].CodeValue for r in regions]
+        assert purposes == (["TEXT-ANCHOR", "260753009"] if n == 0 else ["260753009"])
+        outline = regions[-1]
+        assert outline.GraphicType == "POLYLINE"
+        assert outline.GraphicData[:2] == pytest.approx([10.0, 12.0])
+        assert outline.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+            source.SOPInstanceUID
+        )
     shown = [i for i in first[0].ContentSequence if i.ValueType == "IMAGE"]
     assert [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in shown] == [
-        sc.SOPInstanceUID
+        source.SOPInstanceUID,  # the group's source image
+        sc.SOPInstanceUID,  # illustration of the region
     ]
-    study = groups[1]
-    assert study.finding_type == codes.FINDING_CODES["covid"]
-    assert study.roi.graphic_type == hd.sr.GraphicTypeValues.POLYLINE  # the region analysed
-    values = {e.name.value: e.value.value for e in study.get_qualitative_evaluations()}
-    assert values == {
-        "276214006": "STUDY-RESULT",
-        "TRIAGE-PRIORITY": "URGENT",
+    image_values = {e.name.value: e.value.value for e in first.get_qualitative_evaluations()}
+    assert image_values == {
         "TRIAGE-BAND": "10828004",  # SCT Positive: flagged
+        "TRIAGE-PRIORITY": "URGENT",
         "111000": "123110",  # algorithm family: artificial intelligence
     }
-    image_values = {e.name.value: e.value.value for e in first.get_qualitative_evaluations()}
-    assert image_values["TRIAGE-BAND"] == "10828004"
-    (summary,) = [
-        t.TextValue
-        for c in content
-        if c.ConceptNameCodeSequence[0].CodeValue == codes.QUALITATIVE_EVALUATIONS.value
-        for t in c.ContentSequence
+    (line,) = [
+        i.TextValue
+        for i in first[0].ContentSequence
+        if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeMeaning == "Comment"
     ]
+    assert line == "AI URGENT: COVID-19 flagged, not for diagnosis"
+    (evaluations,) = [c for c in content if c.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    study = {
+        i.ConceptNameCodeSequence[0].CodeValue: i.ConceptCodeSequence[0].CodeValue
+        for i in evaluations.ContentSequence
+        if i.ValueType == "CODE"
+    }
+    assert study == {"121071": "840539006", "TRIAGE-BAND": "10828004", "TRIAGE-PRIORITY": "URGENT"}
+    (summary,) = [t.TextValue for t in evaluations.ContentSequence if t.ValueType == "TEXT"]
     assert summary == (
         "AI triage, not for diagnosis: COVID-19 flagged: 86.0% (flag at 50.0%), priority "
         "URGENT; COVID-19 86.0%, Normal 8.0%, Pneumonia 6.0%; heatmaps show evidence for the "
@@ -316,15 +323,64 @@ def test_sc_may_be_an_integer_fraction_of_the_source_size() -> None:
         _sc(src, rgb[:, :200])
 
 
-def test_every_measurement_group_has_a_scoord(source: pydicom.Dataset) -> None:
-    """OHIF 3.13 reads coords[0] of every TID 1500 group: one without a SCOORD crashes it."""
-    sr = _sr(source, _sc(source))
+def _scoords(sr: pydicom.Dataset) -> list[list[str]]:
+    """Per measurement group, the graphic types its first NUM is inferred from."""
     (measurements,) = [
         c for c in sr.ContentSequence if c.ConceptNameCodeSequence[0].CodeValue == "126010"
     ]
-    assert len(measurements.ContentSequence) == 2
+    found = []
     for group in measurements.ContentSequence:
-        assert [i.GraphicType for i in group.ContentSequence if i.ValueType == "SCOORD"]
+        assert not [i for i in group.ContentSequence if i.ValueType == "SCOORD"]
+        first = next(i for i in group.ContentSequence if i.ValueType == "NUM")
+        found.append([i.GraphicType for i in first.ContentSequence if i.ValueType == "SCOORD"])
+    return found
+
+
+def test_every_measurement_group_has_a_scoord_and_only_findings_an_outline() -> None:
+    """OHIF 3.13 reads coords[0] of every TID 1500 group: one without a SCOORD crashes it. A
+    normal image has no outline (it would look like a finding's); two images, two groups."""
+    src = factories.radiograph(rows=300, columns=240, bits=12)
+    normal = Triage("normal", "not flagged", "routine", 0.96, T)
+    covid_probs = {"normal": 0.02, "covid": 0.97, "pneumonia": 0.01}
+    normal_probs = {"normal": 0.96, "covid": 0.03, "pneumonia": 0.01}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sr = build_report(
+            [
+                ImageResult(src, normal, normal_probs, region=(10.0, 10.0, 200.0, 250.0)),
+                ImageResult(src, COVID, covid_probs, region=(10.0, 10.0, 200.0, 250.0)),
+            ],
+            COVID,
+            evidence=[src],
+            algorithm=Algorithm("cxr-test", "9.9", "ab" * 32),
+            series_instance_uid=new_uid(),
+            sop_instance_uid=new_uid(),
+            device_uid=new_uid(),
+        )
+    assert _scoords(sr) == [["POINT"], ["POINT", "POLYLINE"]]
+
+
+def test_a_probability_that_rounds_to_zero_is_not_written_as_zero() -> None:
+    """OHIF prints a zero NUM as a blank; 0.04% is kept with its digits, not made 0.0."""
+    src = factories.radiograph(rows=300, columns=240, bits=12)
+    probs = {"normal": 0.0004, "covid": 0.86, "pneumonia": 0.1396}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sr = build_report(
+            [ImageResult(src, COVID, probs)],
+            COVID,
+            evidence=[src],
+            algorithm=Algorithm("cxr-test", "9.9", "ab" * 32),
+            series_instance_uid=new_uid(),
+            sop_instance_uid=new_uid(),
+            device_uid=new_uid(),
+        )
+    buf = io.BytesIO()
+    sr.save_as(buf, enforce_file_format=True)
+    buf.seek(0)
+    (group,) = hd.sr.srread(buf).content.get_image_measurement_groups()
+    values = {m.name.value: m.value for m in group.get_measurements()}
+    assert values == {"P-COVID": 86.0, "P-PNEUMONIA": 14.0, "P-NORMAL": 0.04}
 
 
 def test_the_same_report_has_the_same_tracking_uids(source: pydicom.Dataset) -> None:
@@ -343,7 +399,7 @@ def test_the_same_report_has_the_same_tracking_uids(source: pydicom.Dataset) -> 
         ]
 
     first, again = tracking(_sr(source, sc, uid)), tracking(_sr(source, sc, uid))
-    assert len(first) == 2 and first == again
+    assert len(first) == 1 and first == again  # one image, one group
     assert tracking(_sr(source, sc, new_uid())) != first
 
 
@@ -430,7 +486,9 @@ def test_sc_sr_and_descriptions_say_the_same_thing(case: str) -> None:
             _sc(src, triage=triage, heatmap_label=top_finding, colour_ramp=colour_ramp())
         )
         scs.append(sc)
-        results.append(ImageResult(src, triage, probs, peak=(50.0, 60.0), heatmap=sc))
+        results.append(
+            ImageResult(src, triage, probs, region=(20.0, 20.0, 200.0, 250.0), heatmap=sc)
+        )
         # The SC's description and colour scale follow the image's band.
         assert sc.SeriesDescription.startswith(f"AI {triage.priority.upper()} ")
         assert (triage.band == "indeterminate") == ("indeterminate" in sc.SeriesDescription)
@@ -452,22 +510,36 @@ def test_sc_sr_and_descriptions_say_the_same_thing(case: str) -> None:
     sr.save_as(buf, enforce_file_format=True)
     buf.seek(0)
     sr = hd.sr.srread(buf)
-    summary = next(
-        t.TextValue
+    (evaluations,) = [
+        c
         for c in sr.ContentSequence
         if c.ConceptNameCodeSequence[0].CodeValue == codes.QUALITATIVE_EVALUATIONS.value
-        for t in c.ContentSequence
-    )
+    ]
+    (summary,) = [t.TextValue for t in evaluations.ContentSequence if t.ValueType == "TEXT"]
     near = any(p[k] >= T[k] - 0.2 for p in images for k in T)
     assert ("no finding at or near" in summary) == (not near) == (study.band == "not flagged")
     assert "1.00" not in summary and "0.48" not in summary  # percentages, one decimal
     assert sr.SeriesDescription.startswith(f"AI {study.priority.upper()} ")
     label_word = "indeterminate covid" if study.band == "indeterminate" else study.label
     assert label_word in sr.SeriesDescription
-    groups = sr.content.get_planar_roi_measurement_groups()
-    for group, result in zip(groups, results, strict=False):
+    groups = sr.content.get_image_measurement_groups()
+    for group, result in zip(groups, results, strict=True):
         assert group.finding_type == codes.FINDING_CODES[result.triage.label]
         bands = {e.name.value: e.value for e in group.get_qualitative_evaluations()}
         assert bands["TRIAGE-BAND"] == codes.BAND_CODES[result.triage.band]
-    study_bands = {e.name.value: e.value for e in groups[-1].get_qualitative_evaluations()}
-    assert study_bands["TRIAGE-BAND"] == codes.BAND_CODES[study.band]
+        assert bands["TRIAGE-PRIORITY"] == codes.PRIORITY_CODES[result.triage.priority]
+        (line,) = [
+            i.TextValue
+            for i in group[0].ContentSequence
+            if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeMeaning == "Comment"
+        ]
+        assert line == wording.viewer_line(result.triage)
+        assert ("Not flagged" in line) == (result.triage.band == "not flagged")
+    study_codes = {
+        i.ConceptNameCodeSequence[0].CodeValue: i.ConceptCodeSequence[0]
+        for i in evaluations.ContentSequence
+        if i.ValueType == "CODE"
+    }
+    assert study_codes["TRIAGE-BAND"].CodeValue == codes.BAND_CODES[study.band].value
+    assert study_codes["TRIAGE-PRIORITY"].CodeValue == codes.PRIORITY_CODES[study.priority].value
+    assert study_codes["121071"].CodeValue == codes.FINDING_CODES[study.label].value

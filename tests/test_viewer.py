@@ -60,6 +60,9 @@ def _positive_study(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.filterwarnings(
+    "ignore:Invalid value for VR AS:UserWarning"
+)  # the sample's own "62" (left out of the results)
 @pytest.mark.slow
 def test_ohif_opens_the_study_the_heatmap_and_the_report(
     start_node, redis_server, tmp_path: Path
@@ -97,6 +100,11 @@ def test_ohif_opens_the_study_the_heatmap_and_the_report(
             assert not one["crash"], (one["crash"][:3000], seen[name].errors[:10])
         drawn = " ".join(series["SR"]["annotations"])
         assert f"{codes.PROBABILITY_CODES[name].meaning}: " in drawn, series["SR"]
+        # The result, its priority and "not for diagnosis" are drawn on the image, not only
+        # kept inside the SR: "AI URGENT: COVID-19 flagged, not for diagnosis".
+        said = "COVID-19 flagged" if name == "covid" else "Not flagged"
+        line = f"AI {result.priority.upper()}: {said}, not for diagnosis"
+        assert line in drawn, series["SR"]
         description = f"AI {result.priority.upper()} {name} "
         assert series["SR"]["thumbnail"].startswith(f"SR {description}")
         assert series["OT"]["thumbnail"].startswith(f"OT {description}")

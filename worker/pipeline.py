@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pydicom
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -130,14 +129,6 @@ def _model_columns(algorithm: Algorithm) -> dict[str, str]:
         "model_version": algorithm.version,
         "weights_sha256": algorithm.weights_sha256,
     }
-
-
-def _peak(heatmap: np.ndarray | None, shrink: int) -> tuple[float, float] | None:
-    """(column, row) of the heatmap's maximum, in source pixels (the centre of its cell)."""
-    if heatmap is None:
-        return None
-    row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape[:2])
-    return ((col + 0.5) * shrink, (row + 0.5) * shrink)
 
 
 def _box(crop: CropBox | None) -> tuple[float, float, float, float] | None:
@@ -457,7 +448,6 @@ class Pipeline:
                         h,
                         t,
                         p.probabilities,
-                        peak=_peak(p.heatmap, inferred.shrink),
                         region=_box(p.crop),
                         heatmap=sc.ds,
                     )

@@ -34,7 +34,6 @@ PRIORITY_CODES: dict[str, Code] = {
     "soon": Code("SOON", PRIVATE_SCHEME, "Soon"),
     "routine": Code("ROUTINE", PRIVATE_SCHEME, "Routine"),
 }
-STUDY_RESULT = Code("STUDY-RESULT", PRIVATE_SCHEME, "Study-level triage result")
 #: The result's band at the operating point (dicom_node.results.triage), as SNOMED qualifiers.
 TRIAGE_BAND = Code("TRIAGE-BAND", PRIVATE_SCHEME, "Triage result band")
 BAND_CODES: dict[str, Code] = {
@@ -42,6 +41,8 @@ BAND_CODES: dict[str, Code] = {
     "indeterminate": Code("82334004", "SCT", "Indeterminate"),
     "not flagged": Code("260385009", "SCT", "Negative"),
 }
+#: Purpose of a SCOORD that only places a viewer's text (no standard concept says so).
+TEXT_ANCHOR = Code("TEXT-ANCHOR", PRIVATE_SCHEME, "Viewer text anchor")
 #: CID 7162 Algorithm Family.
 ALGORITHM_FAMILY = Code("123110", "DCM", "Artificial Intelligence")
 #: TID 1410's reference to an image that shows the region (our Grad-CAM SC).

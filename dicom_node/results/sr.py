@@ -22,15 +22,14 @@ from dicom_node.results.triage import NOT_FLAGGED, Triage
 class ImageResult:
     """Classification of one source image, and where its evidence is.
 
-    ``peak`` is the (column, row) of the heatmap's maximum in source pixels; ``region`` the
-    (left, top, right, bottom) box the model looked at (the lungs), also in source pixels;
-    ``heatmap`` the header of the Grad-CAM SC of this image.
+    ``region`` is the (left, top, right, bottom) box the model looked at (the lungs), in source
+    pixels; ``heatmap`` the header of the Grad-CAM SC of this image (it shows where the
+    evidence is).
     """
 
     source: Dataset  # the source radiograph's header
     triage: Triage
     probabilities: dict[str, float]
-    peak: tuple[float, float] | None = None
     region: tuple[float, float, float, float] | None = None
     heatmap: Dataset | None = None
 
@@ -44,16 +43,24 @@ def tracking_uid(document_uid: str, name: str) -> str:
     return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, f'{document_uid}/{name}').int}"
 
 
-def _region(image: ImageResult, *, outline: bool = False) -> hd.sr.ImageRegion:
-    """A POINT at the heatmap's peak for a finding; otherwise (a normal image, or ``outline``)
-    the box the model analysed."""
+def _regions(image: ImageResult, count: int) -> list[list[hd.sr.CoordinatesForMeasurement]]:
+    """The SCOORDs each of ``count`` ranked probabilities is inferred from.
+
+    A finding (flagged or indeterminate): every probability hangs from the lungs' outline, where
+    the model read it. A normal image gets no outline, which would look like a finding's. The
+    first also carries a point at the image's corner whose purpose says it is a viewer's text
+    anchor: OHIF 3.13 draws nothing for a group without a SCOORD, draws one SCOORD per NUM and
+    hangs the text right of the first one's right-most point, so the text stays on the image.
+    """
     ref = hd.sr.SourceImageForRegion.from_source_image(image.source)
-    if not outline and image.triage.band != NOT_FLAGGED and image.peak is not None:
-        return hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POINT,
-            graphic_data=np.array([image.peak], dtype=float),
-            source_image=ref,
-        )
+    anchor = hd.sr.CoordinatesForMeasurement(
+        graphic_type=hd.sr.GraphicTypeValues.POINT,
+        graphic_data=np.array([(0.0, 0.0)]),
+        source_image=ref,
+        purpose=codes.TEXT_ANCHOR,
+    )
+    if image.triage.band == NOT_FLAGGED:
+        return [[anchor]] + [[] for _ in range(count - 1)]
     left, top, right, bottom = image.region or (
         0.0,
         0.0,
@@ -61,25 +68,45 @@ def _region(image: ImageResult, *, outline: bool = False) -> hd.sr.ImageRegion:
         float(image.source.Rows),
     )
     corners = [(left, top), (right, top), (right, bottom), (left, bottom), (left, top)]
-    return hd.sr.ImageRegion(
+    outline = hd.sr.CoordinatesForMeasurement(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=np.array(corners, dtype=float),
         source_image=ref,
     )
+    return [[anchor, outline]] + [[outline] for _ in range(count - 1)]
 
 
-def _summary_item(text: str) -> hd.sr.ContainerContentItem:
-    """TID 1500's Qualitative Evaluations container holding the one-sentence summary."""
+def _percent_value(p: float) -> float:
+    """A probability as a NUM in percent: one decimal (more digits are noise), but never 0.0
+    for a value above zero (OHIF 3.13 prints a zero NUM as a blank)."""
+    value = round(100 * float(p), 1)
+    return value if value or not p else float(f"{100 * float(p):.2g}")
+
+
+def _text(name: Any, value: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(
+        name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+
+
+def _code(name: Any, value: Any) -> hd.sr.CodeContentItem:
+    return hd.sr.CodeContentItem(
+        name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+
+
+def _study_evaluations(study: Triage, text: str) -> hd.sr.ContainerContentItem:
+    """TID 1500's Qualitative Evaluations of the whole report: the study's finding, band and
+    priority, and the one-sentence summary."""
     container = hd.sr.ContainerContentItem(
         name=codes.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
     container.ContentSequence = hd.sr.ContentSequence(
         [
-            hd.sr.TextContentItem(
-                name=codes.SUMMARY,
-                value=text,
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            )
+            _code(codes.FINDING, codes.FINDING_CODES[study.label]),
+            _code(codes.TRIAGE_BAND, codes.BAND_CODES[study.band]),
+            _code(codes.TRIAGE_PRIORITY, codes.PRIORITY_CODES[study.priority]),
+            _text(codes.SUMMARY, text),
         ]
     )
     return container
@@ -87,19 +114,21 @@ def _summary_item(text: str) -> hd.sr.ContainerContentItem:
 
 def _group(
     index: int, image: ImageResult, algorithm: hd.sr.AlgorithmIdentification, document_uid: str
-) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """TID 1410 for one image: viewers that draw SR measurements need the SCOORD."""
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 for one image. Its regions hang from the probabilities (TID 300, INFERRED
+    FROM), not from the group: OHIF 3.13 then draws the group's comment, the result line, above
+    the probabilities on the image (for a group with its own SCOORD it draws the NUMs only)."""
+    ranked = sorted(image.probabilities.items(), key=lambda kv: -kv[1])
     measurements = [
         hd.sr.Measurement(
             name=codes.PROBABILITY_CODES[label],
-            # In percent, one decimal (three digits): "Probability of COVID-19: 91.2 %" reads
-            # in any viewer; more digits are noise.
-            value=round(100 * float(p), 1),
+            value=_percent_value(p),
             unit=codes.PERCENT,
+            referenced_coordinates=regions or None,
         )
-        for label, p in sorted(image.probabilities.items(), key=lambda kv: -kv[1])
+        for (label, p), regions in zip(ranked, _regions(image, len(ranked)), strict=True)
     ]
-    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=tracking_uid(document_uid, f"image {index}"),
             identifier=(
@@ -107,16 +136,23 @@ def _group(
                 f"{wording.ranked(image.probabilities)}"
             ),
         ),
-        referenced_region=_region(image),
         # TID 1501 "Finding" (DCM 121071); set once, as finding_type, never also as a
         # qualitative evaluation of the same name (dsrdump would show it twice).
         finding_type=codes.FINDING_CODES[image.label],
         algorithm_id=algorithm,
         measurements=measurements,
-        qualitative_evaluations=[_band(image.triage)],
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(codes.TRIAGE_BAND, codes.BAND_CODES[image.triage.band]),
+            hd.sr.QualitativeEvaluation(
+                codes.TRIAGE_PRIORITY, codes.PRIORITY_CODES[image.triage.priority]
+            ),
+        ],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(image.source)],
     )
+    items = group[0].ContentSequence
+    items.append(_text(codes.SUMMARY, wording.viewer_line(image.triage)))
     if image.heatmap is not None:
-        group[0].ContentSequence.append(
+        items.append(
             hd.sr.ImageContentItem(
                 name=codes.ILLUSTRATION_OF_ROI,
                 referenced_sop_class_uid=image.heatmap.SOPClassUID,
@@ -125,12 +161,6 @@ def _group(
             )
         )
     return group
-
-
-def _band(t: Triage) -> hd.sr.QualitativeEvaluation:
-    """Flagged / indeterminate / not flagged, so "COVID-19" below its threshold never reads as
-    a COVID-19 finding."""
-    return hd.sr.QualitativeEvaluation(codes.TRIAGE_BAND, codes.BAND_CODES[t.band])
 
 
 def build_report(
@@ -179,29 +209,11 @@ def build_report(
         parameters=parameters,
         family=codes.ALGORITHM_FAMILY,
     )
+    # One group per image and no study group: a second outline on the first image read as a
+    # second finding. The study's result is the report's own qualitative evaluation.
     groups: list[Any] = [
         _group(i + 1, img, algorithm_id, sop_instance_uid) for i, img in enumerate(images)
     ]
-    # Viewers that draw SR measurements (OHIF) need a SCOORD in every group, the study's too:
-    # it outlines the region analysed in the first image.
-    groups.append(
-        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=tracking_uid(sop_instance_uid, "study"),
-                identifier=f"study: {wording.headline(study)}",
-            ),
-            referenced_region=_region(images[0], outline=True),
-            algorithm_id=algorithm_id,
-            finding_type=codes.FINDING_CODES[study.label],
-            qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(
-                    codes.TRIAGE_PRIORITY, codes.PRIORITY_CODES[study.priority]
-                ),
-                _band(study),
-            ],
-            finding_category=codes.STUDY_RESULT,
-        )
-    )
     observer = hd.sr.ObserverContext(
         observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -218,7 +230,7 @@ def build_report(
     )
     content = report[0]
     content.ContentSequence.append(
-        _summary_item(wording.summary(study, [i.probabilities for i in images]))
+        _study_evaluations(study, wording.summary(study, [i.probabilities for i in images]))
     )
     sr = hd.sr.ComprehensiveSR(
         evidence=[with_type2(ds) for ds in evidence],

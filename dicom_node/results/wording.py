@@ -64,6 +64,17 @@ def headline(t: Triage) -> str:
     return f"Not flagged: no finding at or near its threshold, priority {t.priority.upper()}"
 
 
+def viewer_line(t: Triage) -> str:
+    """The result as a viewer draws it beside the probabilities (OHIF: one line, above them)."""
+    if t.band == FLAGGED:
+        said = f"{meaning(t.label)} flagged"
+    elif t.band == INDETERMINATE:
+        said = f"Indeterminate, {meaning(t.label)} near its flag"
+    else:
+        said = "Not flagged"
+    return f"AI {t.priority.upper()}: {said}, {NOT_FOR_DIAGNOSIS}"
+
+
 def heatmap_meaning(t: Triage, heatmap_label: str | None) -> str:
     """What an SC's colours mean: evidence for one class, never a finding's outline."""
     if t.band not in (FLAGGED, INDETERMINATE) or heatmap_label is None:

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -119,10 +120,16 @@ def settings_problem(exc: ValidationError) -> str:
 _CHATTY = ("pynetdicom", "absl", "tensorflow", "h5py", "matplotlib", "PIL")
 
 
+#: highdicom's warning for a one-component PatientName ("Covid0000", a UUID): anonymisers write
+#: such names and the results must carry the source's name unchanged, so it says nothing.
+ANONYMISED_NAME = r"The string .* is unlikely to represent the intended person name"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Everything this process and its children create (spool, results, the SQLite database,
     # logs) holds patient data: owner only. Node and workers run as one user (docs/deployment.md).
     os.umask(0o077)
+    warnings.filterwarnings("ignore", message=ANONYMISED_NAME, category=UserWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.verbose:

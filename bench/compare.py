@@ -4,8 +4,9 @@ the pipeline (time to ready, first result, latency percentiles, batched throughp
     .venv/bin/python bench/compare.py --count 80 --repeat 5 --studies 20 --concurrency 2
 
 Receiving: ``bench/receive_throughput.py`` (the same synthetic 15 MB DX files sent by dcmtk
-``storescu`` to each receiver in turn; best of ``--repeat`` runs; ratios to dcmtk from this
-run). Pipeline: ``bench/pipeline_latency.py``. A benchmark, not a test.
+``storescu`` to each receiver in turn, every one at its defaults first; best of ``--repeat``
+runs; ratios to dcmtk from this run). Pipeline: ``bench/pipeline_latency.py``. A benchmark,
+not a test.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def main() -> int:
     total_mb = sum(f.stat().st_size for f in files) / 1e6
     print(
         f"\nreceiving {len(files)} files, {total_mb:.0f} MB, best of {args.repeat}, "
-        f"target {args.target}, memory {'cold' if args.cold else 'warmed'} before each run"
+        f"target {args.target}, memory {'cold' if args.cold else 'warmed'} before each run, "
+        f"sent by {args.sender} storescu; every receiver at its defaults unless it says tuned"
     )
     rows = receive_throughput.measure(
         files,
@@ -46,6 +48,7 @@ def main() -> int:
         processes=args.processes,
         orthanc=not args.no_orthanc and shutil.which("Orthanc") is not None,
         warm=not args.cold,
+        sender=args.sender,
     )
     receive_throughput.print_rows(rows)
     print("\npipeline")

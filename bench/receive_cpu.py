@@ -36,8 +36,10 @@ from bench.receive_throughput import (  # noqa: E402
 )
 
 _TICKS = os.sysconf("SC_CLK_TCK")
-# dcmtk's, not the ones pynetdicom puts in the venv; 128 KiB PDUs, as receive_throughput.
-_STORESCU = ["/usr/bin/storescu", "-aet", "BENCH", "--max-pdu", "131072", "-aec"]
+# dcmtk's, not the ones pynetdicom puts in the venv. storescu sends PDUs of at most 128 KiB to
+# either receiver; storescp is tuned to accept them (its default is 16 KiB), our listener is as
+# shipped (it advertises 1 MiB), so both receive the same PDUs.
+_STORESCU = ["/usr/bin/storescu", "-aet", "BENCH", "-aec"]
 _STORESCP = ["/usr/bin/storescp", "-aet", "DCMTK", "--max-pdu", "131072", "-od"]
 
 

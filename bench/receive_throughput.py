@@ -1,9 +1,16 @@
 """Receive throughput: our listener against dcmtk's storescp, same files, same target.
 
-The sender is dcmtk's storescu in both cases (with TCP_NODELAY=1), so only the receiver differs.
-Run from the repository root:
+Every receiver and the sender run at their own defaults first: dcmtk's storescu (with
+TCP_NODELAY=1, nothing else set) sends to storescp as installed and to ``cxr-triage listen`` as
+shipped. Then the tuned rows, each saying what was tuned: storescp advertising 128 KiB PDUs (the
+most dcmtk takes). Ratios are against storescp at its defaults, and beside it against the tuned
+storescp. Run from the repository root:
 
     .venv/bin/python bench/receive_throughput.py --count 200 --target /dev/shm/cxr-bench
+
+``--sender pynetdicom`` sends with pynetdicom's storescu (at its defaults) instead of dcmtk's.
+Before the timed runs it records the PDU sizes each receiver negotiates with the sender
+(storescu ``-d``; pynetdicom sends PDUs as large as the receiver advertises).
 
 It writes synthetic 2500x3000 16-bit DX images (about 15 MB each) once into --source, then for
 1 and for 4 concurrent associations times: storescp (one process; --fork for 4), our listener
@@ -31,6 +38,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,8 +80,27 @@ def make_files(source: Path, count: int) -> list[Path]:
     return sorted(source.glob("*.dcm"))[:count]
 
 
+#: The senders: a command for ``(ae, port, files)``, each at its own defaults.
+SENDERS = {
+    # dcmtk's, not the one pynetdicom puts in the venv; it sends PDUs of at most 128 KiB.
+    "dcmtk": lambda ae, port, files: [
+        "/usr/bin/storescu", "-aet", "BENCH", "-aec", ae, "127.0.0.1", str(port), *files
+    ],
+    "pynetdicom": lambda ae, port, files: [
+        sys.executable, "-m", "pynetdicom", "storescu", "-aet", "BENCH", "-aec", ae,
+        "127.0.0.1", str(port), *files,
+    ],
+}  # fmt: skip
+
+
 def send(
-    files: list[Path], port: int, ae: str, associations: int, wrap: list[str] | None = None
+    files: list[Path],
+    port: int,
+    ae: str,
+    associations: int,
+    wrap: list[str] | None = None,
+    *,
+    sender: str = "dcmtk",
 ) -> float:
     """Send with `associations` concurrent storescu processes; return wall seconds.
 
@@ -84,19 +111,7 @@ def send(
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
-            [
-                *(wrap or []),
-                "/usr/bin/storescu",  # dcmtk's, not the one pynetdicom puts in the venv
-                "-aet",
-                "BENCH",
-                "-aec",
-                ae,
-                "--max-pdu",
-                "131072",
-                "127.0.0.1",
-                str(port),
-                *map(str, chunk),
-            ],
+            [*(wrap or []), *SENDERS[sender](ae, port, list(map(str, chunk)))],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -110,47 +125,89 @@ def send(
     return time.perf_counter() - start
 
 
-def run_storescp(files: list[Path], target: Path, associations: int) -> float:
+def probe_file() -> Path:
+    """A small instance of its own for :func:`negotiated`, so the timed files stay new."""
+    path = Path(tempfile.gettempdir()) / "cxr-bench-probe.dcm"
+    if not path.exists():
+        synthetic.write(synthetic.radiograph(rows=64, columns=64, seed=999_999), path)
+    return path
+
+
+def negotiated(port: int, ae: str, wrap: list[str] | None = None) -> str:
+    """What dcmtk's storescu at its defaults agrees with a receiver: "their max PDU / our send
+    PDV", from its debug log of one association."""
+    file = probe_file()
+    out = subprocess.run(
+        [*(wrap or []), "/usr/bin/storescu", "-d", "-aet", "BENCH", "-aec", ae, "127.0.0.1",
+         str(port), str(file)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "TCP_NODELAY": "1"},
+    )  # fmt: skip
+    text = out.stdout + out.stderr
+    theirs = [ln.split(":")[-1].strip() for ln in text.splitlines() if "Their Max PDU" in ln]
+    pdv = [ln.split("Max Send PDV:")[-1].strip(" )") for ln in text.splitlines() if "PDV" in ln]
+    return f"{theirs[-1] if theirs else '?'} / {pdv[-1] if pdv else '?'}"
+
+
+def run_storescp(
+    files: list[Path],
+    target: Path,
+    associations: int,
+    *,
+    max_pdu: int | None = None,
+    sender: str = "dcmtk",
+    probe: list[str] | None = None,
+) -> float:
+    """storescp at its defaults, or advertising ``max_pdu``; ``probe`` gets what it
+    negotiates."""
     port = free_port()
     target.mkdir(parents=True)
-    args = ["/usr/bin/storescp", "-aet", "DCMTK", "-od", str(target), "--max-pdu", "131072"]
+    args = ["/usr/bin/storescp", "-aet", "DCMTK", "-od", str(target)]
+    if max_pdu is not None:
+        args += ["--max-pdu", str(max_pdu)]
     if associations > 1:
         args.append("--fork")
     proc = subprocess.Popen([*args, str(port)], env={**os.environ, "TCP_NODELAY": "1"})
     try:
         wait_port(port)
-        return send(files, port, "DCMTK", associations)
+        if probe is not None:
+            probe.append(negotiated(port, "DCMTK"))
+            shutil.rmtree(target)
+            target.mkdir(parents=True)
+        return send(files, port, "DCMTK", associations, sender=sender)
     finally:
         proc.terminate()
         proc.wait(30)
 
 
-def run_orthanc(files: list[Path], target: Path, associations: int) -> float:
-    """Orthanc (its own SQLite index, files in ``target``), storescu sent from inside its
-    network namespace straight to its port: no relay in the way."""
+def run_orthanc(
+    files: list[Path], target: Path, associations: int, *, sender: str = "dcmtk"
+) -> float:
+    """Orthanc at its defaults (its own SQLite index, files in ``target``, enough DICOM threads
+    for the associations), storescu sent from inside its network namespace straight to its
+    port: no relay in the way."""
     from tests.orthanc import Orthanc
 
-    orthanc = Orthanc(
-        target,
-        free_port(),
-        config={"MaximumPduLength": 131072, "DicomThreadsCount": max(4, associations)},
-    )
+    orthanc = Orthanc(target, free_port(), config={"DicomThreadsCount": max(4, associations)})
     orthanc.start()
     try:
-        return send(files, 4242, "ORTHANC", associations, orthanc.in_namespace([]))
+        return send(files, 4242, "ORTHANC", associations, orthanc.in_namespace([]), sender=sender)
     finally:
         orthanc.stop()
 
 
-def listener_env(target: Path, port: int, *, fsync: bool = True) -> dict[str, str]:
-    """The environment every bench runs ``cxr-triage listen`` in."""
+def listener_env(
+    target: Path, port: int, *, fsync: bool = True, max_pdu: int | None = None
+) -> dict[str, str]:
+    """The environment every bench runs ``cxr-triage listen`` in: the product's defaults but
+    for the data folder, the port, fsync when asked, and ``max_pdu`` when given."""
+    tuned = {"CXR_MAX_PDU": str(max_pdu)} if max_pdu is not None else {}
     return {
         **os.environ,
         "CXR_DATA_DIR": str(target),
         "CXR_PORT": str(port),
         "CXR_MIN_FREE_MB": "0",
         "CXR_FSYNC": "true" if fsync else "false",
-        "CXR_MAX_PDU": "131072",
+        **tuned,
         "CXR_QUIET_SECONDS": "3600",  # completion and queueing are not what we measure here
         "CXR_LOG_LEVEL": "INFO",  # the default; wait_listening reads it
         "CXR_METRICS_PORT": "0",  # N processes cannot share one metrics port
@@ -158,10 +215,16 @@ def listener_env(target: Path, port: int, *, fsync: bool = True) -> dict[str, st
 
 
 def start_listener(
-    target: Path, port: int, processes: int, *, fsync: bool = True, checkout: Path = ROOT
+    target: Path,
+    port: int,
+    processes: int,
+    *,
+    fsync: bool = True,
+    checkout: Path = ROOT,
+    max_pdu: int | None = None,
 ) -> subprocess.Popen[bytes]:
     """``cxr-triage listen --processes N`` from ``checkout``, once every process listens."""
-    env = listener_env(target, port, fsync=fsync)
+    env = listener_env(target, port, fsync=fsync, max_pdu=max_pdu)
     log = target / "listen.log"
     command = [sys.executable, "-m", "worker.cli.main", "listen", "--processes", str(processes)]
     with log.open("w") as out:
@@ -178,13 +241,23 @@ def start_listener(
 
 
 def run_ours(
-    files: list[Path], target: Path, associations: int, *, fsync: bool, processes: int = 1
+    files: list[Path],
+    target: Path,
+    associations: int,
+    *,
+    fsync: bool,
+    processes: int = 1,
+    max_pdu: int | None = None,
+    sender: str = "dcmtk",
+    probe: list[str] | None = None,
 ) -> float:
     port = free_port()
     target.mkdir(parents=True)
-    proc = start_listener(target, port, processes, fsync=fsync)
+    proc = start_listener(target, port, processes, fsync=fsync, max_pdu=max_pdu)
     try:
-        return send(files, port, "CXR_TRIAGE", associations)
+        if probe is not None:
+            probe.append(negotiated(port, "CXR_TRIAGE"))
+        return send(files, port, "CXR_TRIAGE", associations, sender=sender)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -210,7 +283,9 @@ class Row:
     associations: int
     seconds: float
     mb_per_s: float
-    vs_dcmtk: float
+    vs_dcmtk: float  # against storescp at its defaults, same association count, same run
+    vs_tuned: float  # against storescp advertising 128 KiB PDUs
+    pdu: str  # their max PDU / dcmtk's send PDV, from storescu -d ("" when not probed)
 
 
 def warm_memory(size: int) -> None:
@@ -227,52 +302,93 @@ def measure(
     processes: int,
     orthanc: bool,
     warm: bool = True,
+    sender: str = "dcmtk",
 ) -> list[Row]:
-    """Best of ``repeat`` runs of each receiver on ``files``; dcmtk first for each count."""
+    """Best of ``repeat`` runs of each receiver on ``files``; dcmtk at its defaults first, then
+    dcmtk tuned, for each association count."""
     total_bytes = sum(f.stat().st_size for f in files)
     total_mb = total_bytes / 1e6
-    configs: list[tuple[str, int, Callable[[Path], float]]] = [
-        ("dcmtk storescp", 1, lambda t: run_storescp(files, t, 1)),
-        ("cxr-triage, fsync", 1, lambda t: run_ours(files, t, 1, fsync=True)),
-        ("cxr-triage, no fsync", 1, lambda t: run_ours(files, t, 1, fsync=False)),
-        ("dcmtk storescp --fork", 4, lambda t: run_storescp(files, t, 4)),
-        ("cxr-triage, fsync", 4, lambda t: run_ours(files, t, 4, fsync=True)),
-        (
-            f"cxr-triage --processes {processes}, fsync",
-            4,
-            lambda t: run_ours(files, t, 4, fsync=True, processes=processes),
-        ),
-    ]
-    if orthanc:
-        configs.insert(3, ("Orthanc", 1, lambda t: run_orthanc(files, t, 1)))
-        configs.append(("Orthanc", 4, lambda t: run_orthanc(files, t, 4)))
-    baseline: dict[int, float] = {}
+    tuned = 131072
+    Run = Callable[[Path, "list[str] | None"], float]
+    configs: list[tuple[str, int, Run]] = []
+    for n in (1, 4):
+        fork = " --fork" if n > 1 else ""
+        configs += [
+            (f"dcmtk storescp{fork}", n, lambda t, p, n=n: run_storescp(
+                files, t, n, sender=sender, probe=p)),
+            (f"dcmtk storescp{fork} --max-pdu {tuned} (tuned)", n,
+             lambda t, p, n=n: run_storescp(files, t, n, max_pdu=tuned, sender=sender, probe=p)),
+            ("cxr-triage listen", n, lambda t, p, n=n: run_ours(
+                files, t, n, fsync=True, sender=sender, probe=p)),
+        ]  # fmt: skip
+        if n == 1:
+            configs.append(
+                (
+                    "cxr-triage listen, CXR_FSYNC=false",
+                    1,
+                    lambda t, p: run_ours(files, t, 1, fsync=False, sender=sender, probe=p),
+                )
+            )
+        else:
+            configs.append(
+                (
+                    f"cxr-triage listen --processes {processes}",
+                    n,
+                    lambda t, p, n=n: run_ours(
+                        files, t, n, fsync=True, processes=processes, sender=sender, probe=p
+                    ),
+                )
+            )
+        if orthanc:
+            configs.append(
+                ("Orthanc", n, lambda t, p, n=n: run_orthanc(files, t, n, sender=sender))
+            )
+    baseline: dict[tuple[int, bool], float] = {}
     rows = []
     for name, assocs, run in configs:
         best = float("inf")
-        for _ in range(repeat):
+        probe: list[str] = []
+        for i in range(repeat):
             shutil.rmtree(target, ignore_errors=True)
             if warm:
                 warm_memory(2 * total_bytes)
-            best = min(best, run(target))
+            ask = i == 0 and not name.startswith("Orthanc")
+            best = min(best, run(target, probe if ask else None))
         shutil.rmtree(target, ignore_errors=True)
         rate = total_mb / best
-        baseline.setdefault(assocs, rate)
-        rows.append(Row(name, assocs, best, rate, rate / baseline[assocs]))
+        if name.startswith("dcmtk"):
+            baseline.setdefault((assocs, "tuned" in name), rate)
+        rows.append(
+            Row(
+                name,
+                assocs,
+                best,
+                rate,
+                rate / baseline[(assocs, False)],
+                float("nan"),  # set below, once the tuned storescp has run
+                probe[0] if probe else "",
+            )
+        )
         print(f"  measured {name} x{assocs}: {rate:.0f} MB/s", file=sys.stderr, flush=True)
+    for r in rows:
+        r.vs_tuned = r.mb_per_s / baseline[(r.associations, True)]
     return rows
 
 
 def print_rows(rows: list[Row]) -> None:
-    print(f"{'receiver':40} {'assocs':>6} {'seconds':>8} {'MB/s':>8} {'vs dcmtk':>8}")
+    print("| receiver | associations | MB/s | vs dcmtk | vs dcmtk tuned | max PDU / dcmtk sends |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"{r.receiver:40} {r.associations:>6} {r.seconds:>8.2f} {r.mb_per_s:>8.0f} "
-            f"{r.vs_dcmtk:>8.2f}"
+            f"| {r.receiver} | {r.associations} | {r.mb_per_s:.0f} | {r.vs_dcmtk:.2f} | "
+            f"{r.vs_tuned:.2f} | {r.pdu} |"
         )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sender", choices=sorted(SENDERS), default="dcmtk", help="storescu to send with"
+    )
     parser.add_argument("--count", type=int, default=200, help="synthetic 15 MB DX files")
     parser.add_argument("--source", type=Path, default=Path("/tmp/cxr-bench-source"))
     parser.add_argument("--target", type=Path, default=Path("/dev/shm/cxr-bench"))
@@ -306,6 +422,7 @@ def main() -> int:
         processes=args.processes,
         orthanc=not args.no_orthanc and shutil.which("Orthanc") is not None,
         warm=not args.cold,
+        sender=args.sender,
     )
     print_rows(rows)
     return 0

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from models.labels import LABELS
+
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -202,3 +204,35 @@ def build_graph(
     x = layers.Dropout(0.3, name="dropout")(x)
     logits = layers.Dense(n_classes, name="logits")(x)
     return keras.Model(inputs, logits, name=f"{arch}_{mode}")
+
+
+# --------------------------------------------------------------------------- Xception transfer
+
+#: Xception's last block: fine-tuned ("ft") on top of the cached block13 output.
+BLOCK14 = [
+    "block14_sepconv1",
+    "block14_sepconv1_bn",
+    "block14_sepconv1_act",
+    "block14_sepconv2",
+    "block14_sepconv2_bn",
+    "block14_sepconv2_act",
+]
+#: The head's layers after global average pooling (``pool``, which has no weights).
+HEAD = {"ec": ["head_dense", "dropout", "logits"], "ft": ["dropout", "logits"]}
+#: The first layer above the frozen trunk whose output the feature cache holds.
+XCEPTION_TOP_FIRST = BLOCK14[0]
+
+
+def full_model(mode: str, size: int, imagenet_weights: Path | None = None) -> Any:
+    """The servable Xception EC/FT model with only the top trainable (see :func:`_top`)."""
+    if mode not in HEAD:
+        raise ValueError(f"transfer mode must be ec or ft, not {mode!r}")
+    model = build_graph("xception", mode, size, len(LABELS), imagenet_weights)
+    _freeze_below_top(model, mode)
+    return model
+
+
+def _freeze_below_top(model: Any, mode: str) -> None:
+    trainable = set(HEAD[mode]) | (set(BLOCK14) if mode == "ft" else set())
+    for layer in model.layers:
+        layer.trainable = layer.name in trainable and not layer.name.endswith("_bn")

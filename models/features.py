@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from models.architectures import XCEPTION_TOP_FIRST, full_model
 from models.card import sha256_of
 from models.data import Sample
 from models.imaging import CropBox, load_image, prepare
@@ -37,7 +38,6 @@ from models.lungs import LungModel
 logger = logging.getLogger(__name__)
 
 #: The first layer that FT trains; everything below it is frozen and cached.
-XCEPTION_TOP_FIRST = "block14_sepconv1"
 CHUNK = 32
 
 
@@ -60,8 +60,6 @@ class FeatureCache:
 def trunk_model(size: int, imagenet_weights: Path) -> Any:
     """Xception with ImageNet weights, from our grey input up to ``block14``'s input."""
     import keras
-
-    from models.transfer import full_model
 
     full = full_model("ec", size, imagenet_weights)
     return keras.Model(full.inputs, full.get_layer(XCEPTION_TOP_FIRST).input, name="trunk")

@@ -272,7 +272,7 @@ def _load_weights(card: ModelCard, weights: Path) -> Any:
         return keras.models.load_model(weights, compile=False)
     if card.architecture != "xception" or card.mode not in ("ec", "ft"):
         raise ModelCardError(f"{weights}: .npz weights are for Xception ec/ft, not {card.mode}")
-    from models.transfer import full_model
+    from models.architectures import full_model
 
     model = full_model(card.mode, card.input_size)
     with np.load(weights) as arrays:

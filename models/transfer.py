@@ -20,11 +20,11 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from models.architectures import BLOCK14, HEAD
 from models.data import Sample
 from models.features import FeatureCache
 from models.labels import LABELS
@@ -33,17 +33,6 @@ from models.site_eval import operating_thresholds, site_figures, site_probe
 from models.sites import SITE_COLUMN
 
 logger = logging.getLogger(__name__)
-
-BLOCK14 = [
-    "block14_sepconv1",
-    "block14_sepconv1_bn",
-    "block14_sepconv1_act",
-    "block14_sepconv2",
-    "block14_sepconv2_bn",
-    "block14_sepconv2_act",
-]
-#: The head's layers after global average pooling (``pool``, which has no weights).
-HEAD = {"ec": ["head_dense", "dropout", "logits"], "ft": ["dropout", "logits"]}
 
 
 @dataclass
@@ -58,23 +47,6 @@ class TopConfig:
     #: How strongly to even out sites within a class: each (site, label) stratum's images weigh
     #: n_stratum ** -balance (0: plain class weights; 1: every site counts the same).
     balance: float = 0.5
-
-
-def full_model(mode: str, size: int, imagenet_weights: Path | None = None) -> Any:
-    """The servable Xception EC/FT model with only the top trainable (see :func:`_top`)."""
-    from models.architectures import build_graph
-
-    if mode not in HEAD:
-        raise ValueError(f"transfer mode must be ec or ft, not {mode!r}")
-    model = build_graph("xception", mode, size, len(LABELS), imagenet_weights)
-    _freeze_below_top(model, mode)
-    return model
-
-
-def _freeze_below_top(model: Any, mode: str) -> None:
-    trainable = set(HEAD[mode]) | (set(BLOCK14) if mode == "ft" else set())
-    for layer in model.layers:
-        layer.trainable = layer.name in trainable and not layer.name.endswith("_bn")
 
 
 def _top(model: Any, mode: str, input_shape: tuple[int, ...]) -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from models.architectures import full_model
 from models.card import ModelCard, sha256_of
 from models.data import Sample, breakdown_columns, summarise
 from models.features import FeatureCache, build_cache
@@ -27,11 +28,10 @@ from models.lungs import load_lung_model
 from models.metrics import auroc, softmax
 from models.site_eval import operating_thresholds
 from models.sites import SITE_COLUMN
-from models.training import TrainConfig, dataset_and_split
+from models.train_config import TrainConfig, dataset_and_split
 from models.transfer import (
     TopConfig,
     _top,
-    full_model,
     inputs_for,
     logits_of,
     sample_weights,

@@ -339,8 +339,8 @@ def test_the_heatmap_stays_on_the_lungs_and_the_overlay_is_grey_elsewhere() -> N
 
 def test_float16_npz_weights_predict_like_float32(tmp_path: Path) -> None:
     """The shipped weights are float16: set into the graph they must give the same answers."""
+    from models.architectures import full_model
     from models.loader import save_weights_npz
-    from models.transfer import full_model
 
     model = full_model("ec", 96)  # initialisers' weights: BatchNorm variances stay positive
     rng = np.random.default_rng(4)

@@ -1,6 +1,6 @@
 """CPU time per image: preprocessing a 2500x3000 16-bit DX, prediction and Grad-CAM.
 
-    .venv/bin/python bench/classifier_speed.py
+    .venv/bin/python -m bench.classifier_speed
 
 For the shipped default model and for Xception at 299x299 (random weights: the same arithmetic
 as ImageNet-initialised ones). Prediction is timed three ways: a compiled ``tf.function`` (what
@@ -21,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def median_ms(fn: Callable[[], object], repeat: int, warmup: int = 2) -> float:

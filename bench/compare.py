@@ -1,7 +1,7 @@
 """The numbers of docs/performance.md in one run: receive MB/s against dcmtk and Orthanc, then
 the pipeline (time to ready, first result, latency percentiles, batched throughput).
 
-    .venv/bin/python bench/compare.py --count 80 --repeat 5 --studies 20 --concurrency 2
+    .venv/bin/python -m bench.compare --count 80 --repeat 5 --studies 20 --concurrency 2
 
 Receiving: ``bench/receive_throughput.py`` (the same synthetic 15 MB DX files sent by dcmtk
 ``storescu`` to each receiver in turn, every one at its defaults first; best of ``--repeat``
@@ -17,12 +17,8 @@ import os
 import platform
 import shutil
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench import pipeline_latency, receive_throughput  # noqa: E402
+from bench import pipeline_latency, receive_throughput
 
 
 def main() -> int:

@@ -5,7 +5,7 @@ A benchmark, not a test: nothing asserts on the numbers. It builds a node on SQL
 temporary directory (nothing listens), records one association, and times with
 ``time.thread_time()``. Run from the repository root:
 
-    .venv/bin/python bench/database_cpu.py --repeat 20
+    .venv/bin/python -m bench.database_cpu --repeat 20
 """
 
 from __future__ import annotations
@@ -13,14 +13,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def cpu_ms(work: Callable[[], object], repeat: int, gap: float) -> float:

@@ -3,7 +3,7 @@
 Run from the repository root (about 4 minutes on 2 cores; needs PostgreSQL on 127.0.0.1:5432,
 redis-server, dcmtk, unshare and ../shared/data/dicom):
 
-    .venv/bin/python bench/faults.py [--only pacs_down ...] [--json faults.json]
+    .venv/bin/python -m bench.faults [--only pacs_down ...] [--json faults.json]
 
 Each scenario (``tests/faults.py``) starts ``cxr-triage listen`` and ``cxr-triage work`` as
 processes on a fresh PostgreSQL database with a private Redis and dcmtk's storescp as the PACS,
@@ -22,11 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.faults import SCENARIOS, TABLE_HEADER, Tally  # noqa: E402
-from tests.services import SHARED_DICOM, postgres_database  # noqa: E402
+from tests.faults import SCENARIOS, TABLE_HEADER, Tally
+from tests.services import SHARED_DICOM, postgres_database
 
 
 def _run(name: str) -> Tally:

@@ -2,7 +2,7 @@
 
 Run from the repository root (about 4 minutes per 1,000 inputs on 2 cores):
 
-    .venv/bin/python bench/fuzz.py --count 10000 --seed 1 --json fuzz-report.json
+    .venv/bin/python -m bench.fuzz --count 10000 --seed 1 --json fuzz-report.json
 
 The node is ``cxr-triage listen`` in its own process on a free loopback port, on SQLite in a
 temporary folder (or ``--database-url`` for PostgreSQL). Inputs are drawn from every kind in
@@ -22,11 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.fuzzing import KINDS, Campaign, NodeProcess, Report  # noqa: E402
-from tests.services import free_port  # noqa: E402
+from tests.fuzzing import KINDS, Campaign, NodeProcess, Report
+from tests.services import free_port
 
 
 def _progress(total: int) -> object:

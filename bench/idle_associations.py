@@ -5,7 +5,7 @@ free port on 127.0.0.1, opens N associations (C-ECHO context), holds them idle f
 and prints the listener's user and system CPU over that time (``/proc/PID/stat``). A
 benchmark, not a test: nothing asserts on the numbers. Run from the repository root:
 
-    .venv/bin/python bench/idle_associations.py --associations 0 4 16 --seconds 10
+    .venv/bin/python -m bench.idle_associations --associations 0 4 16 --seconds 10
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.receive_throughput import free_port, wait_listening
 
-from bench.receive_throughput import free_port, wait_listening  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -10,7 +10,7 @@ SR, none duplicated under new UIDs; it also counts the sweeper's re-dispatches.
 Run from the repository root (needs PostgreSQL on 127.0.0.1:5432, redis-server, dcmtk and
 ../shared/data/dicom; several minutes on 2 cores):
 
-    .venv/bin/python bench/load_faults.py [--senders 16] [--studies 10] [--images 5]
+    .venv/bin/python -m bench.load_faults [--senders 16] [--studies 10] [--images 5]
 
 Exit status 1 if anything was lost or duplicated.
 """
@@ -24,10 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.faults import (  # noqa: E402
+from tests.faults import (
     SETTLED,
     SOURCE_IMAGE,
     TABLE_HEADER,
@@ -35,8 +32,8 @@ from tests.faults import (  # noqa: E402
     Modality,
     make_study,
 )
-from tests.services import SHARED_DICOM, postgres_database  # noqa: E402
-from worker.db.models import StudyState  # noqa: E402
+from tests.services import SHARED_DICOM, postgres_database
+from worker.db.models import StudyState
 
 # The fault harness shortens these for its small scenarios; this run keeps the product's.
 _HARNESS_ONLY = (

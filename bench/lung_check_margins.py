@@ -1,6 +1,6 @@
 """How far real chests sit from the image check's limits. (An analysis, not a test.)
 
-    .venv/bin/python bench/lung_check_margins.py --cxr3-sample 1200
+    .venv/bin/python -m bench.lung_check_margins --cxr3-sample 1200
 
 Runs the shipped lung model over lungseg's val split and a seeded sample of cxr3, and prints the
 distribution (percentiles) of every quantity the image check's rules read, next to the rule's
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+
 DATA = ROOT.parent / "shared" / "data"
 
 # measure -> (rule field, "max" or "min")

@@ -1,7 +1,7 @@
 """Which maximum PDU should the listener advertise? One association, each sender at its own
 defaults, our listener (fsync, otherwise as shipped) advertising each size in turn:
 
-    .venv/bin/python bench/pdu_sizes.py --count 80 --repeat 3
+    .venv/bin/python -m bench.pdu_sizes --count 80 --repeat 3
 
 dcmtk's storescu sends PDUs of at most 128 KiB whatever the receiver allows (Orthanc is built
 on dcmtk and does the same); pynetdicom's sends PDUs as large as the receiver advertises. The
@@ -18,11 +18,8 @@ import shutil
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.receive_throughput import SENDERS, make_files, run_ours, warm_memory  # noqa: E402
-from worker.settings import Settings  # noqa: E402
+from bench.receive_throughput import SENDERS, make_files, run_ours, warm_memory
+from worker.settings import Settings
 
 SIZES = (16_384, 65_536, 131_072, 262_144, 1_048_576, 4_194_304)
 

@@ -1,6 +1,6 @@
 """Worker start to first result; latency percentiles; throughput of 1, 8 and 32 queued studies.
 
-    .venv/bin/python bench/pipeline_latency.py --studies 20 --concurrency 1 --batch-size 8
+    .venv/bin/python -m bench.pipeline_latency --studies 20 --concurrency 1 --batch-size 8
 
 Starts dcmtk ``storescp`` as the PACS, a private ``redis-server`` on a free loopback port, then
 ``cxr-triage listen`` and ``cxr-triage work`` (the default model) on SQLite in a temporary
@@ -36,11 +36,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.receive_throughput import free_port, wait_port  # noqa: E402
-from dicom_node import synthetic  # noqa: E402
+from bench.receive_throughput import free_port, wait_port
+from dicom_node import synthetic
 
 CLI = [sys.executable, "-m", "worker.cli.main"]
 BURSTS = (1, 8, 32)

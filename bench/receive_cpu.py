@@ -9,7 +9,7 @@ listener (a ``git worktree`` of an older commit) for an A/B on the same files in
 minutes. Receivers alternate in each round; memory is warmed before each run as in
 ``receive_throughput``. A benchmark, not a test. Run from the repository root:
 
-    .venv/bin/python bench/receive_cpu.py --rounds 3 --checkout /tmp/old
+    .venv/bin/python -m bench.receive_cpu --rounds 3 --checkout /tmp/old
 """
 
 from __future__ import annotations
@@ -24,16 +24,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.receive_throughput import (  # noqa: E402
+from bench.receive_throughput import (
     free_port,
     make_files,
     start_listener,
     wait_port,
     warm_memory,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 # dcmtk's, not the ones pynetdicom puts in the venv. storescu sends PDUs of at most 128 KiB to

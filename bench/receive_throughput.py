@@ -6,7 +6,7 @@ shipped. Then the tuned rows, each saying what was tuned: storescp advertising 1
 most dcmtk takes). Ratios are against storescp at its defaults, and beside it against the tuned
 storescp. Run from the repository root:
 
-    .venv/bin/python bench/receive_throughput.py --count 200 --target /dev/shm/cxr-bench
+    .venv/bin/python -m bench.receive_throughput --count 200 --target /dev/shm/cxr-bench
 
 ``--sender pynetdicom`` sends with pynetdicom's storescu (at its defaults) instead of dcmtk's.
 Before the timed runs it records the PDU sizes each receiver negotiates with the sender
@@ -44,10 +44,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from dicom_node import synthetic
 
-from dicom_node import synthetic  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:

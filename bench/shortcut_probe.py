@@ -1,8 +1,8 @@
 """Does a model read the hospital (or the age) instead of the lungs? (An analysis, not a test.)
 
-    .venv/bin/python bench/shortcut_probe.py --model models/default \\
+    .venv/bin/python -m bench.shortcut_probe --model models/default \\
         --data ../shared/data/cxr3 ../shared/data/cxr_sites
-    .venv/bin/python bench/shortcut_probe.py --by age_group ...
+    .venv/bin/python -m bench.shortcut_probe --by age_group ...
 
 On the model's own held-out test split (``split.csv``), among **normal** radiographs only, it
 asks how well the flag score tells one group from the rest: for ``--by site`` (the default),
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+
 SHARED = ROOT.parent / "shared" / "data"
 
 

@@ -54,6 +54,7 @@ def api(processed) -> Iterator[tuple[int, Any]]:  # noqa: F811
     thread.join(10)
 
 
+@pytest.mark.slow
 def test_api_requires_a_token_and_paginates(api) -> None:  # type: ignore[no-untyped-def]
     port, (_node, pa, ct, pending) = api
     assert _get(port, "/api/studies", token=None)[0] == 401
@@ -120,6 +121,7 @@ def _chromium(url: str, profile: Path, *extra: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_page_in_headless_chromium(api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     require(shutil.which("chromium") is not None, "chromium is not installed")
     port, (_node, pa, _ct, pending) = api

@@ -50,6 +50,7 @@ def processed(start_node) -> tuple[Any, Any, Any, Any]:  # type: ignore[no-untyp
     return node, pa, ct, pending
 
 
+@pytest.mark.slow
 def test_studies_json_csv_and_filters(processed) -> None:  # type: ignore[no-untyped-def]
     node, pa, ct, pending = processed
     out = _audit(node, "studies", "--json")
@@ -82,6 +83,7 @@ def test_studies_json_csv_and_filters(processed) -> None:  # type: ignore[no-unt
     assert bad.returncode == 2 and "30m, 12h, 7d" in bad.stderr
 
 
+@pytest.mark.slow
 def test_show_tells_the_whole_story(processed) -> None:  # type: ignore[no-untyped-def]
     node, pa, ct, _ = processed
     story = _audit(node, "show", pa.StudyInstanceUID)
@@ -108,6 +110,7 @@ def test_show_tells_the_whole_story(processed) -> None:  # type: ignore[no-untyp
     assert missing.returncode == 1 and "no study" in missing.stderr
 
 
+@pytest.mark.slow
 def test_reconcile_and_export(processed) -> None:  # type: ignore[no-untyped-def]
     node, pa, _ct, pending = processed
     # The queued, never processed study is unaccounted once its grace period is over.

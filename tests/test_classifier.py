@@ -74,6 +74,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_training_writes_a_complete_model_folder(trained: Path) -> None:
     for name in (
         "model.keras",
@@ -167,6 +168,7 @@ def test_missing_imagenet_weights_fail_before_any_work(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_gradcam_lights_up_the_region_that_decides() -> None:
     """A CNN trained to spot a bright square anywhere must put its heat on the square."""
     import keras
@@ -215,6 +217,7 @@ def test_gradcam_lights_up_the_region_that_decides() -> None:
     assert hits >= 8, f"Grad-CAM found the square in {hits} of {trials} images"
 
 
+@pytest.mark.slow
 def test_predict_and_evaluate_commands(trained: Path, tmp_path: Path) -> None:
     files = [str(shared_file("cr_pa_chest_jpeg_baseline.dcm"))]
     heat = tmp_path / "heat"
@@ -383,6 +386,7 @@ def test_ec_mode_loads_local_weights_and_freezes_the_base(tmp_path: Path) -> Non
     assert len(ft.trainable_weights) > len(ec.trainable_weights)
 
 
+@pytest.mark.slow
 def test_transfer_training_and_leave_one_source_out(tmp_path: Path) -> None:
     """Xception FT from the lung-cropped feature cache, its model folder, and crossval folds."""
 

@@ -139,6 +139,7 @@ def test_listen_reports_a_busy_port(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "cannot listen" in proc.stderr
 
 
+@pytest.mark.slow
 def test_listen_with_several_processes_shares_the_port(tmp_path: Path) -> None:
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -188,6 +189,7 @@ def test_listen_with_several_processes_shares_the_port(tmp_path: Path) -> None:
         log.close()
 
 
+@pytest.mark.slow
 def test_a_listener_process_that_dies_or_hangs_is_replaced_while_the_others_carry_on(
     tmp_path: Path,
 ) -> None:
@@ -250,6 +252,7 @@ def _all_queued(tmp_path: Path) -> bool:
     return states == {"queued"}
 
 
+@pytest.mark.slow
 def test_a_worker_that_stops_on_an_unrecoverable_error_exits_non_zero(tmp_path: Path) -> None:
     """Celery's worker_main drops the status; systemd and Docker restart only on failure."""
     data = tmp_path / "data"

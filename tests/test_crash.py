@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from pynetdicom import AE
 
 from tests import factories
@@ -30,6 +31,7 @@ def _listener(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
+@pytest.mark.slow
 def test_sigkill_mid_study_then_restart(tmp_path, pg_url, redis_server) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     env = {

@@ -152,6 +152,7 @@ def test_non_chest_images_are_refused(lungs) -> None:  # type: ignore[no-untyped
         assert not finding.ok, finding.measures
 
 
+@pytest.mark.slow
 def test_predict_refuses_a_colour_png_and_the_dog(tmp_path: Path) -> None:
     chest = load_image(shared_file("cr_pa_chest_jpeg_baseline.dcm"))
     heat = np.zeros_like(chest)

@@ -124,6 +124,7 @@ def test_validate_and_calibrate_a_folder_and_a_manifest(tmp_path: Path) -> None:
     assert not (tmp_path / "no").exists()
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
     # A manifest row without a label.
     (tmp_path / "a.dcm").write_bytes(b"x")

@@ -174,6 +174,7 @@ def test_shadow_mode_records_everything_and_delivers_nothing(start_node, pacs) -
     assert rows(node.engine, Delivery) == [] and pacs.received() == []
 
 
+@pytest.mark.slow
 def test_end_to_end_with_celery_retries_dead_letter_and_replay(
     start_node, redis_server, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -221,6 +222,7 @@ def _state(db: Path, uid: str) -> str | None:
     return row[0] if row else None
 
 
+@pytest.mark.slow
 def test_run_on_the_embedded_default_with_orthanc(tmp_path: Path) -> None:
     """`cxr-triage run` (SQLite + embedded broker, two processes) between Orthanc and itself."""
     import signal
@@ -262,6 +264,7 @@ def test_run_on_the_embedded_default_with_orthanc(tmp_path: Path) -> None:
     assert text.index("listening as CXR_TRIAGE") < ready and text.index("warm in") < ready
 
 
+@pytest.mark.slow
 def test_results_wait_for_a_destination_that_comes_back(
     start_node, redis_server, tmp_path: Path
 ) -> None:
@@ -290,6 +293,7 @@ def test_results_wait_for_a_destination_that_comes_back(
     assert sc.Columns == 650 and 750 < sc.Rows < 750 * 1.2  # half size, plus the label strip
 
 
+@pytest.mark.slow
 def test_demo_writes_results_to_open(tmp_path: Path) -> None:
     samples = tmp_path / "samples"
     factories.write(factories.radiograph(rows=500, columns=400, seed=3), samples / "pa.dcm")
@@ -564,6 +568,7 @@ def _as_new_study(source: Path, path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_queued_studies_share_one_model_call_with_their_own_results(start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from models.imaging import dicom_to_image
     from worker.db.models import QUEUED, StudyEvent

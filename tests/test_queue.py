@@ -177,6 +177,7 @@ def test_concurrent_dispatchers_queue_each_study_once(db_url: str) -> None:
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_study_lost_by_the_broker_is_sent_again_by_the_sweeper(start_node, redis_server) -> None:  # type: ignore[no-untyped-def]
     """Redis restarted without persistence: the queued study's message is gone."""
     from worker.leases import renew
@@ -313,6 +314,7 @@ def _declare_at_once(barrier: Any, data_dir: str, results: Any) -> None:
         results.put(f"{type(exc).__name__}: {exc}")
 
 
+@pytest.mark.slow
 def test_processes_starting_together_each_declare_the_embedded_queue(tmp_path: Path) -> None:
     """Without declare_queues' second try one of them gets IntegrityError (and a worker stopped)."""
     import multiprocessing

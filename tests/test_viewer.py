@@ -60,9 +60,6 @@ def _positive_study(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.filterwarnings(
-    "ignore:Invalid value for VR AS:UserWarning"
-)  # the sample's own "62" (left out of the results)
 @pytest.mark.slow
 def test_ohif_opens_the_study_the_heatmap_and_the_report(
     start_node, redis_server, tmp_path: Path

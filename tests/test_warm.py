@@ -12,6 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.helpers import cli_env, wait_for
 from tests.services import free_port
 from worker.warm import WarmMarks
@@ -46,6 +48,7 @@ def _readyz(port: int) -> tuple[int, dict[str, Any]] | None:
         return None  # not listening yet
 
 
+@pytest.mark.slow
 def test_worker_is_not_ready_until_every_process_is_warm(tmp_path: Path) -> None:
     port = free_port()
     env = cli_env(tmp_path / "data", CXR_WORKER_METRICS_PORT=str(port))

@@ -28,6 +28,28 @@ TYPE2_INHERITED = (
 )
 
 
+_AGE = re.compile(r"\d{3}[DWMY]")
+
+
+def source_age(source: Dataset) -> str | None:
+    """The source's PatientAge when it is a valid AS, else None (logged).
+
+    Reads the element's raw bytes where pydicom has not converted them yet: converting an
+    invalid value makes pydicom warn, once per source, about a value we are about to drop.
+    """
+    if "PatientAge" not in source:
+        return None
+    raw = source.get_item("PatientAge")
+    value = raw.value if raw is not None else None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    text = str(value or "").strip(" \0")
+    if text and not _AGE.fullmatch(text):
+        logger.info("left out the source's invalid PatientAge %r", text)
+        return None
+    return text or None
+
+
 def repair_inherited(ds: Dataset) -> Dataset:
     """Drop inherited values that violate their VR, never inventing a new value; log each.
     Returns ``ds``.
@@ -36,7 +58,7 @@ def repair_inherited(ds: Dataset) -> Dataset:
     out rather than rewritten, so no object of ours states a value the source did not.
     """
     age = ds.get("PatientAge")
-    if age not in (None, "") and not re.fullmatch(r"\d{3}[DWMY]", str(age)):
+    if age not in (None, "") and not _AGE.fullmatch(str(age)):
         del ds.PatientAge
         logger.info("left out the source's invalid PatientAge %r", age)
     return ds

@@ -11,7 +11,7 @@ from pydicom.uid import JPEGBaseline8Bit
 from dicom_node.eligibility import OUR_MANUFACTURER
 from dicom_node.results import wording
 from dicom_node.results.algorithm import Algorithm
-from dicom_node.results.inherited import complete_series, repair_inherited, with_type2
+from dicom_node.results.inherited import complete_series, repair_inherited, source_age, with_type2
 from dicom_node.results.triage import NOT_FLAGGED, Triage
 
 # Attributes from_ref_dataset leaves out that viewers and dciodvfy expect on the SC.
@@ -158,7 +158,11 @@ def build_gradcam_sc(
         transfer_syntax_uid=JPEGBaseline8Bit,
     )
     for keyword in _COPIED:
-        if keyword in source and keyword not in sc:
+        if keyword == "PatientAge":
+            age = source_age(source)
+            if age is not None and keyword not in sc:
+                sc.PatientAge = age
+        elif keyword in source and keyword not in sc:
             setattr(sc, keyword, source.data_element(keyword).value)  # type: ignore[union-attr]
     repair_inherited(sc)
     complete_series(sc, source)

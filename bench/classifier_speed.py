@@ -18,7 +18,9 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,19 +37,19 @@ def median_ms(fn: Callable[[], object], repeat: int, warmup: int = 2) -> float:
 
 
 def time_model(
-    name: str, model: object, size: int, layer: str, image: object, repeat: int
+    name: str, model: Any, size: int, layer: str, image: Any, repeat: int
 ) -> list[tuple[str, float]]:
     import tensorflow as tf
 
     from models.gradcam import gradcam_function
     from models.imaging import prepare
 
-    x, _ = prepare(image, size)  # type: ignore[arg-type]
+    x, _ = prepare(image, size)
     batch = x[None]
-    compiled = tf.function(lambda a: model(a, training=False))  # type: ignore[operator]
+    compiled = tf.function(lambda a: model(a, training=False))
     cam = gradcam_function(model, layer)
     return [
-        (f"{name}: letterbox + resize to {size}", median_ms(lambda: prepare(image, size), repeat)),  # type: ignore[arg-type]
+        (f"{name}: letterbox + resize to {size}", median_ms(lambda: prepare(image, size), repeat)),
         (
             f"{name}: predict, compiled tf.function",
             median_ms(lambda: compiled(tf.constant(batch)), repeat),
@@ -55,8 +57,8 @@ def time_model(
         (
             f"{name}: predict, model.predict",
             median_ms(lambda: model.predict(batch, verbose=0), repeat),
-        ),  # type: ignore[attr-defined]
-        (f"{name}: predict, eager call", median_ms(lambda: model(batch, training=False), repeat)),  # type: ignore[operator]
+        ),
+        (f"{name}: predict, eager call", median_ms(lambda: model(batch, training=False), repeat)),
         (f"{name}: probabilities + Grad-CAM, compiled", median_ms(lambda: cam(batch), repeat)),
     ]
 
@@ -112,7 +114,7 @@ def main() -> int:
     for n in (8, 32):
         images = [image] * n
         ms = median_ms(
-            lambda images=images: default.predict(images, heatmaps=True, heatmap_shrink=3),
+            partial(default.predict, images, heatmaps=True, heatmap_shrink=3),
             max(3, args.repeat // 2),
         )
         print(f"{f'  same, batch of {n}, per image':44} {ms / n:>9.1f}", flush=True)
@@ -120,7 +122,7 @@ def main() -> int:
         path = ROOT.parent / "shared" / "data" / "dicom" / name
         if path.is_file():
             real = load_image(path)
-            ms = median_ms(lambda real=real: default.predict([real], heatmaps=True), args.repeat)
+            ms = median_ms(partial(default.predict, [real], heatmaps=True), args.repeat)
             print(f"{'  same, ' + name[:34]:44} {ms:>9.1f}", flush=True)
     return 0
 

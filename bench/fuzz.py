@@ -20,13 +20,14 @@ import json
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.fuzzing import KINDS, Campaign, NodeProcess, Report
 from tests.services import free_port
 
 
-def _progress(total: int) -> object:
+def _progress(total: int) -> Callable[[Report], None]:
     def show(r: Report) -> None:
         print(
             f"\r{r.sent:>6}/{total} inputs  {r.seconds:6.0f} s  crashes {r.crashes}  "

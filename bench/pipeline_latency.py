@@ -146,9 +146,9 @@ def measure(
         studies=studies, concurrency=concurrency, batch_size=batch_size, log_level=log_level
     )
     work = Path(tempfile.mkdtemp(prefix="cxr-latency-"))
-    studies = [*BURSTS, args.studies + 1]  # +1: the first study after start
+    counts = [*BURSTS, args.studies + 1]  # +1: the first study after start
     files: list[tuple[str, Path]] = []
-    for i in range(sum(studies)):
+    for i in range(sum(counts)):
         ds = synthetic.radiograph(rows=2500, columns=3000, bits=16, seed=i)
         files.append((ds.StudyInstanceUID, synthetic.write(ds, work / "in" / f"{i}.dcm")))
     pacs_port, node_port, redis_port, ready_port = (free_port() for _ in range(4))

@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dicom_node import synthetic
 
@@ -308,51 +309,34 @@ def measure(
     total_bytes = sum(f.stat().st_size for f in files)
     total_mb = total_bytes / 1e6
     tuned = 131072
-    Run = Callable[[Path, "list[str] | None"], float]
-    configs: list[tuple[str, int, Run]] = []
+    # (name, associations, runner, its options); each runner takes (files, target, n, ...).
+    configs: list[tuple[str, int, Callable[..., float], dict[str, Any]]] = []
     for n in (1, 4):
         fork = " --fork" if n > 1 else ""
         configs += [
-            (f"dcmtk storescp{fork}", n, lambda t, p, n=n: run_storescp(
-                files, t, n, sender=sender, probe=p)),
-            (f"dcmtk storescp{fork} --max-pdu {tuned} (tuned)", n,
-             lambda t, p, n=n: run_storescp(files, t, n, max_pdu=tuned, sender=sender, probe=p)),
-            ("cxr-triage listen", n, lambda t, p, n=n: run_ours(
-                files, t, n, fsync=True, sender=sender, probe=p)),
+            (f"dcmtk storescp{fork}", n, run_storescp, {}),
+            (f"dcmtk storescp{fork} --max-pdu {tuned} (tuned)", n, run_storescp,
+             {"max_pdu": tuned}),
+            ("cxr-triage listen", n, run_ours, {"fsync": True}),
+            ("cxr-triage listen, CXR_FSYNC=false", n, run_ours, {"fsync": False})
+            if n == 1
+            else (f"cxr-triage listen --processes {processes}", n, run_ours,
+                  {"fsync": True, "processes": processes}),
         ]  # fmt: skip
-        if n == 1:
-            configs.append(
-                (
-                    "cxr-triage listen, CXR_FSYNC=false",
-                    1,
-                    lambda t, p: run_ours(files, t, 1, fsync=False, sender=sender, probe=p),
-                )
-            )
-        else:
-            configs.append(
-                (
-                    f"cxr-triage listen --processes {processes}",
-                    n,
-                    lambda t, p, n=n: run_ours(
-                        files, t, n, fsync=True, processes=processes, sender=sender, probe=p
-                    ),
-                )
-            )
         if orthanc:
-            configs.append(
-                ("Orthanc", n, lambda t, p, n=n: run_orthanc(files, t, n, sender=sender))
-            )
+            configs.append(("Orthanc", n, run_orthanc, {}))
     baseline: dict[tuple[int, bool], float] = {}
     rows = []
-    for name, assocs, run in configs:
+    for name, assocs, run, options in configs:
         best = float("inf")
         probe: list[str] = []
         for i in range(repeat):
             shutil.rmtree(target, ignore_errors=True)
             if warm:
                 warm_memory(2 * total_bytes)
-            ask = i == 0 and not name.startswith("Orthanc")
-            best = min(best, run(target, probe if ask else None))
+            # Orthanc's port is inside its namespace: no probe there.
+            asked = {"probe": probe} if i == 0 and run is not run_orthanc else {}
+            best = min(best, run(files, target, assocs, sender=sender, **options, **asked))
         shutil.rmtree(target, ignore_errors=True)
         rate = total_mb / best
         if name.startswith("dcmtk"):

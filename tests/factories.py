@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from dicom_node import synthetic
 
@@ -37,7 +38,7 @@ def with_unsafe_uid(ds: Dataset, keyword: str, value: str) -> Dataset:
     try:
         setattr(ds, keyword, value)
         if keyword == "SOPInstanceUID":
-            ds.file_meta.MediaStorageSOPInstanceUID = value
+            ds.file_meta.MediaStorageSOPInstanceUID = UID(value)
     finally:
         config.settings.writing_validation_mode = old
     return ds

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,7 +138,7 @@ def make_study(source: Path, images: int, tag: str) -> list[Dataset]:
     template = pydicom.dcmread(source)
     study_uid = generate_uid(entropy_srcs=[tag, "study"])
     series_uid = generate_uid(entropy_srcs=[tag, "series"])
-    out = []
+    out: list[Dataset] = []
     for i in range(images):
         ds = copy.deepcopy(template)
         ds.StudyInstanceUID = study_uid
@@ -159,14 +159,14 @@ class Modality:
         self.acknowledged: dict[str, str] = {}  # SOP Instance UID -> Study Instance UID
         self.statuses: Counter[int] = Counter()
 
-    def associate(self, datasets: Iterable[Dataset]):  # type: ignore[no-untyped-def]
+    def associate(self, datasets: Iterable[Dataset]):
         ae = AE(ae_title=self.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
         for ctx in {(d.SOPClassUID, d.file_meta.TransferSyntaxUID) for d in datasets}:
             ae.add_requested_context(*ctx)
         return ae.associate("127.0.0.1", self.port, ae_title="CXR_TRIAGE")
 
-    def store(self, assoc, ds: Dataset) -> int | None:  # type: ignore[no-untyped-def]
+    def store(self, assoc, ds: Dataset) -> int | None:
         """C-STORE one instance on an open association; its status, None if no answer."""
         try:
             reply = assoc.send_c_store(ds)
@@ -342,7 +342,7 @@ class Deployment:
         return tally
 
 
-def pacs_counts(received: list[Dataset]) -> tuple[set[str], int, int]:
+def pacs_counts(received: Sequence[Dataset]) -> tuple[set[str], int, int]:
     """From the objects a PACS received: the source instances its SRs cite, how many objects
     repeat an earlier one's input under new UIDs, and how many arrived again with the same UID."""
     copies = Counter(ds.SOPInstanceUID for ds in received)

@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 
 import pydicom
+from pydicom.uid import UID
 
 from dicom_node.results.algorithm import Algorithm
 from dicom_node.results.sc import build_gradcam_sc
@@ -65,7 +66,7 @@ def _study(name: str, folder: Path, box: tuple[float, float, float, float]) -> t
     for n, (probs, triage) in enumerate(zip(CASES[name], triages, strict=True)):
         src = pydicom.dcmread(shared_file(SOURCE))
         src.StudyInstanceUID, src.SeriesInstanceUID = study_uid, series_uid
-        src.SOPInstanceUID = src.file_meta.MediaStorageSOPInstanceUID = new_uid()
+        src.SOPInstanceUID = src.file_meta.MediaStorageSOPInstanceUID = UID(new_uid())
         src.InstanceNumber = n + 1
         grey = src.pixel_array.astype(np.float32)
         grey = 255 * (grey - grey.min()) / max(1.0, float(grey.max() - grey.min()))

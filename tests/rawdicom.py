@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
+from typing import BinaryIO, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -188,7 +189,7 @@ def dimse_response_status(received: Received) -> int | None:
     data = received.body[6:]
     fp = DicomBytesIO(data)
     fp.is_little_endian, fp.is_implicit_VR = True, True
-    ds = read_dataset(fp, True, True)
+    ds = read_dataset(cast(BinaryIO, fp), True, True)  # DicomBytesIO is one
     return int(ds.Status)
 
 

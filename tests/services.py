@@ -170,7 +170,7 @@ class RedisServer(_Server):
         )
         wait_port(self.port)
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self):
         import redis
 
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)

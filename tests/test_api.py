@@ -55,7 +55,7 @@ def api(processed) -> Iterator[tuple[int, Any]]:  # noqa: F811
 
 
 @pytest.mark.slow
-def test_api_requires_a_token_and_paginates(api) -> None:  # type: ignore[no-untyped-def]
+def test_api_requires_a_token_and_paginates(api) -> None:
     port, (_node, pa, ct, pending) = api
     assert _get(port, "/api/studies", token=None)[0] == 401
     assert _get(port, "/api/studies", token="wrong")[0] == 401
@@ -80,7 +80,7 @@ def test_api_requires_a_token_and_paginates(api) -> None:  # type: ignore[no-unt
     assert {"/api/studies", "/api/studies/{study_uid}", "/api/reconcile"} <= set(schema["paths"])
 
 
-def test_odd_tokens_are_401_and_query_strings_stay_out_of_the_log(api, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_odd_tokens_are_401_and_query_strings_stay_out_of_the_log(api, caplog) -> None:
     port, _ = api
     for odd in ("t\u00f6k\u00e9n", "\u00ff" * 300, ""):
         assert _get(port, "/api/studies", token=odd)[0] == 401, odd
@@ -122,7 +122,7 @@ def _chromium(url: str, profile: Path, *extra: str) -> str:
 
 
 @pytest.mark.slow
-def test_page_in_headless_chromium(api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_page_in_headless_chromium(api, tmp_path: Path) -> None:
     require(shutil.which("chromium") is not None, "chromium is not installed")
     port, (_node, pa, _ct, pending) = api
     base = f"http://127.0.0.1:{port}/#token={TOKEN}"
@@ -156,7 +156,7 @@ def test_page_in_headless_chromium(api, tmp_path: Path) -> None:  # type: ignore
 
 
 @pytest.fixture
-def pg_api(pg_url: str, make_settings) -> Iterator[int]:  # type: ignore[no-untyped-def]
+def pg_api(pg_url: str, make_settings) -> Iterator[int]:
     """The API over an empty PostgreSQL database (NUL bytes are errors only there)."""
     import uvicorn
 

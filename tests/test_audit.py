@@ -32,7 +32,7 @@ def _state(node: Any, uid: str) -> str:
 
 
 @pytest.fixture
-def processed(start_node) -> tuple[Any, Any, Any, Any]:  # type: ignore[no-untyped-def]
+def processed(start_node) -> tuple[Any, Any, Any, Any]:
     """A node with one processed PA study, one skipped CT study, one PA study left queued."""
     from models.loader import load_model
     from worker.pipeline import Pipeline
@@ -51,7 +51,7 @@ def processed(start_node) -> tuple[Any, Any, Any, Any]:  # type: ignore[no-untyp
 
 
 @pytest.mark.slow
-def test_studies_json_csv_and_filters(processed) -> None:  # type: ignore[no-untyped-def]
+def test_studies_json_csv_and_filters(processed) -> None:
     node, pa, ct, pending = processed
     out = _audit(node, "studies", "--json")
     assert out.returncode == 0, out.stderr
@@ -84,7 +84,7 @@ def test_studies_json_csv_and_filters(processed) -> None:  # type: ignore[no-unt
 
 
 @pytest.mark.slow
-def test_show_tells_the_whole_story(processed) -> None:  # type: ignore[no-untyped-def]
+def test_show_tells_the_whole_story(processed) -> None:
     node, pa, ct, _ = processed
     story = _audit(node, "show", pa.StudyInstanceUID)
     assert story.returncode == 0, story.stderr
@@ -111,7 +111,7 @@ def test_show_tells_the_whole_story(processed) -> None:  # type: ignore[no-untyp
 
 
 @pytest.mark.slow
-def test_reconcile_and_export(processed) -> None:  # type: ignore[no-untyped-def]
+def test_reconcile_and_export(processed) -> None:
     node, pa, _ct, pending = processed
     # The queued, never processed study is unaccounted once its grace period is over.
     stuck = _audit(node, "reconcile", "--since", "1h", "--grace", "0")
@@ -124,7 +124,7 @@ def test_reconcile_and_export(processed) -> None:  # type: ignore[no-untyped-def
     assert len(lines) == 3 and all(json.loads(x)["events"] for x in lines)
 
 
-def test_rejections_are_listed_by_audit_and_the_api(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_rejections_are_listed_by_audit_and_the_api(start_node) -> None:
     node = start_node(allowed_calling_aets=["MODALITY"])
     summary = send(node, [factories.radiograph()], calling_ae="STRANGER")
     assert summary.results[0].status is None
@@ -136,7 +136,7 @@ def test_rejections_are_listed_by_audit_and_the_api(start_node) -> None:  # type
     assert row["kind"] == "association" and row["calling_ae"] == "STRANGER"
 
 
-def test_read_only_commands_never_create_a_database(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_read_only_commands_never_create_a_database(tmp_path) -> None:
     env = {"CXR_DATA_DIR": str(tmp_path / "nowhere"), "PATH": "/usr/bin:/bin"}
     out = subprocess.run(
         [*CLI, "audit", "studies"], env=env, capture_output=True, text=True, timeout=120
@@ -146,7 +146,7 @@ def test_read_only_commands_never_create_a_database(tmp_path) -> None:  # type: 
     assert not (tmp_path / "nowhere").exists()
 
 
-def test_a_wrong_database_url_is_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_wrong_database_url_is_one_line(tmp_path) -> None:
     env = {
         "CXR_DATA_DIR": str(tmp_path),
         "CXR_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:5432/no_such_database",

@@ -36,7 +36,7 @@ def _state(sessions: Any, study_id: int) -> str:
         return str(s.get_one(Study, study_id).state)
 
 
-def test_waiting_studies_join_a_batch_oldest_first_and_their_own_tasks_stand_back(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_waiting_studies_join_a_batch_oldest_first_and_their_own_tasks_stand_back(sessions) -> None:
     leader = _study(sessions, "1.2.1", StudyState.QUEUED)
     others = [_study(sessions, f"1.2.{n}", StudyState.QUEUED) for n in (2, 3, 4)]
     not_yet = _study(sessions, "1.2.5", StudyState.COMPLETE)  # not queued: not taken
@@ -58,7 +58,7 @@ def test_waiting_studies_join_a_batch_oldest_first_and_their_own_tasks_stand_bac
     assert wait_for_batch(sessions, others[0], 1, LEASE) == "duplicate"
 
 
-def test_a_batch_that_died_lets_the_study_s_own_task_take_it_over(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_a_batch_that_died_lets_the_study_s_own_task_take_it_over(sessions) -> None:
     leader = _study(sessions, "1.3.1", StudyState.QUEUED)
     other = _study(sessions, "1.3.2", StudyState.QUEUED)
     assert claim(sessions, leader, 1, LEASE) is None
@@ -69,7 +69,7 @@ def test_a_batch_that_died_lets_the_study_s_own_task_take_it_over(sessions) -> N
     assert _state(sessions, other) == "processing"
 
 
-def test_a_slow_batch_that_renews_its_lease_keeps_the_study(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_a_slow_batch_that_renews_its_lease_keeps_the_study(sessions) -> None:
     """Slow is not dead: as long as the owner renews, nobody takes the study over."""
     from worker.leases import renew
 
@@ -120,7 +120,7 @@ def _lose_first_move(monkeypatch: Any, interleaved: _Interleaved, to: StudyState
     monkeypatch.setattr(claims, "move", other_first)
 
 
-def test_a_task_that_overtakes_the_node_s_queued_commit_still_claims(sessions, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_task_that_overtakes_the_node_s_queued_commit_still_claims(sessions, monkeypatch) -> None:
     """The broker delivers the task before the node has recorded queueing -> queued."""
     study_id = _study(sessions, "1.4.1", StudyState.QUEUEING)
     interleaved = _Interleaved(sessions)
@@ -129,7 +129,7 @@ def test_a_task_that_overtakes_the_node_s_queued_commit_still_claims(sessions, m
     assert _state(sessions, study_id) == "processing"
 
 
-def test_a_task_that_loses_the_race_to_another_worker_stands_back(sessions, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_task_that_loses_the_race_to_another_worker_stands_back(sessions, monkeypatch) -> None:
     study_id = _study(sessions, "1.5.1", StudyState.QUEUED)
     interleaved = _Interleaved(sessions)
     _lose_first_move(monkeypatch, interleaved, StudyState.PROCESSING)
@@ -138,7 +138,7 @@ def test_a_task_that_loses_the_race_to_another_worker_stands_back(sessions, monk
 
 def test_a_batch_taking_the_study_as_its_task_claims_it_leaves_one_owner(
     sessions, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """Another worker's batch moves the study to processing between claim()'s read and its move.
 
     On SQLite (no row locks; reads run before the write transaction) claim() then moved it on

@@ -299,7 +299,7 @@ def test_predict_checks_its_inputs_before_loading_the_model(tmp_path: Path) -> N
     ]
 
 
-def test_echo_and_send_call_as_their_own_title(start_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_echo_and_send_call_as_their_own_title(start_node, tmp_path: Path) -> None:
     """With the allow-list on, the tools call as --aet; by default they are CXR_SCU, never the
     node's own title, so a node does not appear to call itself."""
     from worker.db.models import Association, Rejection

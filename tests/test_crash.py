@@ -32,7 +32,7 @@ def _listener(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_study_then_restart(tmp_path, pg_url, redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_sigkill_mid_study_then_restart(tmp_path, pg_url, redis_server) -> None:
     port = free_port()
     env = {
         **os.environ,

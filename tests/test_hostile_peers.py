@@ -50,7 +50,7 @@ def _rss() -> int:
     raise RuntimeError("no VmRSS")
 
 
-def _echo_time(node) -> float:  # type: ignore[no-untyped-def]
+def _echo_time(node) -> float:
     start = time.monotonic()
     assert echo(dest(node), SenderOptions(calling_ae="PROBE", acse_timeout=10)) == 0
     return time.monotonic() - start
@@ -66,7 +66,7 @@ def _unnegotiated_context() -> bytes:
 
 
 @pytest.mark.parametrize("attack", [_garbage_command, _unnegotiated_context])
-def test_protocol_errors_free_their_association_slot(start_node, attack) -> None:  # type: ignore[no-untyped-def]
+def test_protocol_errors_free_their_association_slot(start_node, attack) -> None:
     node = start_node(max_associations=2)
     for _ in range(4):  # twice the limit
         with RawPeer(node.listener.port) as peer:
@@ -83,7 +83,7 @@ def test_protocol_errors_free_their_association_slot(start_node, attack) -> None
     assert {a.outcome for a in ended} >= {"aborted"}
 
 
-def test_huge_pdu_header_is_refused_before_allocation(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_huge_pdu_header_is_refused_before_allocation(start_node) -> None:
     node = start_node()
     before = _rss()
     with RawPeer(node.listener.port) as peer:
@@ -98,7 +98,7 @@ def test_huge_pdu_header_is_refused_before_allocation(start_node) -> None:  # ty
     assert _echo_time(node) < 5
 
 
-def test_half_sent_pdu_is_timed_out(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_half_sent_pdu_is_timed_out(start_node) -> None:
     node = start_node(pdu_timeout=1.0)
     with RawPeer(node.listener.port) as peer:
         peer.send(struct.pack(">BBL", 0x01, 0, 500) + b"\x00\x01" + bytes(18))
@@ -112,7 +112,7 @@ def test_half_sent_pdu_is_timed_out(start_node) -> None:  # type: ignore[no-unty
     wait_for(lambda: node.listener.open_connections == 0, timeout=5)
 
 
-def test_held_connections_do_not_lock_out_others(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_held_connections_do_not_lock_out_others(start_node) -> None:
     """Default settings, 20 half-open + 20 garbage-command + 2 huge-header connections held."""
     node = start_node()
     port = node.listener.port
@@ -140,12 +140,12 @@ def test_held_connections_do_not_lock_out_others(start_node) -> None:  # type: i
     assert not [r for r in rows(node.engine, Rejection) if "already open" in r.reason]
 
 
-def _incoming(node) -> list[Path]:  # type: ignore[no-untyped-def]
+def _incoming(node) -> list[Path]:
     return list(node.listener.spool.incoming.iterdir())
 
 
 @pytest.mark.parametrize("how", ["close", "abort"])
-def test_aborted_transfer_leaves_no_file(start_node, how) -> None:  # type: ignore[no-untyped-def]
+def test_aborted_transfer_leaves_no_file(start_node, how) -> None:
     node = start_node()
     ds = factories.radiograph(rows=512, columns=512, bits=16)
     pdus = store_rq(ds)
@@ -165,7 +165,7 @@ def test_aborted_transfer_leaves_no_file(start_node, how) -> None:  # type: igno
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning:pydicom.valuerep")  # invalid on purpose
-def test_overlong_command_uid_leaves_no_file(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_overlong_command_uid_leaves_no_file(start_node) -> None:
     node = start_node()
     ds = factories.radiograph(rows=64, columns=64)
     pdus = store_rq(ds)
@@ -181,7 +181,7 @@ def test_overlong_command_uid_leaves_no_file(start_node) -> None:  # type: ignor
     assert rows(node.engine, Instance) == []
 
 
-def test_watermark_is_checked_as_bytes_arrive(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_watermark_is_checked_as_bytes_arrive(start_node) -> None:
     node = start_node()
     spool = node.listener.spool
     # 24 MiB of head-room (other writers on this disk must not use it up mid-test).
@@ -225,7 +225,7 @@ def _nul_patient_file(tmp_path: Path) -> tuple[Path, Dataset]:
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_nul_in_patient_id_is_a_permanent_error_without_phi_in_logs(
     start_node, tmp_path, caplog, backend, request
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     overrides = {"database_url": request.getfixturevalue("pg_url")} if backend == "postgres" else {}
     node = start_node(**overrides)
     path, _ds = _nul_patient_file(tmp_path)
@@ -239,7 +239,7 @@ def test_nul_in_patient_id_is_a_permanent_error_without_phi_in_logs(
     assert _incoming(node) == []
 
 
-def test_recorder_tells_permanent_from_transient_database_errors(start_node, pg_url) -> None:  # type: ignore[no-untyped-def]
+def test_recorder_tells_permanent_from_transient_database_errors(start_node, pg_url) -> None:
     """Values PostgreSQL will never take raise RecordRefusedError, not a retryable error."""
     from dicom_node.eligibility import Decision
     from dicom_node.interfaces import ReceivedInstance, RecordRefusedError
@@ -297,14 +297,14 @@ def _raw_file(tmp_path: Path, tail: bytes, name: str) -> Path:
     ],
     ids=["nested-600", "unknown-vr"],
 )
-def test_unreadable_structures_are_cannot_understand(start_node, tmp_path, tail) -> None:  # type: ignore[no-untyped-def]
+def test_unreadable_structures_are_cannot_understand(start_node, tmp_path, tail) -> None:
     node = start_node()
     path = _raw_file(tmp_path, tail, "odd.dcm")
     assert send(node, [path]).results[0].status == CANNOT_UNDERSTAND
     assert _echo_time(node) < 5
 
 
-def test_tls_client_that_never_handshakes_blocks_no_one(start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_tls_client_that_never_handshakes_blocks_no_one(start_node, tmp_path) -> None:
     (tmp_path / "pki").mkdir()
     pki = make_pki(tmp_path / "pki")
     node = start_node(tls_cert=pki.server_cert, tls_key=pki.server_key, handshake_timeout=2)
@@ -320,7 +320,7 @@ def test_tls_client_that_never_handshakes_blocks_no_one(start_node, tmp_path) ->
     assert rej.peer_host == "127.0.0.1" and rej.peer_port > 0
 
 
-def test_connection_limit_is_recorded(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_connection_limit_is_recorded(start_node) -> None:
     node = start_node(max_connections=3)
     peers = [RawPeer(node.listener.port) for _ in range(3)]
     try:
@@ -336,7 +336,7 @@ def test_connection_limit_is_recorded(start_node) -> None:  # type: ignore[no-un
     assert echo(dest(node)) == 0
 
 
-def test_stale_incoming_files_are_swept(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_stale_incoming_files_are_swept(start_node) -> None:
     node = start_node()
     stale = node.listener.spool.incoming / "tmpleft.dcm"
     stale.write_bytes(b"x" * 100)
@@ -346,7 +346,7 @@ def test_stale_incoming_files_are_swept(start_node) -> None:  # type: ignore[no-
     wait_for(lambda: not stale.exists(), timeout=5)
 
 
-def test_stop_does_not_wait_for_silent_connections(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_stop_does_not_wait_for_silent_connections(start_node) -> None:
     node = start_node()
     peers = [RawPeer(node.listener.port) for _ in range(5)]
     with RawPeer(node.listener.port) as associated:
@@ -361,7 +361,7 @@ def test_stop_does_not_wait_for_silent_connections(start_node) -> None:  # type:
         peer.close()
 
 
-def test_store_request_without_dataset_is_cannot_understand(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_store_request_without_dataset_is_cannot_understand(start_node) -> None:
     node = start_node()
     command = store_command(CR_IMAGE_STORAGE, "1.2.3.4", data_set_type=0x0101)  # no dataset
     with RawPeer(node.listener.port) as peer:
@@ -383,7 +383,7 @@ _FLIPPED_RQ = bytes.fromhex(
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning:pydicom.valuerep")  # invalid on purpose
-def test_negotiation_error_is_aborted_not_a_thread_crash(start_node, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_negotiation_error_is_aborted_not_a_thread_crash(start_node, monkeypatch) -> None:
     crashed: list[BaseException | None] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: crashed.append(args.exc_value))
     node = start_node()
@@ -395,7 +395,7 @@ def test_negotiation_error_is_aborted_not_a_thread_crash(start_node, monkeypatch
     assert _echo_time(node) < 5
 
 
-def test_a_whole_store_and_a_pipelined_echo_in_one_write_are_both_answered(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_a_whole_store_and_a_pipelined_echo_in_one_write_are_both_answered(start_node) -> None:
     """The reader's buffer: a command, ~60 fragments and the last one, then a C-ECHO that the
     peer did not wait to send, all in one TCP write. Everything after the command waits in the
     buffer until the DUL has acted on it, and nothing is left there unanswered."""

@@ -111,7 +111,7 @@ def test_colour_pictures_are_told_from_grey_rgb(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def lungs():  # type: ignore[no-untyped-def]
+def lungs():
     return load_lung_model()
 
 
@@ -126,14 +126,14 @@ def test_shipped_lung_model_folder_is_small_and_documented() -> None:
 
 
 @pytest.mark.parametrize("name", HUMAN_CHESTS)
-def test_the_human_chests_pass(lungs, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_the_human_chests_pass(lungs, name: str) -> None:
     (finding,) = lungs.find([load_image(shared_file(name))])
     assert finding.ok, finding.reason
     # The crop keeps most of the film's width (two lungs) but not all of it.
     assert finding.box.cols > 0.4 * load_image(shared_file(name)).shape[1]
 
 
-def test_the_dog_is_refused_even_with_chest_pa_tags(lungs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_dog_is_refused_even_with_chest_pa_tags(lungs, tmp_path: Path) -> None:
     ds = pydicom.dcmread(shared_file("dx_canine_lateral_thorax.dcm"))
     ds.BodyPartExamined, ds.ViewPosition = "CHEST", "PA"
     ds.save_as(tmp_path / "dog_as_pa.dcm")
@@ -141,7 +141,7 @@ def test_the_dog_is_refused_even_with_chest_pa_tags(lungs, tmp_path: Path) -> No
     assert not finding.ok and finding.reason.startswith(NO_CHEST)
 
 
-def test_non_chest_images_are_refused(lungs) -> None:  # type: ignore[no-untyped-def]
+def test_non_chest_images_are_refused(lungs) -> None:
     rng = np.random.default_rng(2)
     noise = rng.random((512, 512)).astype(np.float32)
     yy, xx = np.mgrid[:512, :512]

@@ -83,7 +83,7 @@ def _age(sessions: Any, study_id: int, seconds: float) -> None:
         )
 
 
-def test_a_dead_worker_s_study_is_taken_over_a_slow_one_never(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_a_dead_worker_s_study_is_taken_over_a_slow_one_never(sessions) -> None:
     sent = _Sent()
     store = _store(sessions, sent)
     study_id = _queued(sessions, "1.9.1")
@@ -102,7 +102,7 @@ def test_a_dead_worker_s_study_is_taken_over_a_slow_one_never(sessions) -> None:
         assert s.scalar(select(WorkerHeartbeat.owner)) == owner()
 
 
-def test_lost_queued_studies_go_again_only_when_live_workers_sit_idle(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_lost_queued_studies_go_again_only_when_live_workers_sit_idle(sessions) -> None:
     sent = _Sent()
     store = _store(sessions, sent)
     lost = _queued(sessions, "1.9.2")
@@ -161,7 +161,7 @@ def _attempt(sessions: Any, object_id: int, outcome: str, attempt: int, **kw: An
         return row.id
 
 
-def test_a_slow_delivery_is_never_sent_twice_a_dead_one_once(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_a_slow_delivery_is_never_sent_twice_a_dead_one_once(sessions) -> None:
     sent = _Sent()
     store = _store(sessions, sent)
     _, object_id = _delivering(sessions, "1.9.4")
@@ -179,7 +179,7 @@ def test_a_slow_delivery_is_never_sent_twice_a_dead_one_once(sessions) -> None: 
     assert _sweep(store) == 0  # the task just sent has a lease's time to start
 
 
-def test_a_retry_waits_its_turn_and_a_lost_one_goes_again(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_a_retry_waits_its_turn_and_a_lost_one_goes_again(sessions) -> None:
     sent = _Sent()
     store = _store(sessions, sent, retry_delay=lambda attempt: 2.0 * attempt)
     _, object_id = _delivering(sessions, "1.9.5")
@@ -190,7 +190,7 @@ def test_a_retry_waits_its_turn_and_a_lost_one_goes_again(sessions) -> None:  # 
     assert _sweep(store) == 1 and sent.deliveries[-1][2] == 4
 
 
-def test_a_task_that_could_not_release_its_studies_stops_renewing_them(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_a_task_that_could_not_release_its_studies_stops_renewing_them(sessions) -> None:
     """The database was down when the task ended: its studies' leases must still run out."""
     from sqlalchemy import create_engine
     from sqlalchemy.orm import sessionmaker

@@ -21,12 +21,12 @@ from tests.services import require, shared_file
 from worker.db.models import Association, Instance, Rejection, Study
 
 
-def _spooled(node) -> list[Path]:  # type: ignore[no-untyped-def]
+def _spooled(node) -> list[Path]:
     return sorted(p for p in node.listener.spool.studies.rglob("*.dcm"))
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_eligible_instance_is_spooled_and_recorded(start_node, backend, request) -> None:  # type: ignore[no-untyped-def]
+def test_eligible_instance_is_spooled_and_recorded(start_node, backend, request) -> None:
     overrides = {"database_url": request.getfixturevalue("pg_url")} if backend == "postgres" else {}
     node = start_node(**overrides)
     ds = factories.radiograph(modality="CR", rows=300, columns=200)
@@ -52,7 +52,7 @@ def test_eligible_instance_is_spooled_and_recorded(start_node, backend, request)
     assert assoc.calling_ae == "TEST_SCU" and assoc.peer_host == "127.0.0.1"
 
 
-def test_ineligible_instances_are_acknowledged_not_kept(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_ineligible_instances_are_acknowledged_not_kept(start_node) -> None:
     node = start_node()
     cases = {
         "modality": factories.ct_slice(),
@@ -69,7 +69,7 @@ def test_ineligible_instances_are_acknowledged_not_kept(start_node) -> None:  # 
         assert not inst.eligible and inst.rule == rule and inst.spool_path is None, inst.reason
 
 
-def test_keep_ineligible_keeps_files(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_keep_ineligible_keeps_files(start_node) -> None:
     node = start_node(keep_ineligible=True)
     ds = factories.ct_slice()
     assert send(node, [ds]).results[0].status == 0
@@ -77,7 +77,7 @@ def test_keep_ineligible_keeps_files(start_node) -> None:  # type: ignore[no-unt
 
 
 @pytest.mark.dcmtk
-def test_storescu_sends_the_real_files(start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_storescu_sends_the_real_files(start_node, tmp_path) -> None:
     require(Path("/usr/bin/storescu").exists(), "dcmtk storescu is not installed")
     files = {
         name: shared_file(name)
@@ -126,7 +126,7 @@ def test_storescu_sends_the_real_files(start_node, tmp_path) -> None:  # type: i
     assert back.PixelData == cr.PixelData
 
 
-def test_monochrome1_copy_is_eligible(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_monochrome1_copy_is_eligible(start_node) -> None:
     node = start_node()
     path = shared_file("cr_pa_chest_monochrome1.dcm")
     assert send(node, [path]).results[0].status == 0
@@ -135,14 +135,14 @@ def test_monochrome1_copy_is_eligible(start_node) -> None:  # type: ignore[no-un
     assert dcmread(_spooled(node)[0]).PhotometricInterpretation == "MONOCHROME1"
 
 
-def test_assume_pa_chest_setting(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_assume_pa_chest_setting(start_node) -> None:
     node = start_node(assume_pa_chest=True)
     assert send(node, [shared_file("dx_chest_no_view_tags.dcm")]).results[0].status == 0
     (inst,) = rows(node.engine, Instance)
     assert inst.eligible and inst.rule == "assumed"
 
 
-def test_calling_ae_allow_list(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_calling_ae_allow_list(start_node) -> None:
     node = start_node(allowed_calling_aets=["MODALITY1"])
     summary = send(node, [factories.radiograph()], calling_ae="INTRUDER")
     assert summary.results[0].status is None
@@ -153,7 +153,7 @@ def test_calling_ae_allow_list(start_node) -> None:  # type: ignore[no-untyped-d
     assert send(node, [factories.radiograph()], calling_ae="MODALITY1").results[0].status == 0
 
 
-def test_called_ae_mismatch(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_called_ae_mismatch(start_node) -> None:
     node = start_node()
     with pytest.raises(AssociationFailed, match="rejected"):
         echo(dest(node, "SOMEONE_ELSE"))
@@ -162,7 +162,7 @@ def test_called_ae_mismatch(start_node) -> None:  # type: ignore[no-untyped-def]
     assert echo(dest(node)) == 0
 
 
-def test_truncated_dataset_fails_and_node_stays_up(start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_truncated_dataset_fails_and_node_stays_up(start_node, tmp_path) -> None:
     node = start_node()
     ds = factories.radiograph()
     path = factories.truncated_file(ds, tmp_path / "cut.dcm", cut=1000)
@@ -179,7 +179,7 @@ def test_truncated_dataset_fails_and_node_stays_up(start_node, tmp_path) -> None
 
 @pytest.mark.filterwarnings("ignore::UserWarning:pydicom.valuerep")  # invalid on purpose
 @pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID"])
-def test_traversal_uid_is_refused(start_node, tmp_path, keyword) -> None:  # type: ignore[no-untyped-def]
+def test_traversal_uid_is_refused(start_node, tmp_path, keyword) -> None:
     node = start_node()
     ds = factories.with_unsafe_uid(factories.radiograph(), keyword, "../../../../tmp/evil")
     path = tmp_path / "evil.dcm"
@@ -195,7 +195,7 @@ def test_traversal_uid_is_refused(start_node, tmp_path, keyword) -> None:  # typ
     assert not any(node.listener.spool.root.parent.rglob("*evil*"))
 
 
-def test_watermark_refuses_associations(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_watermark_refuses_associations(start_node) -> None:
     node = start_node(min_free_mb=10**9)  # a petabyte
     summary = send(node, [factories.radiograph()])
     assert summary.results[0].status is None
@@ -203,7 +203,7 @@ def test_watermark_refuses_associations(start_node) -> None:  # type: ignore[no-
     assert "low disk space" in rej.reason
 
 
-def test_watermark_fails_instances_that_would_cross_it(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_watermark_fails_instances_that_would_cross_it(start_node) -> None:
     node = start_node()
     spool = node.listener.spool
     # Leave 4 MB of head-room above the watermark: a 1 MB image fits, a 12 MB one does not.
@@ -217,7 +217,7 @@ def test_watermark_fails_instances_that_would_cross_it(start_node) -> None:  # t
     assert [p.stem for p in _spooled(node)] == [small.SOPInstanceUID]
 
 
-def test_database_failure_is_not_acknowledged(start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_database_failure_is_not_acknowledged(start_node, tmp_path) -> None:
     node = start_node(db_timeout=0.5)
     assert send(node, [factories.radiograph()]).results[0].status == 0
     locker = sqlite3.connect(tmp_path / "data" / "cxr-triage.sqlite", timeout=10)
@@ -237,7 +237,7 @@ def test_database_failure_is_not_acknowledged(start_node, tmp_path) -> None:  # 
     assert ds.SOPInstanceUID in [p.stem for p in _spooled(node)]
 
 
-def test_resent_instance_is_updated_not_duplicated(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_resent_instance_is_updated_not_duplicated(start_node) -> None:
     node = start_node()
     ds = factories.radiograph()
     send(node, [ds])
@@ -247,7 +247,7 @@ def test_resent_instance_is_updated_not_duplicated(start_node) -> None:  # type:
     assert len(rows(node.engine, Association)) == 2
 
 
-def test_peer_closing_mid_pdu_leaves_node_up(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_peer_closing_mid_pdu_leaves_node_up(start_node) -> None:
     """A sender that dies mid-transfer gets nothing acknowledged and breaks nothing."""
     import socket as _socket
     import struct
@@ -263,7 +263,7 @@ def test_peer_closing_mid_pdu_leaves_node_up(start_node) -> None:  # type: ignor
     assert rows(node.engine, Instance) == []
 
 
-def test_the_listener_sets_no_process_wide_switch(make_settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_listener_sets_no_process_wide_switch(make_settings, monkeypatch) -> None:
     """pynetdicom's switches are the entry point's (cxr-triage listen), not the library's."""
     import tempfile
 
@@ -285,7 +285,7 @@ def test_the_listener_sets_no_process_wide_switch(make_settings, monkeypatch) ->
     assert not sends_as_files
 
 
-def test_large_datasets_in_many_pdus_arrive_byte_for_byte(start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_large_datasets_in_many_pdus_arrive_byte_for_byte(start_node, tmp_path) -> None:
     """The P-DATA streaming path (dicom_node.pdu_reader): ~1,000 PDUs per image, three images."""
     require(Path("/usr/bin/storescu").exists(), "dcmtk storescu is not installed")
     node = start_node(max_pdu=16384)
@@ -321,7 +321,7 @@ def test_large_datasets_in_many_pdus_arrive_byte_for_byte(start_node, tmp_path) 
         assert [e.tag for e in back] == [e.tag for e in ds]
 
 
-def test_associations_negotiate_apart_on_the_shared_contexts(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_associations_negotiate_apart_on_the_shared_contexts(start_node) -> None:
     """The server's presentation contexts are shared by its associations, not copied for each
     (dicom_node.server): two open at once with different transfer syntaxes each get their own
     answer, and the server's own contexts are left as they were."""
@@ -355,7 +355,7 @@ def test_associations_negotiate_apart_on_the_shared_contexts(start_node) -> None
 
 
 @pytest.mark.parametrize("level", ["WARNING", "DEBUG"])
-def test_pynetdicom_logging_handlers_run_only_when_heard(start_node, level) -> None:  # type: ignore[no-untyped-def]
+def test_pynetdicom_logging_handlers_run_only_when_heard(start_node, level) -> None:
     import logging
 
     from pynetdicom import AE, evt
@@ -380,7 +380,7 @@ def test_pynetdicom_logging_handlers_run_only_when_heard(start_node, level) -> N
         library.setLevel(saved)
 
 
-def test_a_restarted_node_completes_what_became_due_at_once(start_node, make_settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_restarted_node_completes_what_became_due_at_once(start_node, make_settings) -> None:
     from worker.node_service import build_node
 
     first = start_node(monitor_interval=60)  # a pass at start, the next a minute later

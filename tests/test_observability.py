@@ -33,7 +33,7 @@ def _samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-def test_metrics_follow_the_database(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_follow_the_database(start_node) -> None:
     port = free_port()
     node = start_node(metrics_port=port)
     pa, ct = factories.radiograph(), factories.ct_slice()
@@ -78,7 +78,7 @@ def test_metrics_follow_the_database(start_node) -> None:  # type: ignore[no-unt
     assert _samples(port)[("cxr_rejections_total", (("kind", "association"),))] == 1
 
 
-def test_health_and_readiness(start_node, redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_health_and_readiness(start_node, redis_server) -> None:
     port = free_port()
     node = start_node(metrics_port=port, broker_url=redis_server.url)
     assert _get(port, "/healthz")[0] == 200

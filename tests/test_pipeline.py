@@ -6,6 +6,7 @@ import copy
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,12 @@ def _study(node: Any, uid: str) -> Study:
     return study
 
 
+def _queued(node: Any, uid: str) -> bool:
+    from worker.db.models import QUEUED
+
+    return _study(node, uid).state == QUEUED
+
+
 def _deliver_all(node: Any, pipeline: Any, outcome: Any) -> None:
     """The first delivery attempt of every object the pipeline planned; each must succeed."""
     from dicom_node.addresses import Destination
@@ -129,7 +136,7 @@ def _received(node: Any, paths: list[Path]) -> Study:
     return _study(node, uid)
 
 
-def test_pipeline_classifies_builds_and_delivers(start_node, pacs) -> None:  # type: ignore[no-untyped-def]
+def test_pipeline_classifies_builds_and_delivers(start_node, pacs) -> None:
     node = start_node(destinations=[pacs.address])  # no broker needed: we call the pipeline
     cr = shared_file("cr_pa_chest_jpeg_baseline.dcm")
     study = _received(node, [cr])
@@ -160,7 +167,7 @@ def test_pipeline_classifies_builds_and_delivers(start_node, pacs) -> None:  # t
     assert pipeline.process(study.id, study.revision).state == "duplicate"
 
 
-def test_shadow_mode_records_everything_and_delivers_nothing(start_node, pacs) -> None:  # type: ignore[no-untyped-def]
+def test_shadow_mode_records_everything_and_delivers_nothing(start_node, pacs) -> None:
     node = start_node(destinations=[pacs.address])
     node.settings.shadow_mode = True
     study = _received(node, [shared_file("cr_pa_chest_jpeg_baseline.dcm")])
@@ -177,7 +184,7 @@ def test_shadow_mode_records_everything_and_delivers_nothing(start_node, pacs) -
 @pytest.mark.slow
 def test_end_to_end_with_celery_retries_dead_letter_and_replay(
     start_node, redis_server, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """Node -> Redis -> real Celery worker -> destination down -> dead letter -> replay."""
     pacs = StoreSCP(tmp_path / "late-pacs")  # not started: the destination is down
     node = start_node(
@@ -375,7 +382,7 @@ def _dog_as_pa_chest(tmp_path: Path, study_uid: str | None = None) -> Path:
     return path
 
 
-def test_image_check_refuses_a_dog_tagged_chest_pa(start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_image_check_refuses_a_dog_tagged_chest_pa(start_node, tmp_path) -> None:
     from worker.audit import timeline
 
     node = start_node()
@@ -398,7 +405,7 @@ def test_image_check_refuses_a_dog_tagged_chest_pa(start_node, tmp_path) -> None
     assert "not classified: image check: no frontal chest found" in str(trail)
 
 
-def test_a_refused_image_does_not_stop_the_chest_beside_it(start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_refused_image_does_not_stop_the_chest_beside_it(start_node, tmp_path) -> None:
     node = start_node()
     chest = shared_file("cr_pa_chest_jpeg_baseline.dcm")
     uid = pydicom.dcmread(chest, stop_before_pixels=True).StudyInstanceUID
@@ -416,7 +423,7 @@ def test_a_refused_image_does_not_stop_the_chest_beside_it(start_node, tmp_path)
     assert kinds == ["sc", "sr"]  # one SC for the chest only
 
 
-def test_a_destination_that_cannot_be_reached_fails_alone(start_node, pacs) -> None:  # type: ignore[no-untyped-def]
+def test_a_destination_that_cannot_be_reached_fails_alone(start_node, pacs) -> None:
     """A host that cannot even be looked up costs its own attempts; the PACS still gets all."""
     from dicom_node.addresses import Destination
     from dicom_node.sender import SenderOptions
@@ -486,7 +493,7 @@ print("tensorflow loaded:", "tensorflow" in sys.modules)
 """
 
 
-def test_the_delivery_task_does_not_load_the_model(tmp_path, pacs) -> None:  # type: ignore[no-untyped-def]
+def test_the_delivery_task_does_not_load_the_model(tmp_path, pacs) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", _DELIVER_ONLY, str(tmp_path / "data"), pacs.address],
         capture_output=True,
@@ -498,7 +505,7 @@ def test_the_delivery_task_does_not_load_the_model(tmp_path, pacs) -> None:  # t
     assert len(pacs.received()) == 1
 
 
-def test_a_new_revision_keeps_the_sc_of_an_unchanged_image(start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_new_revision_keeps_the_sc_of_an_unchanged_image(start_node, tmp_path) -> None:
     """A second image reopens the study: the first image's heatmap keeps its UIDs and file, so
     the PACS does not get a second heatmap of it under new UIDs; the new SR cites both."""
     node = start_node()
@@ -538,7 +545,7 @@ def test_a_new_revision_keeps_the_sc_of_an_unchanged_image(start_node, tmp_path)
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR AS:UserWarning")  # "81", on purpose
-def test_a_chest_without_type2_attributes_still_gets_its_results(start_node, pacs) -> None:  # type: ignore[no-untyped-def]
+def test_a_chest_without_type2_attributes_still_gets_its_results(start_node, pacs) -> None:
     """An anonymised DX (no PatientBirthDate, StudyDate, AccessionNumber, …), accepted as a PA
     chest by CXR_ASSUME_PA_CHEST: its SC and SR reach the PACS, with those attributes empty."""
 
@@ -569,7 +576,7 @@ def _as_new_study(source: Path, path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_queued_studies_share_one_model_call_with_their_own_results(start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_queued_studies_share_one_model_call_with_their_own_results(start_node, tmp_path) -> None:
     from models.imaging import dicom_to_image
     from worker.db.models import QUEUED, StudyEvent
 
@@ -579,7 +586,7 @@ def test_queued_studies_share_one_model_call_with_their_own_results(start_node, 
     paths = [_as_new_study(cr, tmp_path / f"cr{n}.dcm") for n in range(3)] + [dog]
     studies = [_received(node, [p]) for p in paths]
     for study in studies:  # tasks sent to the embedded broker, which no worker reads here
-        wait_for(lambda uid=study.study_instance_uid: _study(node, uid).state == QUEUED)
+        wait_for(partial(_queued, node, study.study_instance_uid))
     pipeline = _pipeline(node)
     leader, *others = studies
     outcomes = pipeline.process_batch(leader.id, leader.revision)
@@ -606,15 +613,14 @@ def test_queued_studies_share_one_model_call_with_their_own_results(start_node, 
 
 def test_a_task_whose_study_is_in_a_dead_batch_works_meanwhile_then_takes_it_over(
     start_node, tmp_path, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from worker import claims
-    from worker.db.models import QUEUED
 
     node = start_node(batch_size=4, batch_wait=0.0)
     cr = shared_file("cr_pa_chest_jpeg_baseline.dcm")
     studies = [_received(node, [_as_new_study(cr, tmp_path / f"cr{n}.dcm")]) for n in range(3)]
     for study in studies:
-        wait_for(lambda uid=study.study_instance_uid: _study(node, uid).state == QUEUED)
+        wait_for(partial(_queued, node, study.study_instance_uid))
     sessions = make_session_factory(node.engine)
     # A batch whose worker died after taking the oldest study.
     (held,) = claims.claim_waiting(sessions, leader=10**9, limit=1, lease=2.0)
@@ -628,7 +634,7 @@ def test_a_task_whose_study_is_in_a_dead_batch_works_meanwhile_then_takes_it_ove
     assert all(_study(node, s.study_instance_uid).state == "done" for s in studies)
 
 
-def test_a_worker_that_lost_its_lease_records_nothing(start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_worker_that_lost_its_lease_records_nothing(start_node, tmp_path) -> None:
     """A worker that hung past its lease wakes to find the study taken over: it leaves it."""
     from worker import claims
     from worker.db.models import QUEUED

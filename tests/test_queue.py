@@ -61,7 +61,7 @@ def test_policy_rejects_nonsense() -> None:
         CompletionPolicy(quiet_seconds=-1)
 
 
-def test_complete_study_reaches_a_real_celery_worker(start_node, redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_complete_study_reaches_a_real_celery_worker(start_node, redis_server) -> None:
     node = start_node(broker_url=redis_server.url)
     app = create_celery(node.settings)
     received: list[dict[str, Any]] = []
@@ -93,7 +93,7 @@ def test_complete_study_reaches_a_real_celery_worker(start_node, redis_server) -
     ]
 
 
-def test_study_waits_for_its_association_then_forced(start_node, redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_study_waits_for_its_association_then_forced(start_node, redis_server) -> None:
     node = start_node(broker_url=redis_server.url, quiet_seconds=0.2, max_wait_seconds=2.0)
     ds = factories.radiograph()
     ae = AE(ae_title="SLOW_SCU")
@@ -113,7 +113,7 @@ def test_study_waits_for_its_association_then_forced(start_node, redis_server) -
     assert _study(node, ds.StudyInstanceUID).completion == "forced"
 
 
-def test_broker_down_then_up_queues_exactly_once(start_node, redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_broker_down_then_up_queues_exactly_once(start_node, redis_server) -> None:
     node = start_node(broker_url=redis_server.url)
     redis_server.stop()
     ds = factories.radiograph()
@@ -132,7 +132,7 @@ def test_broker_down_then_up_queues_exactly_once(start_node, redis_server) -> No
     assert study.last_queue_error is None
 
 
-def test_new_eligible_instance_reopens_a_queued_study(start_node, redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_new_eligible_instance_reopens_a_queued_study(start_node, redis_server) -> None:
     node = start_node(broker_url=redis_server.url)
     study_uid = "1.2.826.0.1.3680043.8.498.2002"
     send(node, [factories.radiograph(study_uid=study_uid)])
@@ -178,7 +178,7 @@ def test_concurrent_dispatchers_queue_each_study_once(db_url: str) -> None:
 
 
 @pytest.mark.slow
-def test_study_lost_by_the_broker_is_sent_again_by_the_sweeper(start_node, redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_study_lost_by_the_broker_is_sent_again_by_the_sweeper(start_node, redis_server) -> None:
     """Redis restarted without persistence: the queued study's message is gone."""
     from worker.leases import renew
 
@@ -208,7 +208,7 @@ def test_study_lost_by_the_broker_is_sent_again_by_the_sweeper(start_node, redis
 
 def test_identical_resend_changes_nothing_and_every_sender_is_kept(
     start_node, redis_server
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """A PACS re-route of the same bytes after the study was queued: no revision 2."""
     from worker.db.models import Instance, Receipt
 
@@ -241,7 +241,7 @@ def test_identical_resend_changes_nothing_and_every_sender_is_kept(
 
 def test_a_resend_in_another_encoding_is_a_duplicate_and_a_new_pixel_a_revision(
     start_node, redis_server
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """Transcoded, or with a PACS's private tag added: the same content, so no revision 2."""
     import copy
 
@@ -274,7 +274,7 @@ def test_a_resend_in_another_encoding_is_a_duplicate_and_a_new_pixel_a_revision(
     wait_for(lambda: _study(node, ds.StudyInstanceUID).revision == 2)
 
 
-def test_replay_stuck_sends_a_lost_study_again_now(start_node, redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_replay_stuck_sends_a_lost_study_again_now(start_node, redis_server) -> None:
     import subprocess
     import sys
 

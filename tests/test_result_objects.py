@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import highdicom as hd
 import numpy as np
@@ -29,6 +29,11 @@ from tests.services import SHARED_DICOM, require, shared_file
 PROBS = {"normal": 0.08, "covid": 0.86, "pneumonia": 0.06}
 T = {"covid": 0.5, "pneumonia": 0.5}
 COVID = Triage("covid", "flagged", "urgent", 0.86, T, "model card")
+
+
+def _report(sr: Any) -> hd.sr.MeasurementReport:
+    """The TID 1500 content of an SR that ``hd.sr.srread`` read (typed as a sequence)."""
+    return cast(hd.sr.MeasurementReport, sr.content)
 
 
 def _round_trip(ds: pydicom.Dataset) -> pydicom.Dataset:
@@ -137,7 +142,7 @@ def test_structured_report_content_tree(source: pydicom.Dataset) -> None:
         i for i in content if i.ConceptNameCodeSequence[0].CodeMeaning == "Procedure reported"
     )
     assert proc.ConceptCodeSequence[0].CodeValue == codes.PROCEDURE_CHEST_XRAY.value
-    report = sr.content
+    report = _report(sr)
     assert report.get_planar_roi_measurement_groups() == []
     (first,) = report.get_image_measurement_groups()  # one group per image, no study group
     assert first.finding_type == codes.FINDING_CODES["covid"]
@@ -163,7 +168,10 @@ def test_structured_report_content_tree(source: pydicom.Dataset) -> None:
         source.SOPInstanceUID,  # the group's source image
         sc.SOPInstanceUID,  # illustration of the region
     ]
-    image_values = {e.name.value: e.value.value for e in first.get_qualitative_evaluations()}
+    image_values = {
+        e.name.value: e[0].ConceptCodeSequence[0].CodeValue  # its CODE item
+        for e in first.get_qualitative_evaluations()
+    }
     assert image_values == {
         "TRIAGE-BAND": "10828004",  # SCT Positive: flagged
         "TRIAGE-PRIORITY": "URGENT",
@@ -291,7 +299,7 @@ def test_objects_from_every_sample_validate(sample: Path | str, tmp_path: Path) 
 
 
 def test_report_needs_images_and_known_labels(source: pydicom.Dataset) -> None:
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         evidence=[source],
         algorithm=Algorithm("m", "1", "0"),
         series_instance_uid=new_uid(),
@@ -300,13 +308,13 @@ def test_report_needs_images_and_known_labels(source: pydicom.Dataset) -> None:
     )
     normal = Triage("normal", "not flagged", "routine", 0.9, T)
     with pytest.raises(ValueError, match="at least one"):
-        build_report([], normal, **kwargs)  # type: ignore[arg-type]
+        build_report([], normal, **kwargs)
     with pytest.raises(ValueError, match="no code"):
         build_report(
             [ImageResult(source, Triage("tuberculosis", "flagged", "urgent", 0.9, T), PROBS)],
             normal,
             **kwargs,
-        )  # type: ignore[arg-type]
+        )
     with pytest.raises(ValueError, match="cannot be labelled"):
         Triage("covid", "not flagged", "routine", 0.1, T)
 
@@ -378,7 +386,7 @@ def test_a_probability_that_rounds_to_zero_is_not_written_as_zero() -> None:
     buf = io.BytesIO()
     sr.save_as(buf, enforce_file_format=True)
     buf.seek(0)
-    (group,) = hd.sr.srread(buf).content.get_image_measurement_groups()
+    (group,) = _report(hd.sr.srread(buf)).get_image_measurement_groups()
     values = {m.name.value: m.value for m in group.get_measurements()}
     assert values == {"P-COVID": 86.0, "P-PNEUMONIA": 14.0, "P-NORMAL": 0.04}
 
@@ -509,20 +517,20 @@ def test_sc_sr_and_descriptions_say_the_same_thing(case: str) -> None:
     buf = io.BytesIO()
     sr.save_as(buf, enforce_file_format=True)
     buf.seek(0)
-    sr = hd.sr.srread(buf)
+    read = hd.sr.srread(buf)
     (evaluations,) = [
         c
-        for c in sr.ContentSequence
+        for c in read.ContentSequence
         if c.ConceptNameCodeSequence[0].CodeValue == codes.QUALITATIVE_EVALUATIONS.value
     ]
     (summary,) = [t.TextValue for t in evaluations.ContentSequence if t.ValueType == "TEXT"]
     near = any(p[k] >= T[k] - 0.2 for p in images for k in T)
     assert ("no finding at or near" in summary) == (not near) == (study.band == "not flagged")
     assert "1.00" not in summary and "0.48" not in summary  # percentages, one decimal
-    assert sr.SeriesDescription.startswith(f"AI {study.priority.upper()} ")
+    assert read.SeriesDescription.startswith(f"AI {study.priority.upper()} ")
     label_word = "indeterminate covid" if study.band == "indeterminate" else study.label
-    assert label_word in sr.SeriesDescription
-    groups = sr.content.get_image_measurement_groups()
+    assert label_word in read.SeriesDescription
+    groups = _report(read).get_image_measurement_groups()
     for group, result in zip(groups, results, strict=True):
         assert group.finding_type == codes.FINDING_CODES[result.triage.label]
         bands = {e.name.value: e.value for e in group.get_qualitative_evaluations()}

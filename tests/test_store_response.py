@@ -37,7 +37,9 @@ def _response(message_id: int, class_uid: str, instance_uid: str, status: int) -
 def _pynetdicom_encoding(rsp: C_STORE) -> bytes:
     message = C_STORE_RSP()
     message.primitive_to_message(rsp)
-    return bytes(encode(message.command_set, True, True))
+    encoded = encode(message.command_set, True, True)
+    assert encoded is not None
+    return bytes(encoded)
 
 
 @pytest.mark.parametrize(
@@ -60,9 +62,9 @@ def test_the_bytes_are_those_pynetdicom_encodes(
 
 def test_responses_with_more_than_the_fixed_elements_go_through_pynetdicom() -> None:
     with_comment = _response(1, DX, "1.2.3", CANNOT_UNDERSTAND)
-    with_comment.ErrorComment = "bad"
+    with_comment.ErrorComment = "bad"  # type: ignore[assignment]  # pynetdicom types it None
     with_element = _response(1, DX, "1.2.3", CANNOT_UNDERSTAND)
-    with_element.OffendingElement = [0x00100010]
+    with_element.OffendingElement = [0x00100010]  # type: ignore[assignment]  # as above
     request = C_STORE()
     request.MessageID = 1
     request.AffectedSOPClassUID = DX

@@ -64,7 +64,7 @@ def guarded() -> Iterator[StowDestination]:
     server.server_close()
 
 
-def test_the_token_is_sent_and_a_refusal_is_a_failure(guarded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_token_is_sent_and_a_refusal_is_a_failure(guarded, tmp_path: Path) -> None:
     path = factories.write(factories.radiograph(), tmp_path / "x.dcm")
     (refused,) = stow_files([path], guarded).results
     assert not refused.ok and "HTTP 401" in (refused.error or "")
@@ -88,7 +88,7 @@ def test_nothing_listening_is_a_failure_not_a_crash(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_results_reach_orthanc_by_stow_after_it_comes_back(
     start_node, redis_server, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """Orthanc (DICOMweb plugin) is down at first: the retries deliver by STOW-RS once it is up."""
     orthanc = Orthanc(tmp_path / "orthanc", 11112, dicomweb=True)
     stow = f"stow+http://127.0.0.1:{orthanc.http_port}/dicom-web"

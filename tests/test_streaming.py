@@ -101,7 +101,7 @@ def _stored_equal(node: Any, sent: Dataset) -> None:
     assert [e.tag for e in back] == [e.tag for e in sent]
 
 
-def test_fragments_are_spliced_into_the_file_byte_for_byte(start_node, spliced) -> None:  # type: ignore[no-untyped-def]
+def test_fragments_are_spliced_into_the_file_byte_for_byte(start_node, spliced) -> None:
     node = start_node(max_pdu=16384)
     sent = [factories.radiograph(rows=1000, columns=1200, bits=16) for _ in range(2)]  # 2.4 MB
     assert [r.status for r in send(node, sent).results] == [SUCCESS, SUCCESS]
@@ -111,7 +111,7 @@ def test_fragments_are_spliced_into_the_file_byte_for_byte(start_node, spliced) 
     assert sum(spliced) > 0.95 * sum(len(ds.PixelData) for ds in sent)
 
 
-def test_spliced_and_buffered_pdus_mixed_and_cut_arrive_in_order(start_node, spliced) -> None:  # type: ignore[no-untyped-def]
+def test_spliced_and_buffered_pdus_mixed_and_cut_arrive_in_order(start_node, spliced) -> None:
     node = start_node()
     ds = factories.radiograph(rows=600, columns=700, bits=16)  # 840 kB in 16 KiB PDUs
     stream = b"".join(_regrouped(store_rq(ds)))
@@ -124,7 +124,7 @@ def test_spliced_and_buffered_pdus_mixed_and_cut_arrive_in_order(start_node, spl
     assert spliced, "no fragment took the splice path"
 
 
-def test_a_fragment_cut_off_mid_splice_times_out_and_leaves_no_file(start_node, spliced) -> None:  # type: ignore[no-untyped-def]
+def test_a_fragment_cut_off_mid_splice_times_out_and_leaves_no_file(start_node, spliced) -> None:
     node = start_node(pdu_timeout=1.0)
     pdus = store_rq(factories.radiograph(rows=512, columns=512, bits=16))
     with RawPeer(node.listener.port) as peer:
@@ -139,7 +139,7 @@ def test_a_fragment_cut_off_mid_splice_times_out_and_leaves_no_file(start_node, 
     assert rows(node.engine, Instance) == []
 
 
-def test_a_peer_closing_mid_fragment_leaves_no_file(start_node, spliced) -> None:  # type: ignore[no-untyped-def]
+def test_a_peer_closing_mid_fragment_leaves_no_file(start_node, spliced) -> None:
     node = start_node()
     pdus = store_rq(factories.radiograph(rows=512, columns=512, bits=16))
     with RawPeer(node.listener.port) as peer:
@@ -169,7 +169,7 @@ def file_size_limit() -> Iterator[Any]:
 
 def test_a_dataset_that_cannot_be_written_is_refused_and_the_association_goes_on(
     start_node, spliced, file_size_limit
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     node = start_node(max_pdu=16384)
     big = factories.radiograph(rows=1500, columns=1500, bits=16)  # 4.5 MB
     small = factories.radiograph(rows=64, columns=64)
@@ -183,7 +183,7 @@ def test_a_dataset_that_cannot_be_written_is_refused_and_the_association_goes_on
     assert _incoming(node) == []
 
 
-def test_without_a_pipe_the_buffered_path_receives(start_node, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_without_a_pipe_the_buffered_path_receives(start_node, monkeypatch) -> None:
     """Out of file descriptors for a pipe (EMFILE): the dataset arrives through the buffer."""
 
     def no_pipe(self: pdu_reader._Pipe) -> None:
@@ -197,7 +197,7 @@ def test_without_a_pipe_the_buffered_path_receives(start_node, monkeypatch) -> N
     _stored_equal(node, ds)
 
 
-def test_a_file_system_that_refuses_splice_gets_the_fragments_written(  # type: ignore[no-untyped-def]
+def test_a_file_system_that_refuses_splice_gets_the_fragments_written(
     start_node, spliced, monkeypatch
 ) -> None:
     """Splicing out of the pipe into the file fails with EINVAL (some file systems take no
@@ -232,7 +232,7 @@ def _open_fds() -> int:
     return held
 
 
-def test_associations_leave_no_descriptor_behind(start_node) -> None:  # type: ignore[no-untyped-def]
+def test_associations_leave_no_descriptor_behind(start_node) -> None:
     """Each association's wake-up descriptor and splice pipes are closed when it ends, whether
     it is released, aborted or cut off mid-dataset."""
     node = start_node(max_pdu=16384)

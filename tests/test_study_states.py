@@ -10,7 +10,7 @@ from worker.db.models import TRANSITIONS, Study, StudyEvent, StudyState
 from worker.db.transitions import InvalidTransitionError, created, move
 
 
-def _new_study(sessions, uid: str = "1.2.3") -> int:  # type: ignore[no-untyped-def]
+def _new_study(sessions, uid: str = "1.2.3") -> int:
     with sessions.begin() as s:
         study = Study(study_instance_uid=uid, state=StudyState.RECEIVING)
         s.add(study)
@@ -19,7 +19,7 @@ def _new_study(sessions, uid: str = "1.2.3") -> int:  # type: ignore[no-untyped-
         return study.id
 
 
-def _events(sessions, study_id: int) -> list[tuple[str | None, str]]:  # type: ignore[no-untyped-def]
+def _events(sessions, study_id: int) -> list[tuple[str | None, str]]:
     with sessions() as s:
         rows = s.scalars(select(StudyEvent).where(StudyEvent.study_id == study_id)).all()
         return [(e.from_state, e.to_state) for e in sorted(rows, key=lambda e: e.id)]
@@ -34,7 +34,7 @@ def test_every_state_has_its_moves_and_every_non_terminal_state_a_way_out() -> N
             assert targets - {state}, f"{state} has no way out"
 
 
-def test_a_study_moves_along_the_happy_path_with_an_event_per_move(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_a_study_moves_along_the_happy_path_with_an_event_per_move(sessions) -> None:
     study_id = _new_study(sessions)
     path = [
         StudyState.COMPLETE,
@@ -58,7 +58,7 @@ def test_a_study_moves_along_the_happy_path_with_an_event_per_move(sessions) -> 
     ]
 
 
-def test_a_move_the_machine_forbids_raises_and_changes_nothing(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_a_move_the_machine_forbids_raises_and_changes_nothing(sessions) -> None:
     study_id = _new_study(sessions)
     with pytest.raises(InvalidTransitionError), sessions.begin() as s:
         move(s, study_id, StudyState.DONE, "skipping every step")
@@ -67,7 +67,7 @@ def test_a_move_the_machine_forbids_raises_and_changes_nothing(sessions) -> None
     assert _events(sessions, study_id) == [(None, "receiving")]
 
 
-def test_expect_makes_a_move_conditional(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_expect_makes_a_move_conditional(sessions) -> None:
     study_id = _new_study(sessions)
     with sessions.begin() as s:
         assert not move(s, study_id, StudyState.QUEUEING, "claim", expect=[StudyState.COMPLETE])

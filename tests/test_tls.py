@@ -18,7 +18,7 @@ from worker.db.models import Association, Instance, Rejection
 
 
 @pytest.fixture
-def pki(tmp_path: Path):  # type: ignore[no-untyped-def]
+def pki(tmp_path: Path):
     d = tmp_path / "pki"
     d.mkdir()
     return make_pki(d)
@@ -46,7 +46,7 @@ def _storescu(port: int, path: Path, *tls: str) -> subprocess.CompletedProcess[s
 
 
 @pytest.mark.dcmtk
-def test_storescu_with_trusted_client_certificate(start_node, pki, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_storescu_with_trusted_client_certificate(start_node, pki, tmp_path) -> None:
     node = start_node(
         tls_cert=pki.server_cert, tls_key=pki.server_key, tls_ca=pki.ca, tls_verify_client=True
     )
@@ -62,7 +62,7 @@ def test_storescu_with_trusted_client_certificate(start_node, pki, tmp_path) -> 
 
 
 @pytest.mark.dcmtk
-def test_storescu_without_client_certificate_is_refused(start_node, pki, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_storescu_without_client_certificate_is_refused(start_node, pki, tmp_path) -> None:
     node = start_node(
         tls_cert=pki.server_cert, tls_key=pki.server_key, tls_ca=pki.ca, tls_verify_client=True
     )
@@ -78,7 +78,7 @@ def test_storescu_without_client_certificate_is_refused(start_node, pki, tmp_pat
     assert _storescu(node.listener.port, path).returncode != 0
 
 
-def test_our_sender_over_tls(start_node, pki) -> None:  # type: ignore[no-untyped-def]
+def test_our_sender_over_tls(start_node, pki) -> None:
     node = start_node(
         tls_cert=pki.server_cert, tls_key=pki.server_key, tls_ca=pki.ca, tls_verify_client=True
     )
@@ -93,7 +93,7 @@ def test_our_sender_over_tls(start_node, pki) -> None:  # type: ignore[no-untype
         echo(target, anonymous)
 
 
-def test_outbound_tls_from_settings(start_node, make_settings, pki) -> None:  # type: ignore[no-untyped-def]
+def test_outbound_tls_from_settings(start_node, make_settings, pki) -> None:
     """Deliveries, replay, send and echo take TLS from CXR_SEND_TLS_*: the same options."""
     pacs = start_node(
         tls_cert=pki.server_cert, tls_key=pki.server_key, tls_ca=pki.ca, tls_verify_client=True
@@ -113,7 +113,7 @@ def test_outbound_tls_from_settings(start_node, make_settings, pki) -> None:  # 
     assert assoc.tls and assoc.calling_ae == "CXR_TRIAGE"
 
 
-def test_outbound_tls_checks_the_name_and_trusts_only_what_it_is_given(  # type: ignore[no-untyped-def]
+def test_outbound_tls_checks_the_name_and_trusts_only_what_it_is_given(
     start_node, make_settings, tmp_path
 ) -> None:
     """A PACS whose certificate names another host is refused unless the check is turned off."""

@@ -63,7 +63,7 @@ def _positive_study(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_ohif_opens_the_study_the_heatmap_and_the_report(
     start_node, redis_server, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """A normal and a COVID-19 study go PACS -> node -> PACS; OHIF opens each series of each
     without its error boundary, and draws the SR's values on the radiograph."""
     for tool in ("chromium", "npm"):  # npm fetches the pinned viewer once, into a cache

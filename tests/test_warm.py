@@ -21,7 +21,7 @@ from worker.warm import WarmMarks
 CLI = [sys.executable, "-m", "worker.cli.main"]
 
 
-def test_marks_count_live_warm_children_and_name_a_failure(make_settings) -> None:  # type: ignore[no-untyped-def]
+def test_marks_count_live_warm_children_and_name_a_failure(make_settings) -> None:
     settings = make_settings()
     marks = WarmMarks(settings, os.getpid())
     marks.reset()

@@ -191,6 +191,10 @@ class Modality:
         return statuses
 
 
+class ProcessExitedError(RuntimeError):
+    """A process the scenario needs has exited (see :meth:`Deployment.check_alive`)."""
+
+
 class Deployment:
     """listener + worker processes, PostgreSQL, a private Redis and a storescp PACS."""
 
@@ -274,9 +278,23 @@ class Deployment:
 
     def kill_listener(self) -> None:
         self._kill(self.listener, signal.SIGKILL)
+        self.listener = None  # gone on purpose: not a failure for check_alive
 
     def kill_worker(self) -> None:
         self._kill(self.worker, signal.SIGKILL)
+        self.worker = None
+
+    def check_alive(self) -> None:
+        """Raise at once, with the processes' log tail, when the listener or worker the
+        scenario left running has exited: a wait would otherwise sit out its whole timeout."""
+        for name, proc in (("listener", self.listener), ("worker", self.worker)):
+            if proc is not None and proc.poll() is not None:
+                self.log.flush()
+                tail = self.log_path.read_bytes()[-4000:].decode(errors="replace")
+                raise ProcessExitedError(
+                    f"the {name} exited with status {proc.returncode} mid-scenario; "
+                    f"end of {self.log_path}:\n{tail}"
+                )
 
     def stop(self) -> None:
         self._kill(self.worker, signal.SIGTERM)
@@ -298,6 +316,7 @@ class Deployment:
         while time.monotonic() < deadline:
             if self.states().get(study_uid) in states:
                 return True
+            self.check_alive()
             time.sleep(0.05)
         return False
 
@@ -309,6 +328,7 @@ class Deployment:
             if all(states.get(uid) in SETTLED for uid in study_uids):
                 self.settled_at = time.monotonic()
                 return True
+            self.check_alive()
             time.sleep(0.5)
         logger.warning("not settled after %.0f s: %s", timeout, self.states())
         return False

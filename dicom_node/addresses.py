@@ -1,4 +1,5 @@
-"""Parsing destinations: ``AET@host:port`` (DIMSE) and ``stow+http(s)://…`` (DICOMweb)."""
+"""Parsing destinations: ``AET@host:port`` (DIMSE), ``stow+http(s)://…`` (DICOMweb) and
+``hl7+mllp://host:port`` (HL7 v2 results over MLLP)."""
 
 from __future__ import annotations
 
@@ -69,14 +70,55 @@ class StowDestination:
         return self.PREFIX + self.base_url
 
 
+@dataclass(frozen=True)
+class Hl7Destination:
+    """An HL7 v2 receiver (RIS, worklist, interface engine) over MLLP: it gets one ORU^R01 per
+    study, made from the study's SR (:mod:`dicom_node.hl7`)."""
+
+    host: str
+    port: int
+
+    PREFIX = "hl7+mllp://"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"invalid port {self.port}")
+        if not self.host:
+            raise ValueError("empty host")
+
+    @classmethod
+    def parse(cls, text: str) -> Hl7Destination:
+        """Parse ``hl7+mllp://host:port`` (IPv6 hosts in brackets)."""
+        match = re.fullmatch(
+            re.escape(cls.PREFIX) + r"(\[[^\]]+\]|[^:/\[\]\s]+):(\d+)/?", text.strip()
+        )
+        if not match:
+            raise ValueError(f"{text!r} is not of the form hl7+mllp://host:port")
+        host, port = match.groups()
+        return cls(host.strip("[]"), int(port))
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.PREFIX}{host}:{self.port}"
+
+
 #: Where results may be sent.
-AnyDestination = Destination | StowDestination
+AnyDestination = Destination | StowDestination | Hl7Destination
+
+
+def carries(destination: AnyDestination, kind: str) -> bool:
+    """Whether ``destination`` takes objects of ``kind`` ("sc" or "sr"): an HL7 receiver gets
+    the study's result, made from its SR, and no pictures."""
+    return kind == "sr" if isinstance(destination, Hl7Destination) else True
 
 
 def parse_destination(text: str) -> AnyDestination:
-    """``stow+http(s)://…`` is a STOW-RS service; anything else must be ``AET@host:port``."""
+    """``stow+http(s)://…`` is a STOW-RS service, ``hl7+mllp://host:port`` an HL7 receiver;
+    anything else must be ``AET@host:port``."""
     if text.strip().startswith(StowDestination.PREFIX):
         return StowDestination.parse(text)
+    if text.strip().startswith(Hl7Destination.PREFIX):
+        return Hl7Destination.parse(text)
     return Destination.parse(text)
 
 

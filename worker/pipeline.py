@@ -18,6 +18,7 @@ import pydicom
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.addresses import carries
 from dicom_node.results.algorithm import Algorithm
 from dicom_node.results.sc import build_gradcam_sc
 from dicom_node.results.sr import ImageResult as SRImage
@@ -498,7 +499,7 @@ class Pipeline:
         by = _model_columns(self.algorithm)
         shadow = self.settings.shadow_mode
         # Shadow mode: everything is made and recorded, nothing is sent.
-        destinations = [] if shadow else [str(d) for d in self.settings.destinations]
+        destinations = [] if shadow else list(self.settings.destinations)
         with self.sessions.begin() as s:
             s.execute(
                 delete(ImageResult).where(
@@ -558,17 +559,23 @@ class Pipeline:
                 object_ids.append(row.id)
             # The delivery plan: one pending row per object and destination, so the study is
             # "done" only when every one of them has been delivered.
-            for object_id in object_ids:
-                for dest in destinations:
-                    s.add(
-                        Delivery(
-                            object_id=object_id,
-                            destination=dest,
-                            attempt=0,
-                            outcome="pending",
-                            at=utcnow(),
-                        )
+            # An HL7 receiver gets the result (the SR), not the pictures (addresses.carries).
+            plan = [
+                (object_id, str(dest))
+                for object_id, b in zip(object_ids, built, strict=True)
+                for dest in destinations
+                if carries(dest, b.kind)
+            ]
+            for object_id, dest in plan:
+                s.add(
+                    Delivery(
+                        object_id=object_id,
+                        destination=dest,
+                        attempt=0,
+                        outcome="pending",
+                        at=utcnow(),
                     )
+                )
             _add_timings(s, study_id, revision, timer)
             detail = (
                 f"{decision.label} {decision.band} ({decision.priority}); "
@@ -589,11 +596,7 @@ class Pipeline:
                 # Nothing of this transaction is kept: the results are the new owner's to record.
                 raise LeaseLostError(f"study {study_uid}: its lease passed to another worker")
         logger.info("study %s: %s, priority %s", study_uid, decision.label, decision.priority)
-        return Outcome(
-            DELIVERING if destinations else DONE,
-            decision.label,
-            [(oid, d) for oid in object_ids for d in destinations],
-        )
+        return Outcome(DELIVERING if destinations else DONE, decision.label, plan)
 
     def _add_refusals(
         self, s: Session, study_id: int, revision: int, refusals: list[tuple[Instance, str | None]]

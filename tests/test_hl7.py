@@ -1,0 +1,174 @@
+"""HL7 v2 results: an ORU^R01 per study, made from the SR, sent over MLLP with the outbox's
+retries; a real loopback receiver answers AA, AE, AR, garbage or nothing."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from dicom_node import hl7
+from dicom_node.addresses import Hl7Destination, carries, parse_destination
+from tests import factories
+from tests.mllp import MllpPeer
+from tests.services import shared_file
+
+
+@pytest.fixture
+def peer() -> Iterator[MllpPeer]:
+    server = MllpPeer()
+    yield server
+    server.stop()
+
+
+def _sr_file(tmp_path: Path, **patient: Any) -> Path:
+    """One of our SRs (a flagged COVID-19 result) for a synthetic source, written to a file."""
+    from tests.test_result_objects import _sc, _sr
+
+    src = factories.radiograph(rows=300, columns=240, bits=12, **patient)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sr = _sr(src, _sc(src))
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_the_destination_parses_and_takes_only_the_result() -> None:
+    dest = parse_destination("hl7+mllp://ris.example:2575")
+    assert (
+        dest == Hl7Destination("ris.example", 2575) and str(dest) == "hl7+mllp://ris.example:2575"
+    )
+    assert str(parse_destination("hl7+mllp://[::1]:2575/")) == "hl7+mllp://[::1]:2575"
+    assert carries(dest, "sr") and not carries(dest, "sc")
+    for bad in ("hl7+mllp://host", "hl7+mllp://host:0", "hl7+mllp://:2575", "hl7+tcp://h:1"):
+        with pytest.raises(ValueError):
+            parse_destination(bad)
+
+
+def test_the_message_says_what_the_sr_says_and_validates(tmp_path: Path) -> None:
+    from hl7apy.parser import parse_message
+
+    path = _sr_file(tmp_path, PatientID="P|1^x", PatientName="DOE^JANE", AccessionNumber="ACC&42")
+    sr = pydicom.dcmread(path)
+    result = hl7.result_from_sr(sr)
+    er7 = hl7.oru_r01(result)
+    message = parse_message(er7, find_groups=True)  # hl7apy's parser reads it back
+    message.validate()
+    assert message.msh.msh_9.to_er7() == "ORU^R01^ORU_R01"
+    assert message.msh.msh_10.to_er7() == hl7.control_id(result)
+    segments = er7.split("\r")
+    pid = next(s for s in segments if s.startswith("PID|")).split("|")
+    assert pid[3] == "P\\F\\1\\S\\x" and pid[5] == "DOE^JANE"  # delimiters escaped, PN mapped
+    obr = next(s for s in segments if s.startswith("OBR|")).split("|")
+    assert obr[3] == "ACC\\T\\42" and obr[25] == "P"  # accession as filler order; preliminary
+    obx = {s.split("|")[3].split("^")[0]: s.split("|") for s in segments if s.startswith("OBX|")}
+    assert obx["121071"][5] == "840539006^COVID-19^SCT"
+    assert obx["TRIAGE-BAND"][5] == "10828004^Positive^SCT"
+    assert obx["TRIAGE-PRIORITY"][5] == "URGENT^Urgent^99CXRTRIAGE"
+    assert obx["P-COVID"][2] == "NM" and float(obx["P-COVID"][5]) == 86.0
+    assert obx["110180"][5] == sr.StudyInstanceUID
+    assert "not for diagnosis" in obx["121106"][5]
+    assert any(s.startswith("NTE|") and "not for diagnosis" in s for s in segments)
+    # The same SR is the same message: a receiver can recognise a retry or a replay.
+    assert hl7.control_id(hl7.result_from_sr(pydicom.dcmread(path))) == hl7.control_id(result)
+
+
+def test_not_our_sr_is_refused_with_a_reason() -> None:
+    with pytest.raises(ValueError, match="not a cxr-triage SR"):
+        hl7.result_from_sr(factories.structured_report())
+
+
+@pytest.mark.parametrize(
+    ("answer", "ok", "reason"),
+    [
+        ("AA", True, None),
+        ("AE", False, "answered AE: patient unknown"),
+        ("AR", False, "answered AR: not accepted here"),
+        ("garbage", False, "malformed ACK"),
+        ("close", False, "closed the connection without an ACK"),
+        ("hang", False, "no ACK within 1 s"),
+    ],
+)
+def test_each_answer_is_a_delivery_or_a_failed_attempt_with_its_reason(
+    peer: MllpPeer, tmp_path: Path, answer: str, ok: bool, reason: str | None
+) -> None:
+    peer.answer = answer
+    dest = Hl7Destination("127.0.0.1", peer.port)
+    (result,) = hl7.send_results([_sr_file(tmp_path)], dest, timeout=1.0).results
+    assert result.ok is ok, result
+    if reason:
+        assert reason in (result.error or "")
+    assert len(peer.received) == 1 and peer.received[0].startswith("MSH|^~\\&|CXR_TRIAGE|")
+
+
+def test_no_receiver_is_a_failed_attempt(tmp_path: Path) -> None:
+    from tests.services import free_port
+
+    dest = Hl7Destination("127.0.0.1", free_port())
+    (result,) = hl7.send_results([_sr_file(tmp_path)], dest, timeout=1.0).results
+    assert not result.ok and "Connection refused" in (result.error or "")
+
+
+def test_an_sc_file_is_no_result_to_send(tmp_path: Path) -> None:
+    sc = tmp_path / "sc.dcm"
+    factories.write(factories.radiograph(rows=64, columns=64), sc)
+    dest = Hl7Destination("127.0.0.1", 9)
+    (result,) = hl7.send_results([sc], dest, timeout=1.0).results
+    assert not result.ok and "no result to send" in (result.error or "")
+
+
+def test_a_study_sends_one_oru_beside_its_sc_and_sr_and_ends_done(
+    start_node, pacs, peer: MllpPeer
+) -> None:
+    """The outbox plans the SR, not the SC, for the HL7 receiver; AA once; the study is done.
+    An AE on the last attempt is a dead letter with the receiver's reason."""
+    from dicom_node.sender import SenderOptions
+    from tests.helpers import rows
+    from tests.test_pipeline import _pipeline, _received, _study
+    from worker.db.models import DEAD_LETTER, DONE, Delivery, ProducedObject, StudyResult
+    from worker.delivery import attempt_delivery
+
+    node = start_node(destinations=[pacs.address, peer.address])
+    study = _received(node, [shared_file("cr_pa_chest_jpeg_baseline.dcm")])
+    pipeline = _pipeline(node)
+    outcome = pipeline.process(study.id, study.revision)
+    objects = {o.id: o.kind for o in rows(node.engine, ProducedObject)}
+    planned = sorted((objects[oid], dest) for oid, dest in outcome.to_deliver)
+    assert planned == [("sc", pacs.address), ("sr", pacs.address), ("sr", peer.address)]
+    for object_id, dest in outcome.to_deliver:
+        assert attempt_delivery(
+            pipeline.sessions,
+            node.settings.outputs_dir,
+            object_id,
+            parse_destination(dest),
+            1,
+            SenderOptions(dimse_timeout=5),
+            final=False,
+        )
+    assert _study(node, study.study_instance_uid).state == DONE
+    (message,) = peer.received
+    (result,) = rows(node.engine, StudyResult, StudyResult.study_id == study.id)
+    segments = {s.split("|")[3].split("^")[0]: s.split("|")[5] for s in message.split("\r")
+                if s.startswith("OBX|")}  # fmt: skip
+    assert segments["TRIAGE-PRIORITY"].startswith(result.priority.upper() + "^")
+    assert segments["110180"] == study.study_instance_uid
+    # The receiver turns against us: the last attempt is a dead letter that says why.
+    peer.answer = "AE"
+    sr_id = next(oid for oid, dest in outcome.to_deliver if dest == peer.address)
+    assert not attempt_delivery(
+        pipeline.sessions,
+        node.settings.outputs_dir,
+        sr_id,
+        parse_destination(peer.address),
+        2,
+        SenderOptions(dimse_timeout=5),
+        final=True,
+    )
+    (dead,) = rows(node.engine, Delivery, Delivery.outcome == "dead")
+    assert dead.destination == peer.address and "answered AE" in (dead.error or "")
+    assert _study(node, study.study_instance_uid).state == DEAD_LETTER

@@ -1,5 +1,5 @@
 """Parsing destinations: ``AET@host:port`` (DIMSE), ``stow+http(s)://…`` (DICOMweb) and
-``hl7+mllp://host:port`` (HL7 v2 results over MLLP)."""
+``hl7+mllp://host:port`` (HL7 v2 results over MLLP) and ``fhir+http(s)://…`` (FHIR R4)."""
 
 from __future__ import annotations
 
@@ -102,23 +102,47 @@ class Hl7Destination:
         return f"{self.PREFIX}{host}:{self.port}"
 
 
+@dataclass(frozen=True)
+class FhirDestination:
+    """A FHIR R4 server: each study's result is POSTed to ``base_url`` as a transaction Bundle
+    made from its SR (:mod:`dicom_node.fhir`); credentials as for STOW-RS."""
+
+    base_url: str  # http(s)://host[:port]/path, no trailing slash
+
+    PREFIX = "fhir+"
+
+    @classmethod
+    def parse(cls, text: str) -> FhirDestination:
+        """Parse ``fhir+https://host/fhir`` (or ``fhir+http://…``)."""
+        url = text.strip().removeprefix(cls.PREFIX)
+        match = re.fullmatch(r"(https?)://([^/@\s]+)(/[^\s]*)?", url)
+        if not text.strip().startswith(cls.PREFIX) or not match:
+            raise ValueError(f"{text!r} is not of the form fhir+http(s)://host[:port]/path")
+        return cls(url.rstrip("/"))
+
+    def __str__(self) -> str:
+        return self.PREFIX + self.base_url
+
+
 #: Where results may be sent.
-AnyDestination = Destination | StowDestination | Hl7Destination
+AnyDestination = Destination | StowDestination | Hl7Destination | FhirDestination
 
 
 def carries(destination: AnyDestination, kind: str) -> bool:
-    """Whether ``destination`` takes objects of ``kind`` ("sc" or "sr"): an HL7 receiver gets
-    the study's result, made from its SR, and no pictures."""
-    return kind == "sr" if isinstance(destination, Hl7Destination) else True
+    """Whether ``destination`` takes objects of ``kind`` ("sc" or "sr"): an HL7 receiver or a
+    FHIR server gets the study's result, made from its SR, and no pictures."""
+    return kind == "sr" if isinstance(destination, Hl7Destination | FhirDestination) else True
 
 
 def parse_destination(text: str) -> AnyDestination:
-    """``stow+http(s)://…`` is a STOW-RS service, ``hl7+mllp://host:port`` an HL7 receiver;
-    anything else must be ``AET@host:port``."""
+    """``stow+http(s)://…`` is a STOW-RS service, ``hl7+mllp://host:port`` an HL7 receiver,
+    ``fhir+http(s)://…`` a FHIR server; anything else must be ``AET@host:port``."""
     if text.strip().startswith(StowDestination.PREFIX):
         return StowDestination.parse(text)
     if text.strip().startswith(Hl7Destination.PREFIX):
         return Hl7Destination.parse(text)
+    if text.strip().startswith(FhirDestination.PREFIX):
+        return FhirDestination.parse(text)
     return Destination.parse(text)
 
 

@@ -19,14 +19,20 @@ import logging
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import pydicom
-from pydicom.dataset import Dataset
 
 from dicom_node.addresses import Hl7Destination
+from dicom_node.results.study_result import (
+    ALGORITHM,
+    ALGORITHM_MEANING,
+    COMMENT,
+    FINDING,
+    StudyResult,
+    result_from_sr,
+)
 from dicom_node.results.wording import NOT_FOR_DIAGNOSIS
 from dicom_node.sender import SendResult, SendSummary
 
@@ -36,95 +42,9 @@ START, END = b"\x0b", b"\x1c\x0d"  # MLLP framing
 MAX_ACK_BYTES = 1 << 20
 SENDING_APPLICATION = "CXR_TRIAGE"
 
-# Concepts the SR uses (dicom_node.results.codes) and the ones the message adds.
-_EVALUATIONS = "C0034375"  # UMLS "Qualitative Evaluations"
-_MEASUREMENTS = "126010"  # DCM "Imaging Measurements"
-_FINDING = "121071"
-_COMMENT = "121106"
-_ALGORITHM = {"111001": "name", "111003": "version", "111002": "parameter"}
-_ALGORITHM_MEANING = {
-    "111001": "Algorithm Name",
-    "111003": "Algorithm Version",
-    "111002": "Algorithm Parameters",
-}
-
 
 class Hl7Error(RuntimeError):
     """The receiver did not accept the message; the text says why."""
-
-
-@dataclass
-class StudyResult:
-    """What an ORU^R01 says, read from our SR."""
-
-    patient_id: str
-    patient_name: str
-    birth_date: str
-    sex: str
-    accession: str
-    study_uid: str
-    sr_uid: str
-    when: str  # the SR's content date and time, YYYYMMDDHHMMSS
-    finding: tuple[str, str, str]  # (code, meaning, scheme) of the study's label
-    band: tuple[str, str, str]
-    priority: tuple[str, str, str]
-    summary: str
-    probabilities: dict[tuple[str, str, str], float] = field(default_factory=dict)
-    algorithm: dict[str, list[str]] = field(default_factory=dict)
-
-
-def _code(item: Dataset, sequence: str) -> tuple[str, str, str]:
-    c = getattr(item, sequence)[0]
-    return (str(c.CodeValue), str(c.CodeMeaning), str(c.CodingSchemeDesignator))
-
-
-def result_from_sr(sr: Dataset) -> StudyResult:
-    """The study's result from one of our SRs.
-
-    Raises
-    ------
-    ValueError
-        If the SR lacks the study's finding, band, priority or summary (not one of ours).
-    """
-    evaluations: dict[str, Dataset] = {}
-    probabilities: dict[tuple[str, str, str], float] = {}
-    algorithm: dict[str, list[str]] = {}
-    for item in sr.get("ContentSequence", []):
-        name = item.ConceptNameCodeSequence[0].CodeValue
-        if name == _EVALUATIONS:
-            for e in item.get("ContentSequence", []):
-                evaluations[e.ConceptNameCodeSequence[0].CodeValue] = e
-        elif name == _MEASUREMENTS:
-            for group in item.get("ContentSequence", []):
-                for i in group.get("ContentSequence", []):
-                    code = i.ConceptNameCodeSequence[0].CodeValue
-                    if i.ValueType == "NUM":
-                        key = _code(i, "ConceptNameCodeSequence")
-                        value = float(i.MeasuredValueSequence[0].NumericValue)
-                        probabilities[key] = max(probabilities.get(key, 0.0), value)
-                    elif code in _ALGORITHM and i.ValueType == "TEXT":
-                        values = algorithm.setdefault(_ALGORITHM[code], [])
-                        if str(i.TextValue) not in values:
-                            values.append(str(i.TextValue))
-    missing = {_FINDING, "TRIAGE-BAND", "TRIAGE-PRIORITY", _COMMENT} - set(evaluations)
-    if missing:
-        raise ValueError(f"not a cxr-triage SR: no {', '.join(sorted(missing))} for the study")
-    return StudyResult(
-        patient_id=str(sr.get("PatientID", "") or ""),
-        patient_name=str(sr.get("PatientName", "") or ""),
-        birth_date=str(sr.get("PatientBirthDate", "") or ""),
-        sex=str(sr.get("PatientSex", "") or ""),
-        accession=str(sr.get("AccessionNumber", "") or ""),
-        study_uid=str(sr.StudyInstanceUID),
-        sr_uid=str(sr.SOPInstanceUID),
-        when=f"{sr.get('ContentDate', '')}{str(sr.get('ContentTime', ''))[:6]}",
-        finding=_code(evaluations[_FINDING], "ConceptCodeSequence"),
-        band=_code(evaluations["TRIAGE-BAND"], "ConceptCodeSequence"),
-        priority=_code(evaluations["TRIAGE-PRIORITY"], "ConceptCodeSequence"),
-        summary=str(evaluations[_COMMENT].TextValue),
-        probabilities=dict(sorted(probabilities.items(), key=lambda kv: -kv[1])),
-        algorithm=algorithm,
-    )
 
 
 def escape(text: str) -> str:
@@ -190,17 +110,17 @@ def oru_r01(result: StudyResult, *, facility: str = "cxr-triage") -> str:
     obr.obr_25 = "P"  # preliminary, as the SR: an AI triage result, not a report
     observations: list[tuple[str, str, str, str]] = [
         ("ST", "110180^Study Instance UID^DCM", escape(result.study_uid), ""),
-        ("CE", f"{_FINDING}^Finding^DCM", _ce(result.finding), ""),
+        ("CE", f"{FINDING}^Finding^DCM", _ce(result.finding), ""),
         ("CE", "TRIAGE-BAND^Triage result band^99CXRTRIAGE", _ce(result.band), ""),
         ("CE", "TRIAGE-PRIORITY^Triage priority^99CXRTRIAGE", _ce(result.priority), ""),
         *(
             ("NM", _ce(name), f"{value:g}", "%^percent^UCUM")
             for name, value in result.probabilities.items()
         ),
-        ("TX", f"{_COMMENT}^Comment^DCM", escape(result.summary), ""),
+        ("TX", f"{COMMENT}^Comment^DCM", escape(result.summary), ""),
         *(
-            ("ST", f"{code}^{_ALGORITHM_MEANING[code]}^DCM", escape(value), "")
-            for code, label in _ALGORITHM.items()
+            ("ST", f"{code}^{ALGORITHM_MEANING[code]}^DCM", escape(value), "")
+            for code, label in ALGORITHM.items()
             for value in result.algorithm.get(label, [])
         ),
     ]

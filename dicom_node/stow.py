@@ -95,38 +95,43 @@ def _stow_one(
         "Accept": "application/dicom+json",
         **options.headers(),
     }
+    answered = post(url, f"{url.path}/studies", _body(data, boundary), headers, options)
+    if isinstance(answered, str):
+        return SendResult(str(path), uid, None, f"{dest}: {answered}")
+    status, why, answer = answered
+    failure = _failed_in(answer) if status in (200, 202) else None
+    if failure is None and status == 200:
+        return SendResult(str(path), uid, STORED)
+    reason = f"HTTP {status} {why}" + (f": {failure}" if failure else "")
+    return SendResult(str(path), uid, None, f"{dest}: {reason}")
+
+
+def post(
+    url: SplitResult, target: str, body: bytes, headers: dict[str, str], options: StowOptions
+) -> tuple[int, str, bytes] | str:
+    """POST ``body`` to ``target`` on ``url``'s server: (status, reason, answer), or why not
+    (refused, unresolvable, timed out, TLS, https without trust, an answer too long to read).
+    Shared by STOW-RS and FHIR."""
     conn: http.client.HTTPConnection
     if url.scheme == "https":
         if options.ssl_context is None:
-            return SendResult(
-                str(path),
-                uid,
-                None,
-                f"{dest}: https needs CXR_SEND_TLS_CA or CXR_SEND_TLS_SYSTEM_CA=true",
-            )
+            return "https needs CXR_SEND_TLS_CA or CXR_SEND_TLS_SYSTEM_CA=true"
         conn = http.client.HTTPSConnection(
             url.netloc, timeout=options.timeout, context=options.ssl_context
         )
     else:
         conn = http.client.HTTPConnection(url.netloc, timeout=options.timeout)
     try:
-        conn.request("POST", f"{url.path}/studies", body=_body(data, boundary), headers=headers)
+        conn.request("POST", target, body=body, headers=headers)
         rsp = conn.getresponse()
         answer = rsp.read(options.max_answer_bytes + 1)
-        if len(answer) > options.max_answer_bytes:
-            return SendResult(
-                str(path),
-                uid,
-                None,
-                f"{dest}: HTTP {rsp.status} answer longer than "
-                f"{options.max_answer_bytes // 2**20} MiB, not read",
-            )
-    except OSError as exc:  # refused, unresolvable, timed out, TLS
-        return SendResult(str(path), uid, None, f"{dest}: {type(exc).__name__}: {exc}")
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
     finally:
         conn.close()
-    failure = _failed_in(answer) if rsp.status in (200, 202) else None
-    if failure is None and rsp.status == 200:
-        return SendResult(str(path), uid, STORED)
-    reason = f"HTTP {rsp.status} {rsp.reason}" + (f": {failure}" if failure else "")
-    return SendResult(str(path), uid, None, f"{dest}: {reason}")
+    if len(answer) > options.max_answer_bytes:
+        return (
+            f"HTTP {rsp.status} answer longer than {options.max_answer_bytes // 2**20} MiB, "
+            "not read"
+        )
+    return rsp.status, rsp.reason, answer

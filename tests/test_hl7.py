@@ -15,7 +15,6 @@ from dicom_node import hl7
 from dicom_node.addresses import Hl7Destination, carries, parse_destination
 from tests import factories
 from tests.mllp import MllpPeer
-from tests.services import shared_file
 
 
 @pytest.fixture
@@ -120,55 +119,3 @@ def test_an_sc_file_is_no_result_to_send(tmp_path: Path) -> None:
     dest = Hl7Destination("127.0.0.1", 9)
     (result,) = hl7.send_results([sc], dest, timeout=1.0).results
     assert not result.ok and "no result to send" in (result.error or "")
-
-
-def test_a_study_sends_one_oru_beside_its_sc_and_sr_and_ends_done(
-    start_node, pacs, peer: MllpPeer
-) -> None:
-    """The outbox plans the SR, not the SC, for the HL7 receiver; AA once; the study is done.
-    An AE on the last attempt is a dead letter with the receiver's reason."""
-    from dicom_node.sender import SenderOptions
-    from tests.helpers import rows
-    from tests.test_pipeline import _pipeline, _received, _study
-    from worker.db.models import DEAD_LETTER, DONE, Delivery, ProducedObject, StudyResult
-    from worker.delivery import attempt_delivery
-
-    node = start_node(destinations=[pacs.address, peer.address])
-    study = _received(node, [shared_file("cr_pa_chest_jpeg_baseline.dcm")])
-    pipeline = _pipeline(node)
-    outcome = pipeline.process(study.id, study.revision)
-    objects = {o.id: o.kind for o in rows(node.engine, ProducedObject)}
-    planned = sorted((objects[oid], dest) for oid, dest in outcome.to_deliver)
-    assert planned == [("sc", pacs.address), ("sr", pacs.address), ("sr", peer.address)]
-    for object_id, dest in outcome.to_deliver:
-        assert attempt_delivery(
-            pipeline.sessions,
-            node.settings.outputs_dir,
-            object_id,
-            parse_destination(dest),
-            1,
-            SenderOptions(dimse_timeout=5),
-            final=False,
-        )
-    assert _study(node, study.study_instance_uid).state == DONE
-    (message,) = peer.received
-    (result,) = rows(node.engine, StudyResult, StudyResult.study_id == study.id)
-    segments = {s.split("|")[3].split("^")[0]: s.split("|")[5] for s in message.split("\r")
-                if s.startswith("OBX|")}  # fmt: skip
-    assert segments["TRIAGE-PRIORITY"].startswith(result.priority.upper() + "^")
-    assert segments["110180"] == study.study_instance_uid
-    # The receiver turns against us: the last attempt is a dead letter that says why.
-    peer.answer = "AE"
-    sr_id = next(oid for oid, dest in outcome.to_deliver if dest == peer.address)
-    assert not attempt_delivery(
-        pipeline.sessions,
-        node.settings.outputs_dir,
-        sr_id,
-        parse_destination(peer.address),
-        2,
-        SenderOptions(dimse_timeout=5),
-        final=True,
-    )
-    (dead,) = rows(node.engine, Delivery, Delivery.outcome == "dead")
-    assert dead.destination == peer.address and "answered AE" in (dead.error or "")
-    assert _study(node, study.study_instance_uid).state == DEAD_LETTER

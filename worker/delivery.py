@@ -9,8 +9,8 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.addresses import AnyDestination, Hl7Destination, StowDestination
-from dicom_node.hl7 import send_results
+from dicom_node import fhir, hl7
+from dicom_node.addresses import AnyDestination, FhirDestination, Hl7Destination, StowDestination
 from dicom_node.sender import SenderOptions, SendResult, send_files
 from dicom_node.stow import StowOptions, stow_files
 from worker.db.models import (
@@ -124,7 +124,9 @@ def _send_and_record(
         if isinstance(destination, StowDestination):
             summary = stow_files(paths.values(), destination, stow)
         elif isinstance(destination, Hl7Destination):
-            summary = send_results(paths.values(), destination, timeout=options.dimse_timeout)
+            summary = hl7.send_results(paths.values(), destination, timeout=options.dimse_timeout)
+        elif isinstance(destination, FhirDestination):
+            summary = fhir.send_results(paths.values(), destination, stow)
         else:
             summary = send_files(paths.values(), destination, options)
         by_path = {r.source: r for r in summary.results}

@@ -161,8 +161,8 @@ class Settings(BaseSettings):
         https = any(getattr(d, "base_url", "").startswith("https:") for d in self.destinations)
         if (self.send_tls or https) and not self._trusts_someone:
             raise ValueError(
-                "CXR_SEND_TLS (or an https STOW destination) needs CXR_SEND_TLS_CA, the CA that "
-                "signs the destinations' certificates, or CXR_SEND_TLS_SYSTEM_CA=true"
+                "CXR_SEND_TLS (or an https STOW or FHIR destination) needs CXR_SEND_TLS_CA, the CA "
+                "that signs the destinations' certificates, or CXR_SEND_TLS_SYSTEM_CA=true"
             )
         return self
 
@@ -208,7 +208,7 @@ class Settings(BaseSettings):
         return SenderOptions(**values)
 
     def stow_options(self) -> StowOptions:
-        """How this node authenticates to STOW-RS destinations (TLS as for C-STORE)."""
+        """How this node authenticates to STOW-RS and FHIR destinations (TLS as for C-STORE)."""
         from dicom_node.stow import StowOptions
 
         return StowOptions(

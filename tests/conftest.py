@@ -10,7 +10,7 @@ from typing import Any
 import pydicom
 import pytest
 
-from tests.services import RedisServer, postgres_database
+from tests.services import RedisServer, StoreSCP, postgres_database
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -70,6 +70,15 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[StoreSCP]:
+    """dcmtk's storescp as the PACS that receives the results."""
+    scp = StoreSCP(tmp_path / "pacs")
+    scp.start()
+    yield scp
+    scp.stop()
 
 
 @pytest.fixture

@@ -89,3 +89,20 @@ def pipeline_worker(settings: Any) -> Iterator[Any]:
     register_tasks(app, settings)
     with in_process_worker(app, settings.inference_queue) as worker:
         yield worker
+
+
+def our_sr_file(tmp_path: Path, **patient: Any) -> Path:
+    """One of our SRs (a flagged COVID-19 result of tests.test_result_objects) for a synthetic
+    source with ``patient``'s attributes, written to ``tmp_path / "sr.dcm"``."""
+    import warnings
+
+    from tests import factories
+    from tests.test_result_objects import _sc, _sr
+
+    src = factories.radiograph(rows=300, columns=240, bits=12, **patient)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # single-component patient names
+        sr = _sr(src, _sc(src))
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    return path

@@ -3,7 +3,6 @@ retries to a loopback FHIR endpoint that checks it with fhir.resources."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,20 +14,12 @@ from dicom_node import fhir
 from dicom_node.addresses import FhirDestination, carries, parse_destination
 from dicom_node.results.study_result import result_from_sr
 from dicom_node.stow import StowOptions
-from tests import factories
 from tests.fhir_server import TOKEN, FhirServer
+from tests.helpers import our_sr_file
 from tests.mllp import MllpPeer
-from tests.services import StoreSCP, shared_file
+from tests.services import shared_file
 
 AUTH = StowOptions(bearer_token=TOKEN)
-
-
-@pytest.fixture
-def pacs(tmp_path: Path) -> Iterator[StoreSCP]:
-    scp = StoreSCP(tmp_path / "pacs")
-    scp.start()
-    yield scp
-    scp.stop()
 
 
 @pytest.fixture
@@ -36,18 +27,6 @@ def server() -> Iterator[FhirServer]:
     s = FhirServer()
     yield s
     s.stop()
-
-
-def _sr_file(tmp_path: Path) -> Path:
-    from tests.test_result_objects import _sc, _sr
-
-    src = factories.radiograph(rows=300, columns=240, bits=12, PatientID="P1")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        sr = _sr(src, _sc(src))
-    path = tmp_path / "sr.dcm"
-    sr.save_as(path, enforce_file_format=True)
-    return path
 
 
 def _value(obs: dict[str, Any]) -> Any:
@@ -69,7 +48,7 @@ def test_the_destination_parses_and_takes_only_the_result() -> None:
 def test_the_bundle_says_what_the_sr_says_and_validates(tmp_path: Path) -> None:
     from fhir.resources.R4B.bundle import Bundle
 
-    sr = pydicom.dcmread(_sr_file(tmp_path))
+    sr = pydicom.dcmread(our_sr_file(tmp_path, PatientID="P1"))
     doc = fhir.bundle(result_from_sr(sr))
     Bundle.model_validate(doc)
     kinds = [e["resource"]["resourceType"] for e in doc["entry"]]
@@ -97,7 +76,7 @@ def test_the_bundle_says_what_the_sr_says_and_validates(tmp_path: Path) -> None:
 
 def test_posted_twice_the_server_holds_one_of_each(server: FhirServer, tmp_path: Path) -> None:
     dest = FhirDestination(f"http://127.0.0.1:{server.port}/fhir")
-    path = _sr_file(tmp_path)
+    path = our_sr_file(tmp_path, PatientID="P1")
     for _ in range(2):
         (result,) = fhir.send_results([path], dest, AUTH).results
         assert result.ok, result
@@ -110,7 +89,7 @@ def test_an_operation_outcome_or_a_refusal_is_a_failed_attempt_that_says_why(
     server: FhirServer, tmp_path: Path
 ) -> None:
     dest = FhirDestination(f"http://127.0.0.1:{server.port}/fhir")
-    path = _sr_file(tmp_path)
+    path = our_sr_file(tmp_path, PatientID="P1")
     server.fail = True
     (result,) = fhir.send_results([path], dest, AUTH).results
     assert not result.ok and "HTTP 400" in (result.error or "")

@@ -3,10 +3,8 @@ retries; a real loopback receiver answers AA, AE, AR, garbage or nothing."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pydicom
 import pytest
@@ -14,6 +12,7 @@ import pytest
 from dicom_node import hl7
 from dicom_node.addresses import Hl7Destination, carries, parse_destination
 from tests import factories
+from tests.helpers import our_sr_file
 from tests.mllp import MllpPeer
 
 
@@ -22,19 +21,6 @@ def peer() -> Iterator[MllpPeer]:
     server = MllpPeer()
     yield server
     server.stop()
-
-
-def _sr_file(tmp_path: Path, **patient: Any) -> Path:
-    """One of our SRs (a flagged COVID-19 result) for a synthetic source, written to a file."""
-    from tests.test_result_objects import _sc, _sr
-
-    src = factories.radiograph(rows=300, columns=240, bits=12, **patient)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        sr = _sr(src, _sc(src))
-    path = tmp_path / "sr.dcm"
-    sr.save_as(path, enforce_file_format=True)
-    return path
 
 
 def test_the_destination_parses_and_takes_only_the_result() -> None:
@@ -52,7 +38,9 @@ def test_the_destination_parses_and_takes_only_the_result() -> None:
 def test_the_message_says_what_the_sr_says_and_validates(tmp_path: Path) -> None:
     from hl7apy.parser import parse_message
 
-    path = _sr_file(tmp_path, PatientID="P|1^x", PatientName="DOE^JANE", AccessionNumber="ACC&42")
+    path = our_sr_file(
+        tmp_path, PatientID="P|1^x", PatientName="DOE^JANE", AccessionNumber="ACC&42"
+    )
     sr = pydicom.dcmread(path)
     result = hl7.result_from_sr(sr)
     er7 = hl7.oru_r01(result)
@@ -98,7 +86,7 @@ def test_each_answer_is_a_delivery_or_a_failed_attempt_with_its_reason(
 ) -> None:
     peer.answer = answer
     dest = Hl7Destination("127.0.0.1", peer.port)
-    (result,) = hl7.send_results([_sr_file(tmp_path)], dest, timeout=1.0).results
+    (result,) = hl7.send_results([our_sr_file(tmp_path)], dest, timeout=1.0).results
     assert result.ok is ok, result
     if reason:
         assert reason in (result.error or "")
@@ -109,7 +97,7 @@ def test_no_receiver_is_a_failed_attempt(tmp_path: Path) -> None:
     from tests.services import free_port
 
     dest = Hl7Destination("127.0.0.1", free_port())
-    (result,) = hl7.send_results([_sr_file(tmp_path)], dest, timeout=1.0).results
+    (result,) = hl7.send_results([our_sr_file(tmp_path)], dest, timeout=1.0).results
     assert not result.ok and "Connection refused" in (result.error or "")
 
 

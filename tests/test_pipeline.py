@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -82,14 +81,6 @@ def test_derived_uids_are_stable_and_valid() -> None:
     assert a == derived_uid(root, "1.2.3", 1, "sc", "1.2.3.4")
     assert a != derived_uid(root, "1.2.3", 2, "sc", "1.2.3.4")
     assert a.startswith(root) and len(a) <= 64 and ".." not in a and not a.endswith(".")
-
-
-@pytest.fixture
-def pacs(tmp_path: Path) -> Iterator[StoreSCP]:
-    scp = StoreSCP(tmp_path / "pacs")
-    scp.start()
-    yield scp
-    scp.stop()
 
 
 def _pipeline(node: Any) -> Any:

@@ -175,10 +175,7 @@ def send_results(
 ) -> SendSummary:
     """One transaction Bundle per SR file, each in a request of its own; 2xx is a delivery."""
     options = options or StowOptions()
-    summary = SendSummary()
-    for path in paths:
-        summary.results.append(_send_one(Path(path), dest, options))
-    return summary
+    return SendSummary.each(paths, lambda path: _send_one(path, dest, options))
 
 
 def _send_one(path: Path, dest: FhirDestination, options: StowOptions) -> SendResult:

@@ -27,7 +27,6 @@ import pydicom
 from dicom_node.addresses import Hl7Destination
 from dicom_node.results.study_result import (
     ALGORITHM,
-    ALGORITHM_MEANING,
     COMMENT,
     FINDING,
     StudyResult,
@@ -119,8 +118,8 @@ def oru_r01(result: StudyResult, *, facility: str = "cxr-triage") -> str:
         ),
         ("TX", f"{COMMENT}^Comment^DCM", escape(result.summary), ""),
         *(
-            ("ST", f"{code}^{ALGORITHM_MEANING[code]}^DCM", escape(value), "")
-            for code, label in ALGORITHM.items()
+            ("ST", f"{code}^{meaning}^DCM", escape(value), "")
+            for code, (label, meaning) in ALGORITHM.items()
             for value in result.algorithm.get(label, [])
         ),
     ]
@@ -179,10 +178,7 @@ def send_results(
     paths: Iterable[Path], dest: Hl7Destination, *, timeout: float = 30.0
 ) -> SendSummary:
     """One ORU^R01 per SR file, each on its own connection; AA is a delivery."""
-    summary = SendSummary()
-    for path in paths:
-        summary.results.append(_send_one(Path(path), dest, timeout))
-    return summary
+    return SendSummary.each(paths, lambda path: _send_one(path, dest, timeout))
 
 
 def _send_one(path: Path, dest: Hl7Destination, timeout: float) -> SendResult:

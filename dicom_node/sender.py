@@ -59,6 +59,14 @@ class SendSummary:
 
     results: list[SendResult] = field(default_factory=list)
 
+    @classmethod
+    def each(
+        cls, paths: Iterable[Path | str], send_one: Callable[[Path], SendResult]
+    ) -> SendSummary:
+        """``send_one`` for every path, in order: senders that make one request per file
+        (STOW-RS, HL7, FHIR)."""
+        return cls([send_one(Path(p)) for p in paths])
+
     @property
     def sent(self) -> int:
         return sum(r.ok for r in self.results)

@@ -75,10 +75,7 @@ def stow_files(
     """POST each file to ``dest`` in a request of its own; one result per file, in order."""
     options = options or StowOptions()
     url = urlsplit(dest.base_url)
-    summary = SendSummary()
-    for path in paths:
-        summary.results.append(_stow_one(Path(path), url, dest, options))
-    return summary
+    return SendSummary.each(paths, lambda path: _stow_one(path, url, dest, options))
 
 
 def _stow_one(

@@ -65,28 +65,40 @@ def _sc(src: pydicom.Dataset, overlay: np.ndarray | None = None, **kwargs: Any) 
         return build_gradcam_sc(src, _overlay(src) if overlay is None else overlay, **values)
 
 
-def _sr(
-    src: pydicom.Dataset, sc: pydicom.Dataset, sop_instance_uid: str | None = None
+def _build(
+    images: list[ImageResult],
+    study: Triage,
+    evidence: list[pydicom.Dataset],
+    sop_instance_uid: str | None = None,
 ) -> hd.sr.ComprehensiveSR:
+    """``build_report`` with the tests' algorithm and fresh UIDs."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", UserWarning)  # single-component patient names
         return build_report(
-            [
-                ImageResult(
-                    src,
-                    COVID,
-                    PROBS,
-                    region=(10.0, 12.0, src.Columns - 10.0, src.Rows - 12.0),
-                    heatmap=sc,
-                )
-            ],
-            COVID,
-            evidence=[src, sc],
+            images,
+            study,
+            evidence=evidence,
             algorithm=Algorithm("cxr-test", "9.9", "ab" * 32),
             series_instance_uid=new_uid(),
             sop_instance_uid=sop_instance_uid or new_uid(),
             device_uid=new_uid(),
         )
+
+
+def _read_back(sr: pydicom.Dataset) -> Any:
+    """The SR written to bytes and read back by highdicom."""
+    buf = io.BytesIO()
+    sr.save_as(buf, enforce_file_format=True)
+    buf.seek(0)
+    return hd.sr.srread(buf)
+
+
+def _sr(
+    src: pydicom.Dataset, sc: pydicom.Dataset, sop_instance_uid: str | None = None
+) -> hd.sr.ComprehensiveSR:
+    region = (10.0, 12.0, src.Columns - 10.0, src.Rows - 12.0)
+    image = ImageResult(src, COVID, PROBS, region=region, heatmap=sc)
+    return _build([image], COVID, [src, sc], sop_instance_uid)
 
 
 @pytest.fixture(params=["synthetic", "real"])
@@ -122,10 +134,7 @@ def test_sc_refuses_a_mismatched_overlay(source: pydicom.Dataset) -> None:
 
 def test_structured_report_content_tree(source: pydicom.Dataset) -> None:
     sc = _sc(source)
-    buf = io.BytesIO()
-    _sr(source, sc).save_as(buf, enforce_file_format=True)
-    buf.seek(0)
-    sr = hd.sr.srread(buf)
+    sr = _read_back(_sr(source, sc))
     assert sr.VerificationFlag == "UNVERIFIED" and sr.CompletionFlag == "COMPLETE"
     assert sr.Manufacturer == "cxr-triage"
     assert decide(sr, uid_root=DEFAULT_UID_ROOT).rule in ("own-output", "modality")
@@ -351,20 +360,12 @@ def test_every_measurement_group_has_a_scoord_and_only_findings_an_outline() -> 
     normal = Triage("normal", "not flagged", "routine", 0.96, T)
     covid_probs = {"normal": 0.02, "covid": 0.97, "pneumonia": 0.01}
     normal_probs = {"normal": 0.96, "covid": 0.03, "pneumonia": 0.01}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        sr = build_report(
-            [
-                ImageResult(src, normal, normal_probs, region=(10.0, 10.0, 200.0, 250.0)),
-                ImageResult(src, COVID, covid_probs, region=(10.0, 10.0, 200.0, 250.0)),
-            ],
-            COVID,
-            evidence=[src],
-            algorithm=Algorithm("cxr-test", "9.9", "ab" * 32),
-            series_instance_uid=new_uid(),
-            sop_instance_uid=new_uid(),
-            device_uid=new_uid(),
-        )
+    box = (10.0, 10.0, 200.0, 250.0)
+    images = [
+        ImageResult(src, normal, normal_probs, region=box),
+        ImageResult(src, COVID, covid_probs, region=box),
+    ]
+    sr = _build(images, COVID, [src])
     assert _scoords(sr) == [["POINT"], ["POINT", "POLYLINE"]]
 
 
@@ -372,21 +373,8 @@ def test_a_probability_that_rounds_to_zero_is_not_written_as_zero() -> None:
     """OHIF prints a zero NUM as a blank; 0.04% is kept with its digits, not made 0.0."""
     src = factories.radiograph(rows=300, columns=240, bits=12)
     probs = {"normal": 0.0004, "covid": 0.86, "pneumonia": 0.1396}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        sr = build_report(
-            [ImageResult(src, COVID, probs)],
-            COVID,
-            evidence=[src],
-            algorithm=Algorithm("cxr-test", "9.9", "ab" * 32),
-            series_instance_uid=new_uid(),
-            sop_instance_uid=new_uid(),
-            device_uid=new_uid(),
-        )
-    buf = io.BytesIO()
-    sr.save_as(buf, enforce_file_format=True)
-    buf.seek(0)
-    (group,) = _report(hd.sr.srread(buf)).get_image_measurement_groups()
+    sr = _read_back(_build([ImageResult(src, COVID, probs)], COVID, [src]))
+    (group,) = _report(sr).get_image_measurement_groups()
     values = {m.name.value: m.value for m in group.get_measurements()}
     assert values == {"P-COVID": 86.0, "P-PNEUMONIA": 14.0, "P-NORMAL": 0.04}
 
@@ -503,21 +491,7 @@ def test_sc_sr_and_descriptions_say_the_same_thing(case: str) -> None:
         strip = sc.pixel_array[src.Rows :].astype(int)
         scale = ((strip[..., 2] > 150) & (strip[..., 0] < 100) & (strip[..., 1] < 100)).any()
         assert scale == (triage.band != "not flagged"), (case, n)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        sr = build_report(
-            results,
-            study,
-            evidence=[src, *scs],
-            algorithm=Algorithm("cxr-test", "9.9", "ab" * 32),
-            series_instance_uid=new_uid(),
-            sop_instance_uid=new_uid(),
-            device_uid=new_uid(),
-        )
-    buf = io.BytesIO()
-    sr.save_as(buf, enforce_file_format=True)
-    buf.seek(0)
-    read = hd.sr.srread(buf)
+    read = _read_back(_build(results, study, [src, *scs]))
     (evaluations,) = [
         c
         for c in read.ContentSequence

@@ -31,23 +31,28 @@ TYPE2_INHERITED = (
 _AGE = re.compile(r"\d{3}[DWMY]")
 
 
-def source_age(source: Dataset) -> str | None:
-    """The source's PatientAge when it is a valid AS, else None (logged).
-
-    Reads the element's raw bytes where pydicom has not converted them yet: converting an
-    invalid value makes pydicom warn, once per source, about a value we are about to drop.
-    """
-    if "PatientAge" not in source:
-        return None
-    raw = source.get_item("PatientAge")
+def _age_text(ds: Dataset) -> str:
+    """PatientAge as written, read from the element's raw bytes where pydicom has not converted
+    them yet: converting an invalid value makes pydicom warn about a value we are to drop."""
+    raw = ds.get_item("PatientAge") if "PatientAge" in ds else None
     value = raw.value if raw is not None else None
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
-    text = str(value or "").strip(" \0")
+    return str(value or "").strip(" \0")
+
+
+def _invalid_age(ds: Dataset) -> str | None:
+    """The PatientAge that is not a valid AS (logged as left out), or None."""
+    text = _age_text(ds)
     if text and not _AGE.fullmatch(text):
         logger.info("left out the source's invalid PatientAge %r", text)
-        return None
-    return text or None
+        return text
+    return None
+
+
+def source_age(source: Dataset) -> str | None:
+    """The source's PatientAge when it is a valid AS, else None (an invalid one is logged)."""
+    return None if _invalid_age(source) else (_age_text(source) or None)
 
 
 def repair_inherited(ds: Dataset) -> Dataset:
@@ -57,10 +62,8 @@ def repair_inherited(ds: Dataset) -> Dataset:
     PatientAge is Type 3 in our objects: an invalid one (``62`` where AS needs ``062Y``) is left
     out rather than rewritten, so no object of ours states a value the source did not.
     """
-    age = ds.get("PatientAge")
-    if age not in (None, "") and not _AGE.fullmatch(str(age)):
+    if _invalid_age(ds):
         del ds.PatientAge
-        logger.info("left out the source's invalid PatientAge %r", age)
     return ds
 
 

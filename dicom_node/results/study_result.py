@@ -6,17 +6,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes as pydicom_codes
 
-# Concepts the SR uses (dicom_node.results.codes).
-EVALUATIONS = "C0034375"  # UMLS "Qualitative Evaluations"
-MEASUREMENTS = "126010"  # DCM "Imaging Measurements"
-FINDING = "121071"
-COMMENT = "121106"
-ALGORITHM = {"111001": "name", "111003": "version", "111002": "parameter"}
-ALGORITHM_MEANING = {
-    "111001": "Algorithm Name",
-    "111003": "Algorithm Version",
-    "111002": "Algorithm Parameters",
+from dicom_node.results import codes
+
+DCM = pydicom_codes.DCM
+
+# The concepts the SR is built with (sr.py), looked up by their code values.
+EVALUATIONS = codes.QUALITATIVE_EVALUATIONS.value
+MEASUREMENTS = DCM.ImagingMeasurements.value
+FINDING = codes.FINDING.value
+COMMENT = codes.SUMMARY.value
+BAND = codes.TRIAGE_BAND.value
+PRIORITY = codes.TRIAGE_PRIORITY.value
+#: Code value -> (field of StudyResult.algorithm, its meaning): TID 4019's items.
+ALGORITHM = {
+    c.value: (name, c.meaning)
+    for name, c in (
+        ("name", DCM.AlgorithmName),
+        ("version", DCM.AlgorithmVersion),
+        ("parameter", DCM.AlgorithmParameters),
+    )
 }
 
 
@@ -70,10 +80,10 @@ def result_from_sr(sr: Dataset) -> StudyResult:
                         value = float(i.MeasuredValueSequence[0].NumericValue)
                         probabilities[key] = max(probabilities.get(key, 0.0), value)
                     elif code in ALGORITHM and i.ValueType == "TEXT":
-                        values = algorithm.setdefault(ALGORITHM[code], [])
+                        values = algorithm.setdefault(ALGORITHM[code][0], [])
                         if str(i.TextValue) not in values:
                             values.append(str(i.TextValue))
-    missing = {FINDING, "TRIAGE-BAND", "TRIAGE-PRIORITY", COMMENT} - set(evaluations)
+    missing = {FINDING, BAND, PRIORITY, COMMENT} - set(evaluations)
     if missing:
         raise ValueError(f"not a cxr-triage SR: no {', '.join(sorted(missing))} for the study")
     return StudyResult(
@@ -86,8 +96,8 @@ def result_from_sr(sr: Dataset) -> StudyResult:
         sr_uid=str(sr.SOPInstanceUID),
         when=f"{sr.get('ContentDate', '')}{str(sr.get('ContentTime', ''))[:6]}",
         finding=_code(evaluations[FINDING], "ConceptCodeSequence"),
-        band=_code(evaluations["TRIAGE-BAND"], "ConceptCodeSequence"),
-        priority=_code(evaluations["TRIAGE-PRIORITY"], "ConceptCodeSequence"),
+        band=_code(evaluations[BAND], "ConceptCodeSequence"),
+        priority=_code(evaluations[PRIORITY], "ConceptCodeSequence"),
         summary=str(evaluations[COMMENT].TextValue),
         probabilities=dict(sorted(probabilities.items(), key=lambda kv: -kv[1])),
         algorithm=algorithm,

@@ -56,7 +56,7 @@ def main() -> int:
     test = [s for s in read_split(split, samples)["test"] if s.label == "normal"]
     refusals, logits = [], []
     for i in range(0, len(test), 64):
-        reasons, chunk = model.checked_logits([load_image(s.path) for s in test[i : i + 64]])
+        reasons, chunk, _ = model.checked_logits([load_image(s.path) for s in test[i : i + 64]])
         refusals += reasons
         logits.append(chunk)
     kept = [test[i] for i, reason in enumerate(refusals) if reason is None]

@@ -56,6 +56,9 @@ class ModelCard:
     #: The flag thresholds the model ships with and how they were chosen: ``thresholds``
     #: ({class: probability}), ``rule`` (words), ``max_false_flag``. Empty for older models.
     operating_point: dict[str, Any] = field(default_factory=dict)
+    #: The familiarity index (models.familiarity): ``file``, ``sha256``, ``weights_sha256``,
+    #: ``limit``, ``quantile`` and how it was fitted. Empty: no image is called low confidence.
+    familiarity: dict[str, Any] = field(default_factory=dict)
     #: What each label means in the training data (e.g. which collections are "normal").
     label_definitions: str = ""
     intended_use: str = (
@@ -95,6 +98,31 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _familiarity_lines(f: dict[str, Any]) -> list[str]:
+    """The card's familiarity index in words and a table of what it calls low confidence."""
+    if not f:
+        return ["No familiarity index: no result is called low confidence."]
+    lines = [
+        f"`{f['file']}` (SHA-256 `{f['sha256']}`): {f['rule']}. Limit {f['limit']:.3f}, fitted "
+        f"on {f['n_fit']} training films of {', '.join(f['sites'])}, limit on {f['n_limit']} "
+        f"validation films, {f['dims']} directions, {f['date']}. An image beyond it is reported "
+        "as low confidence (priority at least soon) in the SC, SR, audit and metrics.",
+        "",
+        "| site | test films | low confidence (site trained on) | low confidence with the site "
+        "left out of the index |",
+        "|---|---|---|---|",
+    ]
+    left_out = f.get("site_left_out", {})
+    for site, r in f.get("test_by_site", {}).items():
+        out = left_out.get(site, {}).get("low_confidence")
+        lines.append(
+            f"| {site} | {r['n']} | {100 * r['low_confidence']:.1f}% | "
+            + ("–" if out is None else f"{100 * out:.1f}%")
+            + " |"
+        )
+    return lines
+
+
 def render_markdown(card: ModelCard) -> str:
     lines = [
         f"# Model card: {card.name} {card.version}",
@@ -128,6 +156,10 @@ def render_markdown(card: ModelCard) -> str:
             if (op := card.operating_point)
             else "None in the card: the worker's configured thresholds apply."
         ),
+        "",
+        "## Low confidence",
+        "",
+        *_familiarity_lines(card.familiarity),
         "",
         "## What the labels mean",
         "",

@@ -77,6 +77,13 @@ class Scored:
     y: np.ndarray
     attributes: dict[str, list[str]]  # HEADER_BREAKDOWN attribute -> value per classified file
     refused: list[tuple[Sample, str]]
+    features: np.ndarray | None = None  # pooled features per classified file (familiarity)
+
+    def novelty(self, model: LoadedModel) -> np.ndarray | None:
+        """Each classified file's distance to the training data over the limit (no index: None)."""
+        if model.familiarity is None or self.features is None:
+            return None
+        return model.familiarity.novelty(self.features)
 
     def probs(self, temperature: float) -> np.ndarray:
         return softmax(self.logits, temperature)
@@ -103,7 +110,7 @@ def score(
     Raises ``UnreadableImageError`` naming the first file that cannot be read.
     """
     labels = [canonical(x) for x in model.labels]
-    logits, kept, refused = [], [], []
+    logits, features, kept, refused = [], [], [], []
     attributes: dict[str, list[str]] = {a: [] for a in HEADER_BREAKDOWN}
     for start in tqdm(
         range(0, len(samples), batch_size),
@@ -114,10 +121,12 @@ def score(
     ):
         chunk = samples[start : start + batch_size]
         read = [_read(s.path) for s in chunk]
-        reasons, chunk_logits = model.checked_logits(
+        reasons, chunk_logits, chunk_features = model.checked_logits(
             [image for image, _ in read], [is_colour(s.path) for s in chunk]
         )
         logits.append(chunk_logits)
+        if chunk_features is not None:
+            features.append(chunk_features)
         for sample, (_, values), reason in zip(chunk, read, reasons, strict=True):
             if reason is not None:
                 refused.append((sample, reason))
@@ -127,7 +136,8 @@ def score(
                 attributes[a].append(values[a])
     y = np.array([labels.index(s.label) for s in kept], int)
     all_logits = np.concatenate(logits) if logits else np.zeros((0, len(labels)))
-    return Scored(kept, all_logits, y, attributes, refused)
+    pooled = np.concatenate(features) if features else None
+    return Scored(kept, all_logits, y, attributes, refused, pooled)
 
 
 def evaluate_folder(

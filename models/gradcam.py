@@ -10,9 +10,16 @@ from models.imaging import Letterbox
 
 
 def gradcam_function(
-    model: Any, layer_name: str, class_index: int | None = None, skip_class: int | None = None
+    model: Any,
+    layer_name: str,
+    class_index: int | None = None,
+    skip_class: int | None = None,
+    pooled_layer: str | None = None,
 ) -> Any:
-    """Return ``f(batch) -> (logits, cams)``: one compiled call gives both.
+    """Return ``f(batch) -> (logits, cams, pooled)``: one compiled call gives all three.
+
+    ``pooled`` is the output of ``pooled_layer`` (the features the familiarity index measures,
+    :mod:`models.familiarity`), or None without one.
 
     ``cams`` are ``(N, h, w)`` maps over the model input (the padded square), each scaled to
     [0, 1], for the predicted class (or ``class_index``; with ``skip_class``, the most likely
@@ -24,13 +31,16 @@ def gradcam_function(
     import keras
     import tensorflow as tf
 
-    grad_model = keras.Model(model.inputs, [model.get_layer(layer_name).output, model.output])
+    outputs = [model.get_layer(layer_name).output, model.output]
+    if pooled_layer is not None:
+        outputs.append(model.get_layer(pooled_layer).output)
+    grad_model = keras.Model(model.inputs, outputs)
 
     # Any batch size through one trace: batches of studies vary in size.
     @tf.function(input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)])
     def run(x: Any) -> Any:
         with tf.GradientTape() as tape:
-            features, logits = grad_model(x, training=False)
+            features, logits, *pooled = grad_model(x, training=False)
             if class_index is None:
                 ranked = logits
                 if skip_class is not None:
@@ -45,11 +55,11 @@ def gradcam_function(
         cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
         top = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
         cam = tf.math.divide_no_nan(cam, top)
-        return logits, cam
+        return logits, cam, pooled
 
-    def call(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, cam = run(tf.constant(batch, tf.float32))
-        return np.asarray(logits), np.asarray(cam)
+    def call(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        logits, cam, pooled = run(tf.constant(batch, tf.float32))
+        return np.asarray(logits), np.asarray(cam), np.asarray(pooled[0]) if pooled else None
 
     return call
 

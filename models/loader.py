@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from models.card import ModelCard, ModelCardError, sha256_of
+from models.familiarity import FamiliarityError, FamiliarityIndex
 from models.gradcam import gradcam_function, to_source
 from models.imaging import CropBox, Letterbox, prepare
 from models.lungs import DEFAULT_LUNG_DIR, LungFinding, LungModel, load_lung_model
@@ -22,6 +23,9 @@ logger = logging.getLogger(__name__)
 #: The model shipped with the product.
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default"
 
+
+#: Global average pooling: the features the familiarity index measures (models.architectures).
+POOLED_LAYER = "pool"
 
 #: The reason a colour picture is refused (a Grad-CAM overlay sent back in, a photo).
 COLOUR_IMAGE = "image check: colour image, not a radiograph"
@@ -37,6 +41,9 @@ class Prediction:
     refused: str | None = None
     crop: CropBox | None = None  # the lung box the model saw, in source pixels
     heatmap_label: str | None = None  # the class whose evidence ``heatmap`` shows
+    #: Distance to the training data over the model's limit (>1: unlike it, low confidence);
+    #: None for a model without a familiarity index.
+    novelty: float | None = None
 
 
 @dataclass
@@ -47,6 +54,7 @@ class LoadedModel:
     keras_model: Any
     folder: Path
     lungs: LungModel | None = None
+    familiarity: FamiliarityIndex | None = None
     _predict_fn: Any = field(default=None, repr=False)
     _cam_fn: Any = field(default=None, repr=False)
 
@@ -84,26 +92,53 @@ class LoadedModel:
             out[i] = (None, finding) if finding.ok else (finding.reason, None)
         return out
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
-        """Logits for prepared inputs ``(N, size, size, 1)``, through one compiled function."""
+    @property
+    def pooled_layer(self) -> str | None:
+        """The layer whose output the familiarity index measures (global average pooling)."""
+        names = {layer.name for layer in self.keras_model.layers}
+        return POOLED_LAYER if POOLED_LAYER in names else None
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits and pooled features (None without a pooling layer) for prepared inputs
+        ``(N, size, size, 1)``, through one compiled function."""
+        import keras
         import tensorflow as tf
 
         if self._predict_fn is None:
             model = self.keras_model
+            pooled = self.pooled_layer
+            both = keras.Model(
+                model.inputs,
+                [model.output, model.get_layer(pooled).output if pooled else model.output],
+            )
             spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
             # One trace for every batch size (see :meth:`warm_up`).
             self._predict_fn = tf.function(
-                lambda x: model(x, training=False), input_signature=[spec]
+                lambda x: both(x, training=False), input_signature=[spec]
             )
-        return np.asarray(self._predict_fn(tf.constant(batch, tf.float32)))
+        logits, features = self._predict_fn(tf.constant(batch, tf.float32))
+        return np.asarray(logits), np.asarray(features) if self.pooled_layer else None
 
-    def _gradcam(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Logits and Grad-CAM maps for prepared inputs, through one compiled function."""
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Logits for prepared inputs ``(N, size, size, 1)``."""
+        return self.outputs(batch)[0]
+
+    def novelty(self, features: np.ndarray | None) -> list[float | None]:
+        """Each image's distance to the training data over the limit (None: no index)."""
+        if self.familiarity is None or features is None:
+            return [None] * (0 if features is None else len(features))
+        return [float(v) for v in self.familiarity.novelty(features)]
+
+    def _gradcam(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Logits, Grad-CAM maps and pooled features for prepared inputs, in one compiled call."""
         if self._cam_fn is None:
             # The heatmap explains the most likely finding, never "normal" (see gradcam_function).
             skip = self.labels.index("normal") if "normal" in self.labels else None
             self._cam_fn = gradcam_function(
-                self.keras_model, self.card.gradcam_layer, skip_class=skip
+                self.keras_model,
+                self.card.gradcam_layer,
+                skip_class=skip,
+                pooled_layer=self.pooled_layer,
             )
         return self._cam_fn(batch)
 
@@ -122,17 +157,19 @@ class LoadedModel:
 
     def checked_logits(
         self, images: list[np.ndarray], colour: list[bool] | None = None
-    ) -> tuple[list[str | None], np.ndarray]:
-        """Batch evaluation: the check's refusal (or None) per image, and the kept ones' logits.
+    ) -> tuple[list[str | None], np.ndarray, np.ndarray | None]:
+        """Batch evaluation: the check's refusal (or None) per image, and the kept ones' logits
+        and pooled features (None without a pooling layer).
 
         The same check and crop as :meth:`predict`, without Grad-CAM or probabilities.
         """
         checks = self.check(images, colour)
+        reasons = [reason for reason, _ in checks]
         kept = [i for i, (reason, _) in enumerate(checks) if reason is None]
         if not kept:
-            return [reason for reason, _ in checks], np.zeros((0, len(self.labels)), np.float32)
+            return reasons, np.zeros((0, len(self.labels)), np.float32), None
         batch, _ = self._inputs([images[i] for i in kept], [checks[i][1] for i in kept])
-        return [reason for reason, _ in checks], self.logits(batch)
+        return (reasons, *self.outputs(batch))
 
     def predict(
         self,
@@ -183,10 +220,11 @@ class LoadedModel:
         crops = [f.box if f else None for f in findings]
         batch, boxes = self._inputs(images, crops)
         if heatmaps:
-            logits, cams = self._gradcam(batch)
+            logits, cams, pooled = self._gradcam(batch)
         else:
-            logits, cams = self.logits(batch), None
+            (logits, pooled), cams = self.outputs(batch), None
         probs = softmax(logits, self.card.temperature)
+        novelty = self.novelty(pooled) if pooled is not None else [None] * len(probs)
         out = []
         classes = [k for k, lab in enumerate(self.labels) if lab != "normal"]
         for i, p in enumerate(probs):
@@ -203,6 +241,7 @@ class LoadedModel:
                     heat,
                     crop=crops[i],
                     heatmap_label=explained if heat is not None else None,
+                    novelty=novelty[i],
                 )
             )
         return out
@@ -252,9 +291,28 @@ def load_model(folder: Path | None = None, *, verify: bool = True) -> LoadedMode
             f"{folder}: Grad-CAM layer {card.gradcam_layer!r} not in model"
         ) from exc
     lungs = _lung_model_for(card, folder, verify) if card.crop == "lungs" else None
+    familiarity = _familiarity_for(card, folder, verify)
     logger.info("loaded model %s %s from %s", card.name, card.version, folder)
     logger.info("TensorFlow devices: %s", _devices())
-    return LoadedModel(card, model, folder, lungs)
+    return LoadedModel(card, model, folder, lungs, familiarity)
+
+
+def _familiarity_for(card: ModelCard, folder: Path, verify: bool) -> FamiliarityIndex | None:
+    """The card's familiarity index (None when the card names none), checked like the weights."""
+    if not card.familiarity:
+        return None
+    path = folder / str(card.familiarity.get("file", ""))
+    if not path.is_file():
+        raise ModelCardError(f"{folder}: familiarity index {path.name} is missing")
+    if verify and sha256_of(path) != card.familiarity.get("sha256"):
+        raise ModelCardError(f"{path}: SHA-256 does not match the card's familiarity.sha256")
+    try:
+        index = FamiliarityIndex.load(path)
+    except FamiliarityError as exc:
+        raise ModelCardError(str(exc)) from exc
+    if card.familiarity.get("weights_sha256") != card.weights_sha256:
+        raise ModelCardError(f"{path}: made from other weights' features than the card's")
+    return index
 
 
 def _devices() -> str:

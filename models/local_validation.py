@@ -95,7 +95,12 @@ def operating_figures(
 
 
 def validation_report(
-    scored: Scored, thresholds: dict[str, float], temperature: float, *, n_boot: int = 500
+    scored: Scored,
+    thresholds: dict[str, float],
+    temperature: float,
+    *,
+    n_boot: int = 500,
+    novelty: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The figures of a local validation at ``thresholds`` (see the module text)."""
     y, probs = scored.y, scored.probs(temperature)
@@ -147,6 +152,23 @@ def validation_report(
             "files": [str(s.path) for s, _ in scored.refused][:50],
         },
         "by_attribute": breakdown,
+        "low_confidence": _low_confidence(y, probs, thresholds, novelty),
+    }
+
+
+def _low_confidence(
+    y: np.ndarray, probs: np.ndarray, thresholds: dict[str, float], novelty: np.ndarray | None
+) -> dict[str, Any] | None:
+    """How many films the model calls unlike its training data, and the figures at the
+    thresholds with and without them (None: the model has no familiarity index)."""
+    if novelty is None:
+        return None
+    low = novelty > 1.0
+    return {
+        "n": int(low.sum()),
+        "share": float(low.mean()) if len(low) else None,
+        "at_thresholds_low_confidence": operating_figures(y[low], probs[low], thresholds),
+        "at_thresholds_usual_confidence": operating_figures(y[~low], probs[~low], thresholds),
     }
 
 
@@ -264,7 +286,12 @@ def write_validation(
         + f"; temperature {report['temperature']:.3f}.</p>",
         f"<p>{report['n_files']} files, {report['n_classified']} classified ("
         + esc(", ".join(f"{DISPLAY[k]} {v}" for k, v in report["by_label"].items()))
-        + f"), {report['refused']['n']} refused by the image check.</p>",
+        + f"), {report['refused']['n']} refused by the image check"
+        + (
+            f", {low['n']} called low confidence (unlike the model's training data).</p>"
+            if (low := report.get("low_confidence"))
+            else ".</p>"
+        ),
         "<h2>At the thresholds</h2><table>",
         *(f"<tr><th>{esc(a)}</th><td>{esc(b)}</td></tr>" for a, b in rows),
         "</table><h2>AUROC, one class against the rest</h2><table><tr><th>class</th><th>n</th>"

@@ -24,54 +24,14 @@ from models.labels import LABELS
 from models.loader import DEFAULT_MODEL_DIR, load_model
 from models.training import TrainConfig, train
 from tests.services import shared_file
+from tests.tiny_model import blob_image, make_dataset, train_tiny
 
 CLI = [sys.executable, "-m", "worker.cli.main"]
 
 
-def _blob_image(rng: np.random.Generator, size: int, where: tuple[int, int] | None) -> np.ndarray:
-    img = rng.normal(0.35, 0.05, (size, size)).clip(0, 1)
-    if where is not None:
-        r, c = where
-        img[r : r + size // 6, c : c + size // 6] = 0.95
-    return img.astype(np.float32)
-
-
-def make_dataset(root: Path, per_label: int = 12, size: int = 96, seed: int = 0) -> Path:
-    """Three labels told apart by where a bright square sits; a manifest with a source column."""
-    rng = np.random.default_rng(seed)
-    spots = {"normal": None, "covid": (10, 10), "pneumonia": (size - 30, size - 30)}
-    rows = []
-    for label, spot in spots.items():
-        (root / label).mkdir(parents=True, exist_ok=True)
-        for i in range(per_label):
-            img = (_blob_image(rng, size, spot) * 255).astype(np.uint8)
-            name = f"{label}/{label}-{i}.png"
-            Image.fromarray(img).save(root / name)
-            rows.append([name, label, "site_a" if i % 2 else "site_b"])
-    with open(root / "manifest.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows([["file", "label", "source"], *rows])
-    return root
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cls")
-    data = make_dataset(root / "data")
-    out = root / "model"
-    train(
-        TrainConfig(
-            data=[data],
-            out=out,
-            size=48,
-            epochs=2,
-            batch_size=8,
-            progress=False,
-            name="tiny",
-            version="0.0.1",
-            crop_lungs=False,  # squares on noise have no lungs: the whole image, as 1.x did
-        )
-    )
-    return out
+    return train_tiny(tmp_path_factory.mktemp("cls"))
 
 
 @pytest.mark.slow
@@ -105,7 +65,7 @@ def test_training_writes_a_complete_model_folder(trained: Path) -> None:
 def test_save_load_predict_round_trip(trained: Path) -> None:
     model = load_model(trained)
     rng = np.random.default_rng(9)
-    images = [_blob_image(rng, 200, None), _blob_image(rng, 150, (10, 10))]
+    images = [blob_image(rng, 200, None), blob_image(rng, 150, (10, 10))]
     preds = model.predict(images, heatmaps=True)
     for p, img in zip(preds, images, strict=True):
         assert p.label in LABELS
@@ -180,11 +140,11 @@ def test_gradcam_lights_up_the_region_that_decides() -> None:
     for i in range(n):
         if i % 2:
             r, c = rng.integers(4, size - 16, 2)
-            x[i, ..., 0] = _blob_image(rng, size, None)
+            x[i, ..., 0] = blob_image(rng, size, None)
             x[i, r : r + 10, c : c + 10, 0] = 0.95
             y[i] = 1
         else:
-            x[i, ..., 0] = _blob_image(rng, size, None)
+            x[i, ..., 0] = blob_image(rng, size, None)
     keras.utils.set_random_seed(0)
     model = build_residual_dense(size, 2, widths=(8, 16, 32), bn_momentum=0.9)
     model.compile(
@@ -198,7 +158,7 @@ def test_gradcam_lights_up_the_region_that_decides() -> None:
     trials = 10
     for _ in range(trials):
         r, c = rng.integers(4, size - 16, 2)
-        img = _blob_image(rng, size, None)
+        img = blob_image(rng, size, None)
         img[r : r + 10, c : c + 10] = 0.95
         _, cams = cam_fn(img[None, ..., None])
         from PIL import Image as _I
@@ -394,7 +354,6 @@ def test_transfer_training_and_leave_one_source_out(tmp_path: Path) -> None:
 
     from models.imaging import load_image
     from models.loader import load_model
-    from models.training import TrainConfig, train
     from models.transfer_training import crossval
 
     shared = shared_file("cr_pa_chest_jpeg_baseline.dcm").parents[1]

@@ -77,6 +77,10 @@ def test_validate_and_calibrate_a_folder_and_a_manifest(tmp_path: Path) -> None:
     assert spec["n"] == report["by_label"]["normal"] and spec["ci95"][0] <= spec["value"]
     assert set(report["by_attribute"]) == {"ViewPosition", "Modality", "Manufacturer"}
     assert list(report["by_attribute"]["Modality"]) == ["CR"]
+    low = report["low_confidence"]  # the shipped model has a familiarity index
+    assert 0 <= low["n"] <= report["n_classified"] and "low confidence" in proc.stdout
+    usual = low["at_thresholds_usual_confidence"]["specificity"]["n"]
+    assert usual + low["at_thresholds_low_confidence"]["specificity"]["n"] == spec["n"]
     page = (out / "validation.html").read_text()
     assert "Not for diagnostic use" in page and page.count("data:image/png;base64,") == 3
 

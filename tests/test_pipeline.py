@@ -172,6 +172,42 @@ def test_shadow_mode_records_everything_and_delivers_nothing(start_node, pacs) -
     assert rows(node.engine, Delivery) == [] and pacs.received() == []
 
 
+def test_an_image_unlike_the_training_data_is_low_confidence_everywhere(start_node) -> None:
+    """The shipped index, its limit moved to almost nothing: every film is "unlike the training
+    data". The study is then low confidence, never routine, in the rows, the SR, the SC and the
+    audit; with the shipped limit the same film is not."""
+    from dataclasses import replace
+
+    from dicom_node.results import codes
+    from models.imaging import read_image
+    from worker.audit import timeline
+
+    node = start_node()
+    study = _received(node, [shared_file("cr_pa_chest_jpeg_baseline.dcm")])
+    pipeline = _pipeline(node)
+    shipped = pipeline.model.familiarity
+    assert shipped is not None  # the default model ships its index
+    pipeline.model.familiarity = replace(shipped, limit=1e-6)
+    assert pipeline.process(study.id, study.revision).state == DONE
+    (result,) = rows(node.engine, StudyResult, StudyResult.study_id == study.id)
+    (image,) = rows(node.engine, ImageResult, ImageResult.study_id == study.id)
+    assert result.low_confidence is True and image.low_confidence is True
+    assert image.novelty is not None and image.novelty > 1 and result.priority != "routine"
+    objects = {o.kind: o for o in rows(node.engine, ProducedObject)}
+    sr = pydicom.dcmread(node.settings.outputs_dir / objects["sr"].path)
+    sc = pydicom.dcmread(node.settings.outputs_dir / objects["sc"].path, stop_before_pixels=True)
+    assert codes.CONFIDENCE_CODES[True].value in str(sr.ContentSequence)
+    assert "lowconf" in sc.SeriesDescription
+    with pipeline.sessions() as s:
+        events = (timeline(s, study.study_instance_uid) or {})["events"]
+    assert any("low confidence" in e["detail"] for e in events if e["what"] == "study result")
+
+    # The shipped limit: the shared PA film is like the training data.
+    pipeline.model.familiarity = shipped
+    (pred,) = pipeline.model.predict([read_image(shared_file("cr_pa_chest_jpeg_baseline.dcm"))[0]])
+    assert pred.novelty is not None and pred.novelty < 1.0
+
+
 @pytest.mark.slow
 def test_end_to_end_with_celery_retries_dead_letter_and_replay(
     start_node, redis_server, tmp_path

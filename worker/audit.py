@@ -62,6 +62,7 @@ class StudyFilter:
     label: str | None = None
     band: str | None = None
     priority: str | None = None
+    low_confidence: bool | None = None
     calling_ae: str | None = None
     accession_number: str | None = None
     patient_id: str | None = None
@@ -99,6 +100,8 @@ def _study_query(f: StudyFilter) -> Select[Study, StudyResult]:
         q = q.where(StudyResult.band == f.band)
     if f.priority:
         q = q.where(StudyResult.priority == f.priority)
+    if f.low_confidence is not None:
+        q = q.where(StudyResult.low_confidence.is_(f.low_confidence))
     if f.model_version:
         q = q.where(StudyResult.model_version == f.model_version)
     if f.accession_number:
@@ -126,6 +129,7 @@ def list_studies(s: Session, f: StudyFilter) -> list[dict[str, Any]]:
                 "state": study.state,
                 "label": result.label if result else None,
                 "band": result.band if result else None,
+                "low_confidence": result.low_confidence if result else None,
                 "priority": result.priority if result else None,
                 "accession_number": study.accession_number,
                 "patient_id": study.patient_id,
@@ -204,6 +208,9 @@ def timeline(s: Session, study_uid: str) -> dict[str, Any] | None:
     for ir in s.scalars(select(ImageResult).where(ImageResult.study_id == study.id)):
         probs = ", ".join(f"{k} {v:.3f}" for k, v in ir.probabilities.items())
         outcome = f"not classified: {ir.refusal}" if ir.refusal else f"{ir.label} ({probs})"
+        if ir.novelty is not None:
+            low = "low confidence, " if ir.low_confidence else ""
+            outcome += f" [{low}distance to training data {ir.novelty:.2f} of its limit]"
         events.append(
             {
                 "at": _iso(ir.created_at),
@@ -218,7 +225,8 @@ def timeline(s: Session, study_uid: str) -> dict[str, Any] | None:
                 "at": _iso(srow.created_at),
                 "what": "study result",
                 "detail": f"revision {srow.revision}: {srow.label}, priority {srow.priority}, "
-                f"thresholds {srow.thresholds} ({srow.operating_point}), "
+                + ("low confidence, " if srow.low_confidence else "")
+                + f"thresholds {srow.thresholds} ({srow.operating_point}), "
                 f"weights {srow.weights_sha256[:12]}",
             }
         )

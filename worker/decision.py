@@ -20,6 +20,21 @@ PRIORITY = {"covid": "urgent", "pneumonia": "soon", "normal": "routine"}
 INDETERMINATE_PRIORITY = "soon"
 #: How far below a class's threshold a probability is indeterminate, not "not flagged".
 DEFAULT_MARGIN = 0.2
+#: An image unlike the training data is never routine: a reader should look (a flag stays).
+LOW_CONFIDENCE_PRIORITY = "soon"
+
+
+def low_confidence(novelty: float | None) -> bool | None:
+    """Beyond the familiarity limit (novelty over 1); None where the model has no index."""
+    return None if novelty is None else novelty > 1.0
+
+
+def _with_confidence(t: Triage, low: bool | None) -> Triage:
+    """``t`` with its confidence; a low one lifts a routine priority to soon, never lowers one."""
+    if low is None:
+        return t
+    priority = LOW_CONFIDENCE_PRIORITY if low and t.priority == PRIORITY["normal"] else t.priority
+    return replace(t, low_confidence=low, priority=priority)
 
 
 def decide_image(
@@ -73,7 +88,12 @@ def study_of(
     order = [*SEVERITY, "normal"]
     top = min(images, key=lambda t: (BANDS.index(t.band), order.index(t.label)))
     highest = max(float(p.get(top.label, 0.0)) for p in image_probabilities)
-    return replace(top, probability=highest, operating_point=operating_point)
+    study = replace(top, probability=highest, operating_point=operating_point)
+    assessed = [t.low_confidence for t in images if t.low_confidence is not None]
+    if not assessed:
+        return study
+    # One image unlike the training data makes the study's result low confidence.
+    return _with_confidence(study, any(assessed))
 
 
 #: Where no card or setting says otherwise (models before 3.0 carry no operating point).
@@ -90,18 +110,25 @@ class OperatingPoint:
     temperature: float | None = None  # a site calibration's; None: the card's
     margin: float = DEFAULT_MARGIN  # the indeterminate band below each threshold
 
-    def image(self, probabilities: Mapping[str, float]) -> Triage:
-        """One image's result at this operating point."""
-        return replace(
-            decide_image(probabilities, self.thresholds, self.margin),
-            operating_point=self.source,
+    def image(self, probabilities: Mapping[str, float], novelty: float | None = None) -> Triage:
+        """One image's result at this operating point; with ``novelty`` (the image's distance
+        to the training data over the model's limit) also its confidence."""
+        return _with_confidence(
+            replace(
+                decide_image(probabilities, self.thresholds, self.margin),
+                operating_point=self.source,
+            ),
+            low_confidence(novelty),
         )
 
     def decide(
-        self, image_probabilities: Sequence[Mapping[str, float]]
+        self,
+        image_probabilities: Sequence[Mapping[str, float]],
+        novelties: Sequence[float | None] | None = None,
     ) -> tuple[Triage, list[Triage]]:
         """The study's result and each image's, at this operating point, each made once."""
-        images = [self.image(p) for p in image_probabilities]
+        novelties = novelties or [None] * len(image_probabilities)
+        images = [self.image(p, n) for p, n in zip(image_probabilities, novelties, strict=True)]
         return study_of(images, image_probabilities, self.source), images
 
     def apply(self, model: Any) -> Any:

@@ -31,8 +31,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker.celery_app import create_celery
 from worker.db.models import (
+    REFUSED,
     STUDY_STATES,
     Delivery,
+    ImageResult,
     Instance,
     Rejection,
     StepTiming,
@@ -85,6 +87,11 @@ class DatabaseCollector:
             deliveries = dict(
                 s.execute(select(Delivery.outcome, func.count()).group_by(Delivery.outcome)).all()
             )
+            classified = s.execute(
+                select(ImageResult.band, ImageResult.low_confidence, func.count())
+                .where(ImageResult.label != REFUSED)
+                .group_by(ImageResult.band, ImageResult.low_confidence)
+            ).all()
             step_histogram = _step_histogram(s)
         g = GaugeMetricFamily("cxr_studies", "Studies by state", labels=["state"])
         for state in STUDY_STATES:
@@ -108,6 +115,17 @@ class DatabaseCollector:
         for outcome in ("pending", "delivered", "retry", "dead"):
             d.add_metric([outcome], float(deliveries.get(outcome, 0)))
         yield d
+        # Low confidence beside the band: a rise says the images no longer look like the
+        # training data (a new scanner, a changed processing chain).
+        m = CounterMetricFamily(
+            "cxr_images_classified",
+            "Classified images by band and confidence (low: unlike the training data)",
+            labels=["band", "confidence"],
+        )
+        for band, low, count in classified:
+            confidence = "unassessed" if low is None else "low" if low else "usual"
+            m.add_metric([band or "unknown", confidence], float(count))
+        yield m
         yield GaugeMetricFamily(
             "cxr_dead_letter_studies",
             "Studies whose delivery gave up",

@@ -373,7 +373,9 @@ class Pipeline:
         return out
 
     def _decide(self, predictions: list[Prediction]) -> _Decided:
-        study, images = self.operating_point.decide([p.probabilities for p in predictions])
+        study, images = self.operating_point.decide(
+            [p.probabilities for p in predictions], [p.novelty for p in predictions]
+        )
         return _Decided(study, images)
 
     def _build(
@@ -417,6 +419,8 @@ class Pipeline:
                 uid = derived_uid(
                     root, study_uid, algo.weights_sha256, "sc", ds.SOPInstanceUID, pixels,
                     inferred.shrink, decided_by,
+                    # Only where assessed, so a model without an index keeps its UIDs.
+                    *([] if triage.low_confidence is None else [triage.low_confidence]),
                 )  # fmt: skip
                 kept = self._kept_object(uid)
                 if kept is not None:
@@ -523,6 +527,8 @@ class Pipeline:
                         label=image.label,
                         band=image.band,
                         probabilities=pred.probabilities,
+                        novelty=pred.novelty,
+                        low_confidence=image.low_confidence,
                         **by,
                     )
                 )
@@ -533,6 +539,7 @@ class Pipeline:
                     label=decision.label,
                     band=decision.band,
                     priority=decision.priority,
+                    low_confidence=decision.low_confidence,
                     thresholds=decision.thresholds,
                     operating_point=(
                         self.operating_point.source + ("; shadow mode" if shadow else "")
@@ -577,8 +584,9 @@ class Pipeline:
                     )
                 )
             _add_timings(s, study_id, revision, timer)
+            confidence = "; low confidence" if decision.low_confidence else ""
             detail = (
-                f"{decision.label} {decision.band} ({decision.priority}); "
+                f"{decision.label} {decision.band} ({decision.priority}){confidence}; "
                 f"{len(built) - 1} SC + 1 SR"
             )
             if inferred.refusals:

@@ -41,6 +41,13 @@ BAND_CODES: dict[str, Code] = {
     "indeterminate": Code("82334004", "SCT", "Indeterminate"),
     "not flagged": Code("260385009", "SCT", "Negative"),
 }
+#: Whether the image lies within the model's training data (models.familiarity): no standard
+#: concept names an algorithm's out-of-distribution judgement.
+MODEL_CONFIDENCE = Code("MODEL-CONFIDENCE", PRIVATE_SCHEME, "Model confidence")
+CONFIDENCE_CODES: dict[bool, Code] = {
+    True: Code("LOW-CONFIDENCE", PRIVATE_SCHEME, "Low: image unlike the training data"),
+    False: Code("USUAL-CONFIDENCE", PRIVATE_SCHEME, "Usual: image like the training data"),
+}
 #: Purpose of a SCOORD that only places a viewer's text (no standard concept says so).
 TEXT_ANCHOR = Code("TEXT-ANCHOR", PRIVATE_SCHEME, "Viewer text anchor")
 #: CID 7162 Algorithm Family.

@@ -87,6 +87,7 @@ def labelled_picture(
         overlay_rgb,
         [
             wording.headline(triage),
+            *([warning] if (warning := wording.caution(triage)) else []),
             wording.heatmap_meaning(triage, heatmap_label if coloured else None),
             f"{algorithm}   NOT FOR DIAGNOSTIC USE",
         ],

@@ -106,6 +106,11 @@ def _study_evaluations(study: Triage, text: str) -> hd.sr.ContainerContentItem:
             _code(codes.FINDING, codes.FINDING_CODES[study.label]),
             _code(codes.TRIAGE_BAND, codes.BAND_CODES[study.band]),
             _code(codes.TRIAGE_PRIORITY, codes.PRIORITY_CODES[study.priority]),
+            *(
+                [_code(codes.MODEL_CONFIDENCE, codes.CONFIDENCE_CODES[study.low_confidence])]
+                if study.low_confidence is not None
+                else []
+            ),
             _text(codes.SUMMARY, text),
         ]
     )
@@ -145,6 +150,16 @@ def _group(
             hd.sr.QualitativeEvaluation(codes.TRIAGE_BAND, codes.BAND_CODES[image.triage.band]),
             hd.sr.QualitativeEvaluation(
                 codes.TRIAGE_PRIORITY, codes.PRIORITY_CODES[image.triage.priority]
+            ),
+            *(
+                [
+                    hd.sr.QualitativeEvaluation(
+                        codes.MODEL_CONFIDENCE,
+                        codes.CONFIDENCE_CODES[image.triage.low_confidence],
+                    )
+                ]
+                if image.triage.low_confidence is not None
+                else []
             ),
         ],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(image.source)],

@@ -33,6 +33,9 @@ class Triage:
     probability: float
     thresholds: dict[str, float]
     operating_point: str = ""
+    #: The image (for a study: any image) lies beyond the model's familiarity limit: the
+    #: probabilities are not to be trusted as they stand. None: the model has no such index.
+    low_confidence: bool | None = None
 
     def __post_init__(self) -> None:
         if self.band not in BANDS:

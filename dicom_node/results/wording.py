@@ -49,19 +49,31 @@ def ranked(probabilities: dict[str, float]) -> str:
     return ", ".join(f"{meaning(k)} {percent(v)}" for k, v in order)
 
 
+def caution(t: Triage) -> str | None:
+    """What a low-confidence result must say beside it (None otherwise): the image lies beyond
+    the model's familiarity limit, so its probabilities are not to be relied on as they stand."""
+    if not t.low_confidence:
+        return None
+    return "LOW CONFIDENCE: image unlike the model's training data, read it without the AI"
+
+
 def headline(t: Triage) -> str:
     """The result in one line: what, how sure against what, and the priority."""
     if t.band == FLAGGED:
-        return (
+        text = (
             f"{meaning(t.label)} flagged: {percent(t.probability, t.threshold)} "
-            f"(flag at {percent(t.threshold or 0)}), priority {t.priority.upper()}"
+            f"(flag at {percent(t.threshold or 0)})"
         )
-    if t.band == INDETERMINATE:
-        return (
+    elif t.band == INDETERMINATE:
+        text = (
             f"Indeterminate: {meaning(t.label)} {percent(t.probability, t.threshold)}, "
-            f"below its flag at {percent(t.threshold or 0)}, priority {t.priority.upper()}"
+            f"below its flag at {percent(t.threshold or 0)}"
         )
-    return f"Not flagged: no finding at or near its threshold, priority {t.priority.upper()}"
+    else:
+        text = "Not flagged: no finding at or near its threshold"
+    if t.low_confidence:
+        text += " (low confidence)"
+    return f"{text}, priority {t.priority.upper()}"
 
 
 def viewer_line(t: Triage) -> str:
@@ -72,6 +84,8 @@ def viewer_line(t: Triage) -> str:
         said = f"Indeterminate, {meaning(t.label)} near its flag"
     else:
         said = "Not flagged"
+    if t.low_confidence:
+        said += ", LOW CONFIDENCE"
     return f"AI {t.priority.upper()}: {said}, {NOT_FOR_DIAGNOSIS}"
 
 
@@ -86,9 +100,12 @@ def series_description(t: Triage, kind: str) -> str:
     """Result first, at most 64 characters: what a series list or worklist column shows.
 
     ``AI URGENT covid 91.2% report, not for diagnosis``;
-    ``AI SOON indeterminate covid 44.0% heatmap, not for diagnosis``.
+    ``AI SOON indeterminate covid 44.0% heatmap, not for diagnosis``;
+    ``AI SOON lowconf indet pneumonia 44.0% heatmap, not for diagnosis`` (low confidence).
     """
     band = "indeterminate " if t.band == INDETERMINATE else ""
+    if t.low_confidence:
+        band = "lowconf " + band.replace("indeterminate", "indet")
     value = percent(t.probability, t.threshold)
     text = f"AI {t.priority.upper()} {band}{t.label} {value} {kind}, {NOT_FOR_DIAGNOSIS}"
     if len(text) > 64:
@@ -107,4 +124,5 @@ def summary(study: Triage, images: Sequence[dict[str, float]]) -> str:
         heat = "heatmaps show evidence for the class named on each, not an outline"
     else:
         heat = "no heatmap: no finding at or near its threshold"
-    return f"AI triage, {NOT_FOR_DIAGNOSIS}: {headline(study)}; {values}; {heat}"
+    warned = f"; {caution(study)}" if study.low_confidence else ""
+    return f"AI triage, {NOT_FOR_DIAGNOSIS}: {headline(study)}{warned}; {values}; {heat}"

@@ -17,6 +17,7 @@ COLUMNS = (
     "state",
     "label",
     "band",
+    "low_confidence",
     "priority",
     "accession_number",
     "patient_id",
@@ -54,6 +55,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--state", choices=[str(state) for state in StudyState])
     st.add_argument("--label", help="normal, covid or pneumonia")
     st.add_argument("--band", help="flagged, indeterminate or not flagged")
+    st.add_argument(
+        "--low-confidence",
+        action="store_true",
+        help="only studies with an image unlike the model's training data",
+    )
     st.add_argument("--priority", help="urgent, soon or routine")
     st.add_argument("--calling-ae", help="studies sent by this AE title")
     st.add_argument("--accession", help="accession number")
@@ -132,6 +138,7 @@ def run_studies(args: argparse.Namespace, settings: Settings) -> int:
         label=args.label,
         band=args.band,
         priority=args.priority,
+        low_confidence=True if args.low_confidence else None,
         calling_ae=args.calling_ae,
         accession_number=args.accession,
         patient_id=args.patient_id,

@@ -83,7 +83,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(got, file=sys.stderr)
         return 2
     model, point, _, scored = got
-    report = validation_report(scored, point.thresholds, model.card.temperature)
+    report = validation_report(
+        scored, point.thresholds, model.card.temperature, novelty=scored.novelty(model)
+    )
     report["model"] = {
         "name": model.card.name,
         "version": model.card.version,
@@ -113,5 +115,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for key, value in at.items():
         if key.startswith("sensitivity_"):
             print(f"  {key.replace('_', ' ')}: {pct(value)}")
+    if (low := report["low_confidence"]) is not None:
+        print(f"  low confidence (unlike the model's training data): {low['n']} films")
     print(f"wrote {args.out / 'validation.html'} and validation.json")
     return 0

@@ -261,6 +261,8 @@ class StudyResult(Base):
     band: Mapped[str] = mapped_column(String(16), server_default="")
     # Where the thresholds came from (worker.decision.OperatingPoint.source), "shadow" marked.
     operating_point: Mapped[str] = mapped_column(String(200), server_default="settings")
+    # Some image beyond the model's familiarity limit (None: the model has no such index).
+    low_confidence: Mapped[bool | None] = mapped_column(Boolean)
     model_name: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str] = mapped_column(String(32), index=True)
     weights_sha256: Mapped[str] = mapped_column(String(64))
@@ -284,6 +286,12 @@ class ImageResult(Base):
         String(16), server_default="", doc="flagged / indeterminate / not flagged ('' refused)"
     )
     probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
+    novelty: Mapped[float | None] = mapped_column(
+        Float, doc="distance to the model's training data over its limit (>1: low confidence)"
+    )
+    low_confidence: Mapped[bool | None] = mapped_column(
+        Boolean, doc="beyond the familiarity limit (None: the model has no such index)"
+    )
     model_name: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str] = mapped_column(String(32))
     weights_sha256: Mapped[str] = mapped_column(String(64))

@@ -96,7 +96,7 @@ class SenderOptions:
     ssl_context: ssl.SSLContext | None = None
 
 
-def _ae(options: SenderOptions) -> AE:
+def requestor(options: SenderOptions) -> AE:
     ae = AE(ae_title=options.calling_ae)
     ae.maximum_pdu_size = options.max_pdu
     ae.acse_timeout = options.acse_timeout
@@ -106,7 +106,7 @@ def _ae(options: SenderOptions) -> AE:
     return ae
 
 
-def _associate(ae: AE, dest: Destination, options: SenderOptions) -> Association:
+def associate(ae: AE, dest: Destination, options: SenderOptions) -> Association:
     # The host goes to the handshake so that the certificate is checked against it.
     tls = (options.ssl_context, dest.host) if options.ssl_context else None
     connected: list[bool] = []
@@ -184,9 +184,9 @@ def echo(dest: Destination, options: SenderOptions | None = None) -> int:
         If no association could be made.
     """
     options = options or SenderOptions()
-    ae = _ae(options)
+    ae = requestor(options)
     ae.add_requested_context(Verification)
-    assoc = _associate(ae, dest, options)
+    assoc = associate(ae, dest, options)
     try:
         rsp = assoc.send_c_echo()
         if not rsp:
@@ -278,7 +278,7 @@ def _send_items(
             on_result(result)
 
     for batch in _batches(items):
-        ae = _ae(options)
+        ae = requestor(options)
         wanted = {(i.sop_class, i.transfer_syntax) for i in batch}
         # Peers that take no compressed syntax get the object decompressed instead.
         wanted |= {
@@ -289,7 +289,7 @@ def _send_items(
         for sop_class, ts in sorted(wanted):
             ae.add_requested_context(sop_class, [ts])
         try:
-            assoc = _associate(ae, dest, options)
+            assoc = associate(ae, dest, options)
         except AssociationFailed as exc:
             for item in batch:
                 done(SendResult(item.source, item.sop_instance, None, str(exc)))

@@ -35,9 +35,9 @@ def test_the_reactor_leaves_a_response_to_the_thread_that_waits_for_it(start_nod
     while a request is still the reactor's to take."""
     node = start_node()
     options = SenderOptions(calling_ae="TEST_SCU", dimse_timeout=5, acse_timeout=10)
-    ae = sender._ae(options)
+    ae = sender.requestor(options)
     ae.add_requested_context(Verification)
-    assoc = sender._associate(ae, dest(node), options)
+    assoc = sender.associate(ae, dest(node), options)
     try:
         response = _arrive(
             assoc,

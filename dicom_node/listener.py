@@ -8,17 +8,13 @@ database is reachable, an audit row.
 
 from __future__ import annotations
 
-import filecmp
 import logging
-import os
-import shutil
 import socket
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,16 +23,14 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_node.content import same_content
-from dicom_node.eligibility import decide
 from dicom_node.incoming import (
     PartialDataset,
     discard_partial_datasets,
     sweep_stale,
     watch_datasets,
 )
-from dicom_node.integrity import MalformedDatasetError, read_header_checked, recorded_text
-from dicom_node.interfaces import NodeRecorder, PeerInfo, ReceivedInstance, RecordRefusedError
+from dicom_node.intake import Intake
+from dicom_node.interfaces import NodeRecorder, PeerInfo
 from dicom_node.io_switches import receiving_to_files
 from dicom_node.pdu_reader import PduLimits, install_reader
 from dicom_node.server import ConnectionHandler, GuardedAssociationServer
@@ -44,14 +38,12 @@ from dicom_node.sockets import no_delay
 from dicom_node.spool import LowDiskSpaceError, Spool
 from dicom_node.statuses import (
     CANNOT_UNDERSTAND,
-    DATASET_MISMATCH,
-    INVALID_UID,
     OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
     SUCCESS,
 )
 from dicom_node.transfer_syntaxes import ACCEPTED_TRANSFER_SYNTAXES
-from dicom_node.uids import DEFAULT_UID_ROOT, InvalidUIDError, validate_uid
+from dicom_node.uids import DEFAULT_UID_ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +172,9 @@ class Listener:
         self.config = config
         self.spool = spool
         self.recorder = recorder
+        self.intake = Intake(
+            spool, recorder, config.uid_root, config.assume_pa_chest, config.keep_ineligible
+        )
         self._server: _Server | None = None
         self._lock = threading.Lock()
         self._associations: dict[int, int] = {}  # id(Association) -> association row id
@@ -477,13 +472,7 @@ class Listener:
     def _fail(
         self, assoc_id: int | None, sop_uid: str, status: int, reason: str, *, exc: bool = False
     ) -> int:
-        log = logger.exception if exc else logger.warning
-        log("C-STORE %s answered 0x%04X: %s", sop_uid[:64] or "?", status, reason)
-        try:
-            self.recorder.instance_failed(assoc_id, sop_uid[:64], status, reason)
-        except Exception:
-            logger.exception("could not record the failure of %s", sop_uid[:64])
-        return status
+        return self.intake.fail(assoc_id, sop_uid, status, reason, exc=exc)
 
     def _on_store(self, event: evt.Event) -> int:
         request = cast(C_STORE, event.request)
@@ -509,98 +498,4 @@ class Listener:
             # The command said no dataset follows (CommandDataSetType 0x0101).
             reason = "the C-STORE request carries no dataset"
             return self._fail(assoc_id, command_sop_uid, CANNOT_UNDERSTAND, reason)
-        received: Path = event.dataset_path
-        size = received.stat().st_size
-        try:
-            self.spool.check_space(size)
-        except LowDiskSpaceError as exc:
-            return self._fail(assoc_id, command_sop_uid, OUT_OF_RESOURCES, str(exc))
-        try:
-            ds = read_header_checked(received)
-        except MalformedDatasetError as exc:
-            reason = f"malformed or truncated dataset: {exc}"
-            return self._fail(assoc_id, command_sop_uid, CANNOT_UNDERSTAND, reason)
-        try:
-            study_uid = validate_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
-            series_uid = validate_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
-            sop_uid = validate_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
-        except InvalidUIDError as exc:
-            return self._fail(assoc_id, command_sop_uid, INVALID_UID, str(exc))
-        if sop_uid != command_sop_uid.rstrip("\x00 "):
-            reason = f"dataset SOPInstanceUID {sop_uid} differs from the command's"
-            return self._fail(assoc_id, command_sop_uid, DATASET_MISMATCH, reason)
-
-        decision = decide(
-            ds, uid_root=self.config.uid_root, assume_pa_chest=self.config.assume_pa_chest
-        )
-        try:
-            record = ReceivedInstance(
-                association_id=assoc_id,
-                study_instance_uid=study_uid,
-                series_instance_uid=series_uid,
-                sop_instance_uid=sop_uid,
-                sop_class_uid=recorded_text(ds, "SOPClassUID", 64),
-                transfer_syntax_uid=recorded_text(ds.file_meta, "TransferSyntaxUID", 64),
-                modality=recorded_text(ds, "Modality", 16),
-                accession_number=recorded_text(ds, "AccessionNumber", 16),
-                patient_id=recorded_text(ds, "PatientID", 64),
-                spool_path=None,
-                size_bytes=size,
-                decision=decision,
-            )
-        except MalformedDatasetError as exc:
-            return self._fail(assoc_id, sop_uid, CANNOT_UNDERSTAND, str(exc))
-
-        location = None
-        existed = False
-        if decision.eligible or self.config.keep_ineligible:
-            location = self.spool.location(study_uid, series_uid, sop_uid)
-            existed = location.path.exists()
-            source = received
-            if received.parent != self.spool.incoming:
-                # tempfile.tempdir names another spool (several nodes in one process, as in
-                # tests): copy to our file system.
-                fd, name = tempfile.mkstemp(dir=self.spool.incoming, suffix=".dcm")
-                os.close(fd)
-                shutil.copyfile(received, name)
-                source = Path(name)
-            if existed and (
-                filecmp.cmp(source, location.path, shallow=False)
-                or same_content(source, location.path)
-            ):
-                # A resend of what we hold (the same bytes, or the same pixels and public
-                # attributes in another encoding): keep our copy, record only the receipt.
-                if source != received:
-                    source.unlink()
-                record = replace(record, spool_path=location.relative, duplicate=True)
-            else:
-                try:
-                    size = self.spool.commit(source, location)
-                except OSError as exc:
-                    reason = f"spool write failed: {exc}"
-                    return self._fail(assoc_id, sop_uid, OUT_OF_RESOURCES, reason)
-                record = replace(record, spool_path=location.relative, size_bytes=size)
-
-        try:
-            self.recorder.instance_received(record)
-        except RecordRefusedError as exc:
-            # The database will never take this dataset as it is: a retry cannot help.
-            if location is not None and not existed:
-                self.spool.remove(location)
-            return self._fail(assoc_id, sop_uid, CANNOT_UNDERSTAND, f"not recordable: {exc}")
-        except Exception as exc:
-            # Not recorded, so not acknowledged: the peer keeps its copy and retries later.
-            if location is not None and not existed:
-                self.spool.remove(location)
-            return self._fail(
-                assoc_id, sop_uid, OUT_OF_RESOURCES, f"database write failed: {exc}", exc=True
-            )
-        logger.info(
-            "stored %s (%s) from association %d: %s",
-            sop_uid,
-            "eligible" if decision.eligible else "skipped",
-            assoc_id,
-            decision.reason,
-            extra={"study": study_uid},  # correlation id for structured logs
-        )
-        return SUCCESS
+        return self.intake.accept(event.dataset_path, assoc_id, command_sop_uid)

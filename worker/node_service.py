@@ -18,6 +18,7 @@ from dicom_node import io_switches
 from dicom_node.completion import CompletionMonitor, CompletionPolicy
 from dicom_node.listener import Listener, ListenerConfig
 from dicom_node.spool import Spool
+from dicom_node.stow_inbound import StowConfig, StowServer
 from dicom_node.tls import server_context
 from worker.celery_app import create_celery
 from worker.db.engine import make_session_factory, open_database
@@ -78,6 +79,7 @@ class Node:
     monitor: CompletionMonitor | None
     enqueue: StudyEnqueuer
     observability: Any = None
+    stow: StowServer | None = None  # the STOW-RS endpoint (CXR_STOW_PORT), in one process
 
     def start(self) -> None:
         from worker.observability import start_observability
@@ -88,6 +90,8 @@ class Node:
         else:
             logger.info("completion monitor off: another process of this group runs it")
         self.listener.start()
+        if self.stow is not None:
+            self.stow.start()
         # The first study should not pay for the broker connection; a broker that is slow or
         # down must not hold up the listener either.
         threading.Thread(target=self.enqueue.connect, name="broker-connect", daemon=True).start()
@@ -98,6 +102,8 @@ class Node:
     def stop(self) -> None:
         if self.observability is not None:
             self.observability.stop()
+        if self.stow is not None:
+            self.stow.stop()
         self.listener.stop()
         if self.monitor is not None:
             self.monitor.stop()
@@ -137,7 +143,18 @@ def build_node(
     )
     listener = Listener(listener_config(settings, shared_socket, heartbeat_file), spool, store)
     completion = CompletionMonitor(store, settings.monitor_interval) if monitor else None
-    return Node(settings, engine, store, listener, completion, enqueue)
+    stow = None
+    if settings.stow_port is not None and monitor and settings.api_token:
+        # One process of a group serves it: they would all bind the same port.
+        config = StowConfig(
+            settings.bind,
+            settings.stow_port,
+            settings.api_token,
+            settings.ae_title,
+            settings.stow_max_mb * 2**20,
+        )
+        stow = StowServer(config, listener.intake, store)
+    return Node(settings, engine, store, listener, completion, enqueue, stow=stow)
 
 
 def serve(

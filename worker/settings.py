@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     # Audit API (cxr-triage api)
     api_token: str | None = None
     api_port: int = Field(8080, ge=0, le=65535)
+    # STOW-RS into the node (None: off); on CXR_BIND, with CXR_API_TOKEN as its bearer token
+    stow_port: int | None = Field(None, ge=0, le=65535)
+    stow_max_mb: int = Field(2048, ge=1)
     # Logging
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -149,6 +152,14 @@ class Settings(BaseSettings):
         if not value.endswith(".") or len(value) > 45:
             raise ValueError("uid_root must end with '.' and leave room for a suffix (<= 45 chars)")
         return value
+
+    @model_validator(mode="after")
+    def _check_stow_inbound(self) -> Settings:
+        if self.stow_port is not None and not self.api_token:
+            raise ValueError(
+                "CXR_STOW_PORT needs CXR_API_TOKEN, the bearer token senders must send"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_tls(self) -> Settings:

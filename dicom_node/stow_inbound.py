@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 STOW_CALLER = "STOW-RS"
 _PATH = re.compile(r"^(?:/[\w.-]+)*/studies(?:/([0-9.]{1,64}))?/?$")
 _CHUNK = 2**20
+#: How often (bytes) a chunked body's size is checked against the limit and the free space.
+_CHECK_EVERY = 64 * 2**20
 
 
 class StowRequestError(ValueError):
@@ -79,8 +81,9 @@ def boundary_of(content_type: str) -> str:
     ):
         raise StowRequestError(415, 'expected multipart/related; type="application/dicom"')
     boundary = fields.get("boundary", "")
-    if not 0 < len(boundary) <= 70:
-        raise StowRequestError(400, "the multipart body has no boundary")
+    # RFC 2046 says at most 70 characters; Orthanc 1.10 sends 73: be lenient, but bounded.
+    if not 0 < len(boundary) <= 200:
+        raise StowRequestError(400, f"no usable boundary in Content-Type {content_type!r}")
     return boundary
 
 
@@ -174,6 +177,9 @@ class StowServer:
                     code, body = server.handle(self)
                 except StowRequestError as exc:
                     code, body = exc.status, {"error": str(exc)}
+                    logger.warning(
+                        "STOW-RS from %s refused (%d): %s", self.client_address[0], code, exc
+                    )
                     self.close_connection = True  # the rest of the body was not read
                 except Exception as exc:
                     logger.exception("STOW-RS request failed")
@@ -224,18 +230,14 @@ class StowServer:
         if not self._authorised(request.headers.get("Authorization")):
             raise StowRequestError(401, "missing or wrong bearer token")
         boundary = boundary_of(request.headers.get("Content-Type", ""))
+        chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
         length_text = request.headers.get("Content-Length")
-        if length_text is None or not length_text.isdigit():
-            raise StowRequestError(411, "a Content-Length is required")
-        length = int(length_text)
-        if length > self.config.max_bytes:
-            raise StowRequestError(
-                413, f"{length} bytes is over the limit of {self.config.max_bytes}"
-            )
-        try:
-            self.intake.spool.check_space(2 * length)  # the body, then its parts
-        except LowDiskSpaceError as exc:
-            raise StowRequestError(503, str(exc)) from exc
+        length: int | None = None
+        if not chunked:
+            if length_text is None or not length_text.isdigit():
+                raise StowRequestError(411, "a Content-Length (or chunked encoding) is required")
+            length = int(length_text)
+            self._check_size(length)
         host, port = request.client_address[:2]
         assoc_id = self.recorder.association_started(
             PeerInfo(STOW_CALLER, self.config.called_ae, str(host), int(port))
@@ -254,7 +256,7 @@ class StowServer:
     def _store(
         self,
         request: BaseHTTPRequestHandler,
-        length: int,
+        length: int | None,
         boundary: str,
         assoc_id: int,
         study: str | None,
@@ -264,15 +266,17 @@ class StowServer:
         body_path = Path(name)
         try:
             with os.fdopen(fd, "w+b") as fh:
-                left = length
-                while left:
-                    chunk = request.rfile.read(min(_CHUNK, left))
-                    if not chunk:
-                        raise StowRequestError(400, f"the body ended {left} bytes short")
-                    fh.write(chunk)
-                    left -= len(chunk)
+                written = 0
+                for piece in self._body(request, length):
+                    if (
+                        length is None
+                        and (written + len(piece)) // _CHECK_EVERY > written // _CHECK_EVERY
+                    ):
+                        self._check_size(written + len(piece))
+                    written += len(piece)
+                    fh.write(piece)
                 fh.flush()
-                if length == 0:
+                if written == 0:
                     raise StowRequestError(400, "the body is empty")
                 with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as body:
                     stored, failed = self._parts(body, boundary, assoc_id, study)
@@ -281,6 +285,49 @@ class StowServer:
         code = 200 if not failed else 409 if not stored else 202
         logger.info("STOW-RS request %d: %d stored, %d failed", assoc_id, len(stored), len(failed))
         return code, response_dataset(stored, failed)
+
+    def _check_size(self, length: int) -> None:
+        """Refuse a body over the limit (413) or one the spool has no room for (503)."""
+        if length > self.config.max_bytes:
+            raise StowRequestError(
+                413, f"{length} bytes is over the limit of {self.config.max_bytes}"
+            )
+        try:
+            self.intake.spool.check_space(2 * length)  # the body, then its parts
+        except LowDiskSpaceError as exc:
+            raise StowRequestError(503, str(exc)) from exc
+
+    @staticmethod
+    def _body(request: BaseHTTPRequestHandler, length: int | None) -> Iterator[bytes]:
+        """The request body in pieces: ``length`` bytes, or chunked (``length`` None)."""
+        rfile = request.rfile
+        if length is not None:
+            left = length
+            while left:
+                piece = rfile.read(min(_CHUNK, left))
+                if not piece:
+                    raise StowRequestError(400, f"the body ended {left} bytes short")
+                left -= len(piece)
+                yield piece
+            return
+        while True:
+            try:
+                size = int(rfile.readline(1024).split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise StowRequestError(400, "malformed chunked body") from None
+            if size == 0:
+                for _ in range(100):  # trailers, bounded
+                    if rfile.readline(8192) in (b"\r\n", b"\n", b""):
+                        return
+                raise StowRequestError(400, "too many trailers in the chunked body")
+            left = size
+            while left:
+                piece = rfile.read(min(_CHUNK, left))
+                if not piece:
+                    raise StowRequestError(400, "the chunked body ended early")
+                left -= len(piece)
+                yield piece
+            rfile.readline(8)  # the CRLF after each chunk
 
     def _parts(
         self, body: mmap.mmap, boundary: str, assoc_id: int, study: str | None

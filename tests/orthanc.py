@@ -39,6 +39,7 @@ class Orthanc:
         *,
         dicomweb: bool = False,
         config: dict[str, Any] | None = None,
+        node_http_port: int | None = None,
     ) -> None:
         for tool in ("Orthanc", "socat", "unshare", "ip"):
             require(shutil.which(tool) is not None, f"{tool} is not installed")
@@ -49,6 +50,8 @@ class Orthanc:
         self.node_ae = node_ae
         self.dicomweb = dicomweb
         self.extra_config = config or {}
+        #: Our node's HTTP port (STOW-RS), reached inside the namespace as 127.0.0.1:8043.
+        self.node_http_port = node_http_port
         self.dicom_port = free_port()
         self.http_port = free_port()
         self._procs: list[subprocess.Popen[bytes]] = []
@@ -90,7 +93,12 @@ class Orthanc:
             f"socat UNIX-LISTEN:{self._sock('dicom')},fork TCP:127.0.0.1:4242 & "
             f"socat UNIX-LISTEN:{self._sock('http')},fork TCP:127.0.0.1:8042 & "
             f"socat {_listen(11112)} UNIX-CONNECT:{self._sock('node')} & "
-            f"exec Orthanc {self.dir / 'orthanc.json'}"
+            + (
+                f"socat {_listen(8043)} UNIX-CONNECT:{self._sock('node-http')} & "
+                if self.node_http_port
+                else ""
+            )
+            + f"exec Orthanc {self.dir / 'orthanc.json'}"
         )
         env = {**os.environ, "TCP_NODELAY": "1"}
         log = open(self.dir / "orthanc.log", "ab")  # noqa: SIM115 - the child keeps it
@@ -108,6 +116,10 @@ class Orthanc:
             f"{_listen(self.http_port)} UNIX-CONNECT:{self._sock('http')}",
             f"UNIX-LISTEN:{self._sock('node')},fork TCP:127.0.0.1:{self.node_port}",
         ]
+        if self.node_http_port:
+            relays.append(
+                f"UNIX-LISTEN:{self._sock('node-http')},fork TCP:127.0.0.1:{self.node_http_port}"
+            )
         for relay in relays:
             self._procs.append(
                 subprocess.Popen(

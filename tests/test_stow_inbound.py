@@ -112,3 +112,46 @@ def test_the_stow_endpoint_needs_a_token(make_settings) -> None:
 
     with pytest.raises(ValidationError, match="CXR_STOW_PORT needs CXR_API_TOKEN"):
         make_settings(stow_port=8081)
+
+
+@pytest.mark.slow
+def test_orthanc_stows_a_study_into_the_node(start_node, tmp_path) -> None:
+    """A real DICOMweb client: Orthanc's plugin posts a study to the node by STOW-RS."""
+    from tests.orthanc import Orthanc
+
+    node = start_node(stow_port=0, api_token=TOKEN, quiet_seconds=0.5)
+    orthanc = Orthanc(
+        tmp_path / "orthanc",
+        node.listener.port,
+        dicomweb=True,
+        node_http_port=node.stow.port,
+        config={
+            "DicomWeb": {
+                "Enable": True,
+                "Root": "/dicom-web/",
+                "Servers": {
+                    "cxr": {
+                        "Url": "http://127.0.0.1:8043/dicom-web/",
+                        "HttpHeaders": {"Authorization": f"Bearer {TOKEN}"},
+                    }
+                },
+            }
+        },
+    )
+    orthanc.start()
+    try:
+        study = generate_uid()
+        sent = [factories.radiograph(study_uid=study, seed=n) for n in (1, 2)]
+        for ds in sent:
+            uploaded = orthanc.post("/instances", factories.encode(ds))
+        job = orthanc.post(
+            "/dicom-web/servers/cxr/stow",
+            json.dumps({"Resources": [uploaded["ParentStudy"]]}).encode(),
+        )
+        assert "error" not in json.dumps(job).lower(), job
+        received = {i.sop_instance_uid for i in rows(node.engine, Instance)}
+        assert received == {ds.SOPInstanceUID for ds in sent}
+        wait_for(lambda: rows(node.engine, Study)[0].state in ("complete", "queueing", "queued"))
+        assert {a.calling_ae for a in rows(node.engine, Association)} == {STOW_CALLER}
+    finally:
+        orthanc.stop()

@@ -195,6 +195,7 @@ def test_predict_and_evaluate_commands(trained: Path, tmp_path: Path) -> None:
     p = record["probabilities"]
     expected = "covid" if p["covid"] >= 0.5 else "pneumonia" if p["pneumonia"] >= 0.5 else "normal"
     assert record["label"] == expected and record["operating_point"].startswith("fallback")
+    assert record["low_confidence"] is None  # no familiarity index: not assessed
     overlay = Image.open(record["heatmap"])
     # The SC's picture: the image, then the strip that says the result below it.
     assert overlay.mode == "RGB" and overlay.width == 1024 and overlay.height > 1024

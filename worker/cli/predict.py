@@ -103,12 +103,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(json.dumps(refusal) if args.json else f"{path}: not classified: {pred.refused}")
             refused += 1
             continue
-        decision = point.image(pred.probabilities)
+        decision = point.image(pred.probabilities, pred.novelty)
         record = {
             "file": str(path),
             "label": decision.label,  # the triage result, as the SR and SC say it
             "band": decision.band,
             "priority": decision.priority,
+            "low_confidence": decision.low_confidence,
+            "novelty": pred.novelty,
             "result": wording.headline(decision),
             "top_class": pred.label,
             "operating_point": point.describe(),

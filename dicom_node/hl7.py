@@ -59,6 +59,30 @@ def _ce(code: tuple[str, str, str]) -> str:
     return f"{value}^{meaning}^{scheme}"
 
 
+#: The longest text one OBX-5 repetition may hold (hl7apy's 2.5.1 tables: 199).
+MAX_LINE = 199
+
+
+def lines(text: str, width: int = MAX_LINE) -> list[str]:
+    """``text`` as lines of at most ``width`` characters (escapes included), broken after
+    "; " where it can be and hard where it cannot."""
+    out: list[str] = []
+    for clause in text.split("; "):
+        piece = clause if not out else f"; {clause}"
+        if out and len(escape(out[-1] + piece)) <= width:
+            out[-1] += piece
+            continue
+        piece = piece.removeprefix("; ")
+        while len(escape(piece)) > width:
+            cut = width
+            while len(escape(piece[:cut])) > width:
+                cut -= 1
+            out.append(piece[:cut])
+            piece = piece[cut:]
+        out.append(piece)
+    return out
+
+
 def control_id(result: StudyResult) -> str:
     """MSH-10, at most 20 characters: the same for every send of the same SR."""
     return hashlib.sha256(result.sr_uid.encode()).hexdigest()[:20].upper()
@@ -107,7 +131,7 @@ def oru_r01(result: StudyResult, *, facility: str = "cxr-triage") -> str:
         obr.obr_7 = result.when
         obr.obr_22 = result.when
     obr.obr_25 = "P"  # preliminary, as the SR: an AI triage result, not a report
-    observations: list[tuple[str, str, str, str]] = [
+    observations: list[tuple[str, str, str | list[str], str]] = [
         ("ST", "110180^Study Instance UID^DCM", escape(result.study_uid), ""),
         ("CE", f"{FINDING}^Finding^DCM", _ce(result.finding), ""),
         ("CE", "TRIAGE-BAND^Triage result band^99CXRTRIAGE", _ce(result.band), ""),
@@ -116,7 +140,7 @@ def oru_r01(result: StudyResult, *, facility: str = "cxr-triage") -> str:
             ("NM", _ce(name), f"{value:g}", "%^percent^UCUM")
             for name, value in result.probabilities.items()
         ),
-        ("TX", f"{COMMENT}^Comment^DCM", escape(result.summary), ""),
+        ("TX", f"{COMMENT}^Comment^DCM", [escape(line) for line in lines(result.summary)], ""),
         *(
             ("ST", f"{code}^{meaning}^DCM", escape(value), "")
             for code, (label, meaning) in ALGORITHM.items()
@@ -128,7 +152,9 @@ def oru_r01(result: StudyResult, *, facility: str = "cxr-triage") -> str:
         obx.obx_1 = str(n)
         obx.obx_2 = kind
         obx.obx_3 = name
-        obx.obx_5 = value
+        # TX: one repetition per line (a repetition holds at most 199 characters in 2.5.1).
+        for line in [value] if isinstance(value, str) else value:
+            obx.add_field("OBX_5").value = line
         if unit:
             obx.obx_6 = unit
         obx.obx_11 = "P"

@@ -17,7 +17,6 @@ from dicom_node.stow import StowOptions
 from tests.fhir_server import TOKEN, FhirServer
 from tests.helpers import our_sr_file
 from tests.mllp import MllpPeer
-from tests.services import shared_file
 
 AUTH = StowOptions(bearer_token=TOKEN)
 
@@ -107,12 +106,14 @@ def test_an_operation_outcome_or_a_refusal_is_a_failed_attempt_that_says_why(
 def test_a_study_reaches_the_pacs_the_ris_and_the_ehr_once_each_and_ends_done(
     start_node, pacs, tmp_path: Path
 ) -> None:
-    """PACS, HL7 receiver and FHIR server as destinations: SC and SR to the PACS, one ORU^R01
+    """A COVID-19-flagged study with PACS, HL7 receiver and FHIR server as destinations: SC and SR
+    to the PACS, one ORU^R01
     (AA, after an AE that was retried with its reason) and one DiagnosticReport, with the same
     result and priority; the study is done."""
     from dicom_node.sender import SenderOptions
     from tests.helpers import rows
     from tests.test_pipeline import _pipeline, _received, _study
+    from tests.test_viewer import _positive_study
     from worker.db.models import DELIVERING, DONE, Delivery, ProducedObject, StudyResult
     from worker.delivery import attempt_delivery
 
@@ -121,7 +122,8 @@ def test_a_study_reaches_the_pacs_the_ris_and_the_ehr_once_each_and_ends_done(
         node = start_node(
             destinations=[pacs.address, ris.address, ehr.address], stow_bearer_token=TOKEN
         )
-        study = _received(node, [shared_file("cr_pa_chest_jpeg_baseline.dcm")])
+        # A COVID-19 film the shipped model flags (the viewer test's positive case).
+        study = _received(node, [_positive_study(tmp_path)])
         pipeline = _pipeline(node)
         outcome = pipeline.process(study.id, study.revision)
         kinds = {o.id: o.kind for o in rows(node.engine, ProducedObject)}
@@ -154,6 +156,7 @@ def test_a_study_reaches_the_pacs_the_ris_and_the_ehr_once_each_and_ends_done(
         assert attempt(sr_id, ris.address, 2)
         assert _study(node, study.study_instance_uid).state == DONE
         (result,) = rows(node.engine, StudyResult, StudyResult.study_id == study.id)
+        assert (result.label, result.band, result.priority) == ("covid", "flagged", "urgent")
         first, message = ris.received  # the retry is the same message: the same control ID
         assert first.split("|")[9] == message.split("|")[9]
         obx = {

@@ -65,6 +65,24 @@ def test_the_message_says_what_the_sr_says_and_validates(tmp_path: Path) -> None
     assert hl7.control_id(hl7.result_from_sr(pydicom.dcmread(path))) == hl7.control_id(result)
 
 
+def test_a_long_summary_is_split_into_tx_lines_that_validate(tmp_path: Path) -> None:
+    """A real study's summary runs past the 199 characters one OBX-5 repetition holds."""
+    from dataclasses import replace
+
+    from hl7apy.parser import parse_message
+
+    result = hl7.result_from_sr(pydicom.dcmread(our_sr_file(tmp_path)))
+    clauses = ["AI triage, not for diagnosis: COVID-19 flagged: 98.7% (flag at 68.5%)"] * 6
+    long = replace(result, summary="; ".join([*clauses, "x|" * 150]))
+    er7 = hl7.oru_r01(long)
+    parse_message(er7, find_groups=True).validate()
+    (comment,) = [s for s in er7.split("\r") if s.split("|")[3:4] == ["121106^Comment^DCM"]]
+    repetitions = comment.split("|")[5].split("~")
+    assert len(repetitions) > 2 and all(len(r) <= hl7.MAX_LINE for r in repetitions)
+    assert "; ".join(hl7.lines("; ".join(clauses))) == "; ".join(clauses)
+    assert "".join(hl7.lines("y" * 500)) == "y" * 500
+
+
 def test_not_our_sr_is_refused_with_a_reason() -> None:
     with pytest.raises(ValueError, match="not a cxr-triage SR"):
         hl7.result_from_sr(factories.structured_report())

@@ -1,4 +1,4 @@
-"""``cxr-triage pull``: a day of chest studies retrieved from a real PACS (Orthanc) into the node."""
+"""``cxr-triage pull``: a day of chest studies from a real PACS (Orthanc) into the node."""
 
 from __future__ import annotations
 

@@ -160,7 +160,7 @@ def test_gradcam_lights_up_the_region_that_decides() -> None:
         r, c = rng.integers(4, size - 16, 2)
         img = blob_image(rng, size, None)
         img[r : r + 10, c : c + 10] = 0.95
-        _, cams = cam_fn(img[None, ..., None])
+        _, cams, _ = cam_fn(img[None, ..., None])
         from PIL import Image as _I
 
         cam = np.asarray(_I.fromarray(cams[0]).resize((size, size), _I.Resampling.BILINEAR))

@@ -8,7 +8,7 @@ completion, results. The PACS must know our node's AE title as a move destinatio
 
 Both calls are bounded: a query that matches more than ``max_matches`` studies is cancelled
 with an error that says to narrow it (a PACS answering a whole year of CR is a mistake, not a
-job), and moves are paced (``min_interval``) so a pull does not starve the modalities.
+job), and ``cxr-triage pull`` paces the moves so a pull does not starve the modalities.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicom_node.addresses import Destination
-from dicom_node.sender import AssociationFailed, SenderOptions, associate, requestor
+from dicom_node.sender import SenderOptions, associate, requestor
 
 logger = logging.getLogger(__name__)
 
@@ -130,9 +130,11 @@ def find_studies(
     found: dict[str, StudyMatch] = {}
     assoc = associate(ae, pacs, options)
     try:
-        for modality in modalities:
+        for msg_id, modality in enumerate(modalities, start=1):
             responses = assoc.send_c_find(
-                study_query(modality, since, until), StudyRootQueryRetrieveInformationModelFind
+                study_query(modality, since, until),
+                StudyRootQueryRetrieveInformationModelFind,
+                msg_id=msg_id,
             )
             for status, identifier in responses:
                 if not status:
@@ -147,7 +149,7 @@ def find_studies(
                     found.setdefault(match.study_instance_uid, match)
                 if len(found) > max_matches:
                     # Stop the PACS sending the rest (C-CANCEL), then drain what it sent.
-                    assoc.send_c_cancel(1, None, StudyRootQueryRetrieveInformationModelFind)
+                    assoc.send_c_cancel(msg_id, None, StudyRootQueryRetrieveInformationModelFind)
                     _drain(responses)
                     raise PullError(
                         f"more than {max_matches} studies match on {pacs}: narrow the date "
@@ -212,13 +214,3 @@ def move_study(
         count("NumberOfFailedSuboperations"),
         count("NumberOfWarningSuboperations"),
     )
-
-
-__all__ = [
-    "AssociationFailed",
-    "MoveResult",
-    "PullError",
-    "StudyMatch",
-    "find_studies",
-    "move_study",
-]

@@ -6,6 +6,7 @@ import importlib.util
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,7 @@ class LoadedModel:
             out[i] = (None, finding) if finding.ok else (finding.reason, None)
         return out
 
-    @property
+    @cached_property
     def pooled_layer(self) -> str | None:
         """The layer whose output the familiarity index measures (global average pooling)."""
         names = {layer.name for layer in self.keras_model.layers}
@@ -123,10 +124,11 @@ class LoadedModel:
         """Logits for prepared inputs ``(N, size, size, 1)``."""
         return self.outputs(batch)[0]
 
-    def novelty(self, features: np.ndarray | None) -> list[float | None]:
-        """Each image's distance to the training data over the limit (None: no index)."""
+    def novelty(self, features: np.ndarray | None, n: int) -> list[float | None]:
+        """Each of ``n`` images' distance to the training data over the limit (None: no index
+        or no features)."""
         if self.familiarity is None or features is None:
-            return [None] * (0 if features is None else len(features))
+            return [None] * n
         return [float(v) for v in self.familiarity.novelty(features)]
 
     def _gradcam(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -224,7 +226,7 @@ class LoadedModel:
         else:
             (logits, pooled), cams = self.outputs(batch), None
         probs = softmax(logits, self.card.temperature)
-        novelty = self.novelty(pooled) if pooled is not None else [None] * len(probs)
+        novelty = self.novelty(pooled, len(probs))
         out = []
         classes = [k for k, lab in enumerate(self.labels) if lab != "normal"]
         for i, p in enumerate(probs):

@@ -23,18 +23,27 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_node.incoming import (
-    PartialDataset,
+from dicom_node.intake import Intake
+from dicom_node.interfaces import NodeRecorder, PeerInfo
+from dicom_node.pynetdicom_seam import contract
+from dicom_node.pynetdicom_seam.incoming import (
     discard_partial_datasets,
+    dropped_reason,
+    has_dataset,
+    receiving_into,
+    request_file,
+    stop_receiving,
     sweep_stale,
     watch_datasets,
 )
-from dicom_node.intake import Intake
-from dicom_node.interfaces import NodeRecorder, PeerInfo
-from dicom_node.io_switches import receiving_to_files
-from dicom_node.pdu_reader import PduLimits, install_reader
-from dicom_node.server import ConnectionHandler, GuardedAssociationServer
-from dicom_node.sockets import no_delay
+from dicom_node.pynetdicom_seam.io_switches import receiving_to_files
+from dicom_node.pynetdicom_seam.pdu_reader import PduLimits, install_reader
+from dicom_node.pynetdicom_seam.server import (
+    ConnectionHandler,
+    GuardedAssociationServer,
+    register_server,
+)
+from dicom_node.pynetdicom_seam.sockets import no_delay
 from dicom_node.spool import LowDiskSpaceError, Spool
 from dicom_node.statuses import (
     CANNOT_UNDERSTAND,
@@ -224,9 +233,10 @@ class Listener:
         """Bind the port and serve in background threads."""
         if not receiving_to_files():
             raise RuntimeError(
-                "receiving needs dicom_node.io_switches.configure(spool incoming) at the entry "
-                "point (cxr-triage listen does it)"
+                "receiving needs dicom_node.pynetdicom_seam.io_switches.configure(spool incoming) "
+                "at the entry point (cxr-triage listen does it)"
             )
+        contract.check()  # an unvetted pynetdicom: refuse here, not mid-transfer
         self._housekeeping()
         handlers = [
             (evt.EVT_CONN_OPEN, no_delay),
@@ -255,7 +265,7 @@ class Listener:
         )
         thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
         thread.start()
-        ae._servers.append(server)
+        register_server(ae, server)
         self._server = server  # type: ignore[assignment]
         logger.info(
             "listening as %s on %s:%d%s",
@@ -309,7 +319,7 @@ class Listener:
         except OSError as exc:
             logger.warning("could not renew the heartbeat file %s: %s", path, exc)
 
-    # -- connections (called by the server, see dicom_node.server) ----------------------------
+    # -- connections (called by the server, see dicom_node.pynetdicom_seam.server) ----------
     def admit_connection(self, address: tuple[str, int]) -> bool:
         with self._lock:
             self._connections += 1
@@ -375,15 +385,13 @@ class Listener:
             dul._cxr_unchecked = unchecked
             return
         dul._cxr_unchecked = 0
-        message = getattr(dul.assoc.dimse, "message", None)
-        target = getattr(message, "_data_set_file", None)
-        if message is None or target is None or isinstance(target, PartialDataset):
+        if receiving_into(dul) is None:
             return
         try:
             self.spool.check_space(unchecked)
         except LowDiskSpaceError as exc:
             # Stop writing; the C-STORE is answered 0xA700 once the rest has arrived.
-            message._data_set_file = PartialDataset.discard(target, str(exc))
+            stop_receiving(dul, str(exc))
             logger.warning("stopped receiving a dataset into incoming/: %s", exc)
 
     # -- associations -------------------------------------------------------------------------
@@ -486,15 +494,15 @@ class Listener:
             return self._fail(assoc_id, sop_uid, status, f"internal error: {exc}", exc=True)
         finally:
             # The file is now committed or pynetdicom deletes it: stop watching it.
-            received = getattr(request, "_dataset_file", None)
+            received = request_file(request)
             if received is not None:
-                self._files.get(id(event.assoc), set()).discard(Path(received.name))
+                self._files.get(id(event.assoc), set()).discard(received)
 
     def _store(self, event: evt.Event, assoc_id: int, command_sop_uid: str) -> int:
-        partial = getattr(event.request, "_dataset_file", None)
-        if isinstance(partial, PartialDataset):
-            return self._fail(assoc_id, command_sop_uid, OUT_OF_RESOURCES, partial.reason)
-        if getattr(event.request, "_dataset_path", None) is None:
+        dropped = dropped_reason(event.request)
+        if dropped is not None:
+            return self._fail(assoc_id, command_sop_uid, OUT_OF_RESOURCES, dropped)
+        if not has_dataset(event.request):
             # The command said no dataset follows (CommandDataSetType 0x0101).
             reason = "the C-STORE request carries no dataset"
             return self._fail(assoc_id, command_sop_uid, CANNOT_UNDERSTAND, reason)

@@ -8,7 +8,6 @@ import ssl
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -19,7 +18,8 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.addresses import Destination
-from dicom_node.sockets import tune_socket
+from dicom_node.pynetdicom_seam.requestor import leave_responses_to_the_sender
+from dicom_node.pynetdicom_seam.sockets import tune_socket
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def associate(ae: AE, dest: Destination, options: SenderOptions) -> Association:
     except (OSError, ValueError) as exc:
         raise AssociationFailed(f"could not connect to {dest}: {exc}") from exc
     if assoc.is_established:
-        _leave_responses_to_the_sender(assoc)
+        leave_responses_to_the_sender(assoc)
         return assoc
     if not connected:
         raise AssociationFailed(
@@ -140,39 +140,6 @@ def associate(ae: AE, dest: Destination, options: SenderOptions) -> Association:
     if assoc.is_aborted:
         raise AssociationFailed(f"{dest} aborted the association")
     raise AssociationFailed(f"could not associate with {dest} (no answer or connection refused)")
-
-
-def _responds(primitive: object) -> bool:
-    return getattr(primitive, "MessageIDBeingRespondedTo", None) is not None
-
-
-def _leave_responses_to_the_sender(assoc: Association) -> None:
-    """Keep the requestor's reactor thread from taking a response that a send waits for.
-
-    pynetdicom pauses the reactor before each ``send_c_store``, but the pause can come a moment
-    late: the reactor has just passed its checkpoint (its ``_is_paused`` still True) and then
-    takes the next message without blocking. On a fast peer the response is there by then; the
-    reactor drops it ("Received unexpected C-STORE service message") and the send waits the
-    whole DIMSE timeout (seen once: 60 s, then the object sent again). The reactor serves
-    requests only, so its look leaves responses on the queue for the thread that waits.
-    """
-    dimse = assoc.dimse
-    messages = dimse.msg_queue
-    get_msg = dimse.get_msg
-
-    def get_message(block: bool = False) -> Any:
-        if block:  # the sending thread, waiting for its response
-            return get_msg(block=True)
-        with messages.mutex:  # as Queue.get does, so the look and the take are one step
-            # The queue holds DIMSE primitives; a response is one that answers a message ID,
-            # as pynetdicom's own send_msg tells them apart.
-            if not messages.queue or _responds(messages.queue[0][1]):
-                return None, None
-            item = messages.queue.popleft()
-            messages.not_full.notify()
-        return item
-
-    dimse.get_msg = get_message  # type: ignore[method-assign]
 
 
 def echo(dest: Destination, options: SenderOptions | None = None) -> int:

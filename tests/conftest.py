@@ -109,7 +109,7 @@ def start_node(make_settings: Callable[..., Any]) -> Iterator[Callable[..., Any]
 
     nodes = []
 
-    from dicom_node import io_switches
+    from dicom_node.pynetdicom_seam import io_switches
 
     undo: list[Callable[[], None]] = []
 

@@ -263,30 +263,9 @@ def test_peer_closing_mid_pdu_leaves_node_up(start_node) -> None:
     assert rows(node.engine, Instance) == []
 
 
-def test_the_listener_sets_no_process_wide_switch(make_settings, monkeypatch) -> None:
-    """pynetdicom's switches are the entry point's (cxr-triage listen), not the library's."""
-    import tempfile
-
-    from pynetdicom import _config
-
-    from worker.node_service import build_node
-
-    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
-    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)
-    monkeypatch.setattr(tempfile, "tempdir", None)
-    node = build_node(make_settings())
-    try:
-        with pytest.raises(RuntimeError, match="entry point"):
-            node.listener.start()
-        sends_as_files = _config.STORE_SEND_CHUNKED_DATASET
-    finally:
-        node.engine.dispose()
-    assert not _config.STORE_RECV_CHUNKED_DATASET and tempfile.tempdir is None
-    assert not sends_as_files
-
-
 def test_large_datasets_in_many_pdus_arrive_byte_for_byte(start_node, tmp_path) -> None:
-    """The P-DATA streaming path (dicom_node.pdu_reader): ~1,000 PDUs per image, three images."""
+    """The P-DATA streaming path (dicom_node.pynetdicom_seam.pdu_reader): ~1,000 PDUs per
+    image, three images."""
     require(Path("/usr/bin/storescu").exists(), "dcmtk storescu is not installed")
     node = start_node(max_pdu=16384)
     study = generate_uid()
@@ -323,8 +302,8 @@ def test_large_datasets_in_many_pdus_arrive_byte_for_byte(start_node, tmp_path) 
 
 def test_associations_negotiate_apart_on_the_shared_contexts(start_node) -> None:
     """The server's presentation contexts are shared by its associations, not copied for each
-    (dicom_node.server): two open at once with different transfer syntaxes each get their own
-    answer, and the server's own contexts are left as they were."""
+    (dicom_node.pynetdicom_seam.server): two open at once with different transfer syntaxes each
+    get their own answer, and the server's own contexts are left as they were."""
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
     from pynetdicom import AE
 
@@ -352,32 +331,6 @@ def test_associations_negotiate_apart_on_the_shared_contexts(start_node) -> None
         datasets[0].SOPInstanceUID: ExplicitVRLittleEndian,
         datasets[1].SOPInstanceUID: ImplicitVRLittleEndian,
     }
-
-
-@pytest.mark.parametrize("level", ["WARNING", "DEBUG"])
-def test_pynetdicom_logging_handlers_run_only_when_heard(start_node, level) -> None:
-    import logging
-
-    from pynetdicom import AE, evt
-    from pynetdicom._handlers import standard_dimse_recv_handler
-    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-
-    node = start_node()
-    library = logging.getLogger("pynetdicom")
-    saved = library.level
-    library.setLevel(level)
-    try:
-        ae = AE(ae_title="TEST_SCU")
-        ae.add_requested_context(Verification)
-        assoc = ae.associate("127.0.0.1", node.listener.port, ae_title="CXR_TRIAGE")
-        assert assoc.is_established
-        (served,) = node.listener._live.values()
-        bound = [h[0] for h in served.get_handlers(evt.EVT_DIMSE_RECV)]
-        assert (standard_dimse_recv_handler in bound) == (level == "DEBUG")
-        assert assoc.send_c_echo().Status == 0x0000
-        assoc.release()
-    finally:
-        library.setLevel(saved)
 
 
 def test_a_restarted_node_completes_what_became_due_at_once(start_node, make_settings) -> None:

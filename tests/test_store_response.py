@@ -1,5 +1,6 @@
-"""C-STORE responses encoded without pydicom (dicom_node.store_response): the same bytes as
-pynetdicom's encoder, pynetdicom's path for anything else, and a real node answering with them."""
+"""C-STORE responses encoded without pydicom (dicom_node.pynetdicom_seam.store_response): the
+same bytes as pynetdicom's encoder, pynetdicom's path for anything else, and a real node
+answering with them."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
-from dicom_node import store_response
+from dicom_node.pynetdicom_seam import store_response
+from dicom_node.pynetdicom_seam.store_response import _plain_response, encode_store_response
 from dicom_node.statuses import CANNOT_UNDERSTAND, SUCCESS
-from dicom_node.store_response import _plain_response, encode_store_response
 from tests import factories
 from tests.rawdicom import A_ASSOCIATE_AC, P_DATA, RawPeer, store_rq
 

@@ -1,6 +1,6 @@
-"""The streaming receive path (dicom_node.pdu_reader): fragments spliced from the socket into the
-dataset file, the buffered path beside it, what happens when either is cut short, and the
-descriptors the reader holds (splice pipes, the DUL thread's wake-up).
+"""The streaming receive path (dicom_node.pynetdicom_seam.pdu_reader): fragments spliced from
+the socket into the dataset file, the buffered path beside it, what happens when either is cut
+short, and the descriptors the reader holds (splice pipes, the DUL thread's wake-up).
 
 Every test runs a real node on 127.0.0.1; the raw peer sends PDUs split at awkward places so
 that heads and fragments arrive in pieces. Loops are bounded in count and time.
@@ -25,9 +25,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from dicom_node import pdu_reader
+from dicom_node.pynetdicom_seam import pdu_reader
+from dicom_node.pynetdicom_seam.wakeup import Wakeup
 from dicom_node.statuses import OUT_OF_RESOURCES, SUCCESS
-from dicom_node.wakeup import Wakeup
 from tests import factories
 from tests.helpers import rows, send, wait_for
 from tests.rawdicom import (

@@ -14,9 +14,9 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from dicom_node import io_switches
 from dicom_node.completion import CompletionMonitor, CompletionPolicy
 from dicom_node.listener import Listener, ListenerConfig
+from dicom_node.pynetdicom_seam import io_switches
 from dicom_node.spool import Spool
 from dicom_node.stow_inbound import StowConfig, StowServer
 from dicom_node.tls import server_context

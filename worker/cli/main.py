@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
-from dicom_node import io_switches
+from dicom_node.pynetdicom_seam import io_switches
 from worker import __version__
 from worker.cli import (
     api,

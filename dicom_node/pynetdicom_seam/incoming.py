@@ -53,6 +53,37 @@ def _handle_of(message: Any) -> Any:
     return getattr(message, "_data_set_file", None) or getattr(message, "_dataset_file", None)
 
 
+def receiving_into(dul: Any) -> Any | None:
+    """The file the DUL's message being received writes its dataset into (None: none, or one
+    already dropped by :func:`stop_receiving`)."""
+    message = getattr(dul.assoc.dimse, "message", None)
+    target = getattr(message, "_data_set_file", None)
+    return None if isinstance(target, PartialDataset) else target
+
+
+def stop_receiving(dul: Any, reason: str) -> None:
+    """Drop the rest of the dataset being received (its file is emptied); the C-STORE is then
+    answered with :func:`dropped_reason`'s reason instead of the association being aborted."""
+    message = dul.assoc.dimse.message
+    message._data_set_file = PartialDataset.discard(message._data_set_file, reason)
+
+
+def dropped_reason(request: Any) -> str | None:
+    """Why a C-STORE request's dataset was dropped while it arrived; None if it was not."""
+    handle = getattr(request, "_dataset_file", None)
+    return handle.reason if isinstance(handle, PartialDataset) else None
+
+
+def has_dataset(request: Any) -> bool:
+    """False when the C-STORE command said no dataset follows (CommandDataSetType 0x0101)."""
+    return getattr(request, "_dataset_path", None) is not None
+
+
+def request_file(request: Any) -> Path | None:
+    """The incoming/ file a complete C-STORE request's dataset was written to."""
+    return _file_of(request)
+
+
 def _file_of(message: Any) -> Path | None:
     handle = _handle_of(message)
     return None if handle is None else Path(handle.name)

@@ -14,7 +14,7 @@ it. Three things then go wrong with a hostile or buggy peer:
 
 It also lets the association thread wait for DIMSE messages instead of polling for them
 (:func:`_wake_on_messages`), and sends C-STORE responses without pynetdicom's message encoding
-(:mod:`dicom_node.store_response`).
+(:mod:`dicom_node.pynetdicom_seam.store_response`).
 
 :class:`ConnectionOwner` is what the server reports to; the listener implements it. Its
 ``connection_finished`` is called exactly once per admitted connection, after the association
@@ -40,7 +40,7 @@ from pynetdicom._handlers import (
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from dicom_node.store_response import answer_stores_directly
+from dicom_node.pynetdicom_seam.store_response import answer_stores_directly
 
 logger = logging.getLogger(__name__)
 
@@ -268,6 +268,15 @@ class _SharedContexts(list[Any]):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
         return list(self)
+
+
+def register_server(ae: Any, server: Any) -> None:
+    """Let ``ae.shutdown()`` stop a server started in our own thread, as it stops its own.
+
+    ``AE.start_server(block=False)`` appends to the private ``AE._servers``; we start the
+    server ourselves (to name and own its thread), so we append it the same way.
+    """
+    ae._servers.append(server)
 
 
 class GuardedAssociationServer(ThreadedAssociationServer):

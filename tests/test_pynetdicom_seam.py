@@ -1,10 +1,13 @@
-"""The C-STORE SCU (dicom_node.sender) against a real node on 127.0.0.1."""
+"""What the seam's patches do to pynetdicom (dicom_node.pynetdicom_seam), against a real node
+on 127.0.0.1. The only tests, with tests/test_pynetdicom_contract.py, that touch pynetdicom's
+private names."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+import pytest
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_ECHO_RSP
 from pynetdicom.dimse_primitives import C_ECHO
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -58,3 +61,51 @@ def test_the_reactor_leaves_a_response_to_the_thread_that_waits_for_it(start_nod
         assoc._reactor_checkpoint.set()
     finally:
         assoc.release()
+
+
+def test_the_listener_sets_no_process_wide_switch(make_settings, monkeypatch) -> None:
+    """pynetdicom's switches are the entry point's (cxr-triage listen), not the library's."""
+    import tempfile
+
+    from pynetdicom import _config
+
+    from worker.node_service import build_node
+
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    node = build_node(make_settings())
+    try:
+        with pytest.raises(RuntimeError, match="entry point"):
+            node.listener.start()
+        sends_as_files = _config.STORE_SEND_CHUNKED_DATASET
+    finally:
+        node.engine.dispose()
+    assert not _config.STORE_RECV_CHUNKED_DATASET and tempfile.tempdir is None
+    assert not sends_as_files
+
+
+@pytest.mark.parametrize("level", ["WARNING", "DEBUG"])
+def test_pynetdicom_logging_handlers_run_only_when_heard(start_node, level) -> None:
+    import logging
+
+    from pynetdicom import AE, evt
+    from pynetdicom._handlers import standard_dimse_recv_handler
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    node = start_node()
+    library = logging.getLogger("pynetdicom")
+    saved = library.level
+    library.setLevel(level)
+    try:
+        ae = AE(ae_title="TEST_SCU")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", node.listener.port, ae_title="CXR_TRIAGE")
+        assert assoc.is_established
+        (served,) = node.listener._live.values()
+        bound = [h[0] for h in served.get_handlers(evt.EVT_DIMSE_RECV)]
+        assert (standard_dimse_recv_handler in bound) == (level == "DEBUG")
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+    finally:
+        library.setLevel(saved)

@@ -53,7 +53,7 @@ def no_delay(event: evt.Event) -> None:
 def tune_socket(event: evt.Event) -> None:
     """``EVT_CONN_OPEN`` handler for associations we request: no delay, one-buffer reads.
 
-    (The listener reads PDUs with :mod:`dicom_node.pdu_reader`, which also bounds them.)
+    (The listener reads PDUs with :mod:`.pdu_reader`, which also bounds them.)
     """
     no_delay(event)
     wrapper = getattr(event.assoc.dul, "socket", None)

@@ -2,7 +2,8 @@
 
 pynetdicom's reader (``DULServiceProvider._read_pdu_data``) allocates whatever length a PDU header
 declares, before any AE title is checked, and blocks without a timeout until the declared bytes
-arrive. :func:`install_reader` gives one association's DUL a reader that
+arrive. :class:`PduReader` (installed by :func:`install_reader`) gives one association's DUL
+a reader that
 
 - refuses a PDU longer than the peer may send (what we advertised for P-DATA-TF, a fixed bound
   for everything else) without reading or allocating it: the DUL then aborts (Evt19);
@@ -53,11 +54,10 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import MethodType
 from typing import Any
 
-from dicom_node.incoming import PartialDataset
-from dicom_node.wakeup import wait_instead_of_polling
+from dicom_node.pynetdicom_seam.incoming import stop_receiving
+from dicom_node.pynetdicom_seam.wakeup import wait_instead_of_polling
 
 logger = logging.getLogger(__name__)
 
@@ -404,33 +404,105 @@ def _data_waiting(sock: Any, timeout: float) -> bool:
     return bool(ready)
 
 
-def install_reader(
-    dul: Any,
-    limits: PduLimits,
-    *,
-    on_pdata: Callable[[Any, int], None] | None = None,
-    peer: str = "?",
-) -> None:
-    """Replace ``dul``'s PDU reader with one that enforces ``limits``.
+class PduReader:
+    """One association's PDU reader, in place of its DUL's ``_read_pdu_data``.
+
+    :meth:`install` swaps it in. The DUL thread then calls :meth:`read` when the socket is
+    readable (or :meth:`transport_event` finds PDUs buffered here), and waits for its peer or
+    for work instead of polling (:mod:`dicom_node.pynetdicom_seam.wakeup`).
 
     ``on_pdata(dul, length)`` is called before P-DATA-TF bytes are handed on: for each PDU the
-    DUL decodes, and for each run of streamed PDUs before it is written. The DUL thread then
-    waits for its peer or for work instead of polling (:mod:`dicom_node.wakeup`), told when
-    this reader holds a PDU the socket no longer shows.
+    DUL decodes, and for each run of streamed PDUs before it is written.
     """
-    inbox: list[_Inbox] = []  # made on the first read, once the DUL has its socket
 
-    def complete_pdu(self: Any, box: _Inbox) -> tuple[int, int] | None:
+    def __init__(
+        self,
+        dul: Any,
+        limits: PduLimits,
+        *,
+        on_pdata: Callable[[Any, int], None] | None = None,
+        peer: str = "?",
+    ) -> None:
+        self.dul = dul
+        self.limits = limits
+        self.on_pdata = on_pdata
+        self.peer = peer
+        self.box: _Inbox | None = None  # made on the first read, once the DUL has its socket
+        self._their_transport_event = dul._is_transport_event
+
+    def install(self) -> None:
+        dul = self.dul
+        dul._read_pdu_data = self.read
+        dul._is_transport_event = self.transport_event
+        wait_instead_of_polling(dul, self.has_buffered_pdu)
+        # Sends to a peer that stops reading fail after the same time instead of blocking.
+        sock = getattr(dul.socket, "socket", None)
+        if sock is not None:
+            sock.settimeout(self.limits.timeout)
+
+    # -- what the DUL calls ---------------------------------------------------------------------
+    def read(self) -> None:
+        """Receive what the peer sent: stream dataset fragments, queue every other PDU."""
+        dul = self.dul
+        sock = getattr(dul.socket, "socket", None)
+        if sock is None:
+            dul.event_queue.put("Evt17")
+            return
+        if self.box is None or self.box.sock is not sock:
+            self.box = _Inbox(sock, self.limits.timeout)
+        box = self.box
+        if not dul._recv_pdu.empty():
+            # Let the DUL act on what is queued first (a command opens the file its fragments
+            # stream into): reading on would queue the whole dataset behind it. What is
+            # buffered meanwhile is handed on by ``transport_event``; the rest waits on the
+            # socket.
+            return
+        for _ in range(_STREAM_BATCH):
+            if box.splice and not self._buffered_pdu(box):
+                context_id = _receiving_into_file(dul)
+                if context_id is not None and self._stream_spliced(box, context_id):
+                    return
+            if self._complete_pdu(box) is None or self._hand_on(box) or dul._kill_thread:
+                return
+            if not box.waiting(_NEXT_PDU_WAIT):
+                return
+
+    def transport_event(self) -> bool:
+        """pynetdicom reads only when the socket is readable; PDUs this reader has buffered
+        but not handed on yet are not on the socket any more."""
+        dul = self.dul
+        if (
+            dul.state_machine.current_state != "Sta13"
+            and dul._recv_pdu.empty()
+            and self.has_buffered_pdu()
+        ):
+            self.read()
+            return True
+        return bool(self._their_transport_event())
+
+    def has_buffered_pdu(self) -> bool:
+        return self.box is not None and self._buffered_pdu(self.box)
+
+    # -- the buffered path ----------------------------------------------------------------------
+    def _buffered_pdu(self, box: _Inbox) -> bool:
+        """Is a whole PDU (or a header to refuse) waiting in the buffer, not on the socket?"""
+        head = box.header()
+        if head is None:
+            return False
+        pdu_type, length = head
+        return self.limits.refusal(pdu_type, length) is not None or box.buffered >= 6 + length
+
+    def _complete_pdu(self, box: _Inbox) -> tuple[int, int] | None:
         """Receive until a whole PDU is buffered: (type, length); None if an event was queued."""
         try:
             while True:
                 head = box.header()
                 if head is not None:
                     pdu_type, length = head
-                    refused = limits.refusal(pdu_type, length)
+                    refused = self.limits.refusal(pdu_type, length)
                     if refused is not None:
-                        logger.warning("%s sent %s; aborting", peer, refused)
-                        self.event_queue.put("Evt19")
+                        logger.warning("%s sent %s; aborting", self.peer, refused)
+                        self.dul.event_queue.put("Evt19")
                         return None
                     if box.buffered >= 6 + length:
                         return head
@@ -441,35 +513,38 @@ def install_reader(
                 # spliced once the command has opened its file. TLS reads ahead.
                 most = need - box.buffered if box.splice else _CHUNK
                 if box.receive(need, most=most) == 0:
-                    self.event_queue.put("Evt17")  # the peer closed the connection
+                    self.dul.event_queue.put("Evt17")  # the peer closed the connection
                     return None
         except OSError as exc:  # TimeoutError included
-            connection_lost(self, exc)
+            self._connection_lost(exc)
             return None
 
-    def connection_lost(self: Any, exc: OSError) -> None:
+    def _connection_lost(self, exc: OSError) -> None:
         """A PDU not received in time closes the connection; any other error means it closed."""
         if isinstance(exc, TimeoutError):
             logger.warning(
-                "%s did not send a whole PDU within %.0f s (%s); closing", peer, limits.timeout, exc
+                "%s did not send a whole PDU within %.0f s (%s); closing",
+                self.peer,
+                self.limits.timeout,
+                exc,
             )
-            self.socket.close()  # queues Evt17
+            self.dul.socket.close()  # queues Evt17
         else:
-            self.event_queue.put("Evt17")
+            self.dul.event_queue.put("Evt17")
 
-    def hand_on(self: Any, box: _Inbox) -> bool:
+    def _hand_on(self, box: _Inbox) -> bool:
         """Stream or queue every whole PDU buffered, in order; True if the DUL has work."""
+        dul = self.dul
         spans: list[tuple[int, int]] = []
         streamed = 0
 
         def flush() -> None:
             nonlocal streamed
             if spans:
-                if on_pdata is not None:
-                    on_pdata(self, streamed)
+                self._announce(streamed)
                 # Checked when the spans were taken; on_pdata may have swapped in a discard.
                 with box.gather(spans) as data:
-                    write(self, data)
+                    self._write(data)
                 spans.clear()
                 streamed = 0
 
@@ -481,23 +556,25 @@ def install_reader(
             pdu_type, length = head
             start, stop = box.take(6 + length)
             if pdu_type == P_DATA_TF:
-                mine = _fragment_spans(self, box.buf, start, stop)
+                mine = _fragment_spans(dul, box.buf, start, stop)
                 if mine:
                     spans.extend(mine)
                     streamed += length
                     continue
             flush()  # what came before goes first
-            if pdu_type == P_DATA_TF and on_pdata is not None:
-                on_pdata(self, length)
+            if pdu_type == P_DATA_TF:
+                self._announce(length)
             try:
                 # The DUL keeps what it decodes: a copy, not the shared buffer.
-                decoded, event = self._decode_pdu(box.buf[start:stop])
+                decoded, event = dul._decode_pdu(box.buf[start:stop])
             except Exception as exc:
-                logger.warning("%s sent an undecodable PDU of type 0x%02X: %s", peer, pdu_type, exc)
-                self.event_queue.put("Evt19")
+                logger.warning(
+                    "%s sent an undecodable PDU of type 0x%02X: %s", self.peer, pdu_type, exc
+                )
+                dul.event_queue.put("Evt19")
                 return True
-            self.event_queue.put(event)
-            self._recv_pdu.put(decoded)
+            dul.event_queue.put(event)
+            dul._recv_pdu.put(decoded)
             # Leave the rest buffered until the DUL has acted on it: after a C-STORE command,
             # the fragments that came with it stream once the command has opened its file.
             # (``transport_event`` brings the DUL back here for them.)
@@ -506,60 +583,8 @@ def install_reader(
         flush()
         return queued
 
-    def splice_payload(
-        self: Any, box: _Inbox, fd: int, pipe: _Pipe, count: int, deadline: float
-    ) -> None:
-        """Move the next ``count`` bytes on ``box``'s socket ``fd``, one PDU's fragment, into the
-        pipe, draining it into the file whenever it is full. Raises TimeoutError past
-        ``deadline`` and ConnectionError if the peer closes first."""
-        while count:
-            room = pipe.capacity - pipe.held
-            if room <= 0:
-                drain(self, pipe)
-                continue
-            try:
-                moved = pipe.fill(fd, count if count < room else room)
-            except BlockingIOError:  # nothing waiting, or the pipe's slots are used up
-                if pipe.held:
-                    drain(self, pipe)  # into the file while the peer's bytes are on their way
-                elif (
-                    not _data_waiting(box.sock, deadline - time.monotonic())
-                    and time.monotonic() >= deadline
-                ):
-                    raise TimeoutError(f"{count} bytes of a fragment missing") from None
-                continue
-            if moved == 0:
-                raise ConnectionError("the peer closed the connection mid-PDU")
-            count -= moved
-
-    def drain(self: Any, pipe: _Pipe) -> None:
-        if not pipe.held:
-            return
-        if on_pdata is not None:
-            on_pdata(self, pipe.held)
-        try:
-            # Looked up after on_pdata, which may have swapped in a discard.
-            pipe.drain(_dataset_file(self))
-        except OSError as exc:
-            discard_unwritable(self, exc)
-            pipe.drain(_dataset_file(self))  # dropped
-
-    def write(self: Any, data: memoryview) -> None:
-        try:
-            _append(_dataset_file(self), data)
-        except OSError as exc:
-            discard_unwritable(self, exc)
-
-    def discard_unwritable(self: Any, exc: OSError) -> None:
-        """The dataset file cannot be written (a full disk): drop the rest of the dataset, so
-        that its C-STORE is answered 0xA700 instead of the association being aborted."""
-        message = self.assoc.dimse.message
-        logger.warning("%s: writing a dataset into incoming/ failed (%s); dropping it", peer, exc)
-        message._data_set_file = PartialDataset.discard(
-            message._data_set_file, f"writing the dataset failed: {exc.strerror or exc}"
-        )
-
-    def stream_spliced(self: Any, box: _Inbox, context_id: int) -> bool:
+    # -- the spliced path -----------------------------------------------------------------------
+    def _stream_spliced(self, box: _Inbox, context_id: int) -> bool:
         """Splice the fragments of the PDUs that can stream, while they keep coming.
 
         ``context_id`` is the context of the message being received: only this thread changes
@@ -576,12 +601,14 @@ def install_reader(
         try:
             pipe = _Pipe()
         except OSError as exc:  # out of file descriptors: the buffered path needs none
-            logger.debug("%s: no pipe to splice through (%s); reading into the buffer", peer, exc)
+            logger.debug(
+                "%s: no pipe to splice through (%s); reading into the buffer", self.peer, exc
+            )
             return False
-        max_length = limits.limit(P_DATA_TF)
+        max_length = self.limits.limit(P_DATA_TF)
         spliced = 0
         try:
-            while spliced < _SPLICE_BATCH and not self._kill_thread:
+            while spliced < _SPLICE_BATCH and not self.dul._kill_thread:
                 head = None
                 if not box.buffered:
                     try:
@@ -591,18 +618,18 @@ def install_reader(
                             return True  # back to the DUL's loop until the peer sends more
                         continue
                     if not head:
-                        self.event_queue.put("Evt17")  # the peer closed the connection
+                        self.dul.event_queue.put("Evt17")  # the peer closed the connection
                         return True
-                    deadline = time.monotonic() + limits.timeout
+                    deadline = time.monotonic() + self.limits.timeout
                     if len(head) < _PDV_HEAD:
                         box.keep(head)
                         head = None
                 if head is None:
                     # A head cut short, or part of a fragment buffered: through the buffer.
-                    head = buffered_head(self, box)
+                    head = self._buffered_head(box)
                     if head is None:
                         return True
-                    deadline = box.partial_since + limits.timeout
+                    deadline = box.partial_since + self.limits.timeout
                 length = _spliceable(head, context_id, max_length)
                 if not length or box.buffered >= 6 + length:
                     if not box.buffered:
@@ -610,29 +637,28 @@ def install_reader(
                     return False
                 rest = 6 + length - _PDV_HEAD
                 if box.buffered > _PDV_HEAD:  # part of the fragment came with a buffered run
-                    drain(self, pipe)
-                    if on_pdata is not None:
-                        on_pdata(self, box.buffered - _PDV_HEAD)
+                    self._drain(pipe)
+                    self._announce(box.buffered - _PDV_HEAD)
                     with memoryview(box.buf) as view:
                         part = view[box.start + _PDV_HEAD : box.end]
-                        write(self, part)
+                        self._write(part)
                         part.release()
                     rest -= box.buffered - _PDV_HEAD
                 if box.buffered:
                     box.take(box.buffered)  # the head (and part) are consumed: the buffer is empty
-                splice_payload(self, box, fd, pipe, rest, deadline)
+                self._splice_payload(box, fd, pipe, rest, deadline)
                 spliced += 6 + length
             return True
         except OSError as exc:  # TimeoutError and ConnectionError included
-            connection_lost(self, exc)
+            self._connection_lost(exc)
             return True
         finally:
             try:
-                drain(self, pipe)  # what was spliced is in the file before anything else runs
+                self._drain(pipe)  # what was spliced is in the file before anything else runs
             finally:
                 pipe.close()
 
-    def buffered_head(self: Any, box: _Inbox) -> bytes | None:
+    def _buffered_head(self, box: _Inbox) -> bytes | None:
         """Complete the buffered head of the next PDU from the socket: its first
         :data:`_PDV_HEAD` bytes; None if nothing more is coming for now or the peer closed."""
         while box.buffered < _PDV_HEAD:  # the next PDU's head, and no more
@@ -643,63 +669,75 @@ def install_reader(
                     return None
                 got = box.receive(_PDV_HEAD, most=most)
             if got == 0:
-                self.event_queue.put("Evt17")  # the peer closed the connection
+                self.dul.event_queue.put("Evt17")  # the peer closed the connection
                 return None
         return bytes(box.buf[box.start : box.start + _PDV_HEAD])
 
-    def read(self: Any) -> None:
-        sock = getattr(self.socket, "socket", None)
-        if sock is None:
-            self.event_queue.put("Evt17")
+    def _splice_payload(
+        self, box: _Inbox, fd: int, pipe: _Pipe, count: int, deadline: float
+    ) -> None:
+        """Move the next ``count`` bytes on ``box``'s socket ``fd``, one PDU's fragment, into the
+        pipe, draining it into the file whenever it is full. Raises TimeoutError past
+        ``deadline`` and ConnectionError if the peer closes first."""
+        while count:
+            room = pipe.capacity - pipe.held
+            if room <= 0:
+                self._drain(pipe)
+                continue
+            try:
+                moved = pipe.fill(fd, count if count < room else room)
+            except BlockingIOError:  # nothing waiting, or the pipe's slots are used up
+                if pipe.held:
+                    self._drain(pipe)  # into the file while the peer's bytes are on their way
+                elif (
+                    not _data_waiting(box.sock, deadline - time.monotonic())
+                    and time.monotonic() >= deadline
+                ):
+                    raise TimeoutError(f"{count} bytes of a fragment missing") from None
+                continue
+            if moved == 0:
+                raise ConnectionError("the peer closed the connection mid-PDU")
+            count -= moved
+
+    # -- into the dataset file ------------------------------------------------------------------
+    def _announce(self, length: int) -> None:
+        if self.on_pdata is not None:
+            self.on_pdata(self.dul, length)
+
+    def _drain(self, pipe: _Pipe) -> None:
+        if not pipe.held:
             return
-        if not inbox or inbox[0].sock is not sock:
-            inbox[:] = [_Inbox(sock, limits.timeout)]
-        box = inbox[0]
-        if not self._recv_pdu.empty():
-            # Let the DUL act on what is queued first (a command opens the file its fragments
-            # stream into): reading on would queue the whole dataset behind it. What is
-            # buffered meanwhile is handed on by ``transport_event``; the rest waits on the
-            # socket.
-            return
-        for _ in range(_STREAM_BATCH):
-            if box.splice and not buffered_pdu(box):
-                context_id = _receiving_into_file(self)
-                if context_id is not None and stream_spliced(self, box, context_id):
-                    return
-            if complete_pdu(self, box) is None or hand_on(self, box) or self._kill_thread:
-                return
-            if not box.waiting(_NEXT_PDU_WAIT):
-                return
+        self._announce(pipe.held)
+        try:
+            # Looked up after on_pdata, which may have swapped in a discard.
+            pipe.drain(_dataset_file(self.dul))
+        except OSError as exc:
+            self._discard_unwritable(exc)
+            pipe.drain(_dataset_file(self.dul))  # dropped
 
-    def buffered_pdu(box: _Inbox) -> bool:
-        """Is a whole PDU (or a header to refuse) waiting in the buffer, not on the socket?"""
-        head = box.header()
-        if head is None:
-            return False
-        pdu_type, length = head
-        return limits.refusal(pdu_type, length) is not None or box.buffered >= 6 + length
+    def _write(self, data: memoryview) -> None:
+        try:
+            _append(_dataset_file(self.dul), data)
+        except OSError as exc:
+            self._discard_unwritable(exc)
 
-    original_transport_event = dul._is_transport_event
+    def _discard_unwritable(self, exc: OSError) -> None:
+        """The dataset file cannot be written (a full disk): drop the rest of the dataset, so
+        that its C-STORE is answered 0xA700 instead of the association being aborted."""
+        logger.warning(
+            "%s: writing a dataset into incoming/ failed (%s); dropping it", self.peer, exc
+        )
+        stop_receiving(self.dul, f"writing the dataset failed: {exc.strerror or exc}")
 
-    def has_buffered_pdu() -> bool:
-        return bool(inbox) and buffered_pdu(inbox[0])
 
-    def transport_event(self: Any) -> bool:
-        # pynetdicom reads only when the socket is readable; PDUs this reader has buffered
-        # but not handed on yet are not on the socket any more.
-        if (
-            self.state_machine.current_state != "Sta13"
-            and self._recv_pdu.empty()
-            and has_buffered_pdu()
-        ):
-            self._read_pdu_data()
-            return True
-        return bool(original_transport_event())
-
-    dul._read_pdu_data = MethodType(read, dul)
-    dul._is_transport_event = MethodType(transport_event, dul)
-    wait_instead_of_polling(dul, has_buffered_pdu)
-    # Sends to a peer that stops reading fail after the same time instead of blocking forever.
-    sock = getattr(dul.socket, "socket", None)
-    if sock is not None:
-        sock.settimeout(limits.timeout)
+def install_reader(
+    dul: Any,
+    limits: PduLimits,
+    *,
+    on_pdata: Callable[[Any, int], None] | None = None,
+    peer: str = "?",
+) -> PduReader:
+    """Replace ``dul``'s PDU reader with a :class:`PduReader` that enforces ``limits``."""
+    reader = PduReader(dul, limits, on_pdata=on_pdata, peer=peer)
+    reader.install()
+    return reader

@@ -1,4 +1,4 @@
-"""CPU of the node's database work outside the listener: one completion-monitor pass and one
+"""CPU of the node's database work outside the listener: one study-monitor pass and one
 instance row, back to back and after the thread has slept.
 
 A benchmark, not a test: nothing asserts on the numbers. It builds a node on SQLite in a
@@ -41,7 +41,7 @@ def main() -> int:
         from worker.settings import Settings
 
         node = build_node(Settings())
-        store = node.store
+        store = node.receipts
         assoc = store.association_started(PeerInfo("BENCH", "CXR_TRIAGE", "127.0.0.1", 1))
         decision = Decision(True, "view-position", "PA")
         counter = iter(range(10**9))

@@ -80,19 +80,3 @@ class NodeRecorder(Protocol):
     ) -> None:
         """Record an instance answered with a failure status (best effort)."""
         ...
-
-
-class StudyTracker(Protocol):
-    """Study completion and queueing, driven periodically by the node's monitor thread."""
-
-    def complete_due_studies(self) -> int:
-        """Mark studies whose quiet period has passed complete (or skipped); return how many."""
-        ...
-
-    def dispatch_complete_studies(self) -> int:
-        """Queue complete, not yet queued studies (the outbox); return how many were queued."""
-        ...
-
-    def sweep_stuck_studies(self) -> int:
-        """Send again the work of studies stuck in queued, processing or delivering."""
-        ...

@@ -182,7 +182,7 @@ def test_listen_with_several_processes_shares_the_port(tmp_path: Path) -> None:
             assert db.execute("select count(*) from instances").fetchone()[0] == 12
         wait_for(lambda: _all_queued(tmp_path), timeout=30)
         # One process of the group completed and queued them all: the others run no monitor.
-        assert log_path.read_text().count("completion monitor off") == 2
+        assert log_path.read_text().count("study monitor off") == 2
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

@@ -12,7 +12,6 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from dicom_node.completion import CompletionPolicy
 from worker.claims import claim
 from worker.db.models import (
     Delivery,
@@ -22,7 +21,7 @@ from worker.db.models import (
     WorkerHeartbeat,
     utcnow,
 )
-from worker.db.node_store import NodeStore
+from worker.db.sweeper import Sweeper
 from worker.db.transitions import created, move
 from worker.leases import done_sending, hold, owner, release, renew
 
@@ -44,15 +43,13 @@ class _Sent:
         self.deliveries.append((object_id, destination, attempt))
 
 
-def _store(sessions: Any, sent: _Sent, lease: float = LEASE, **kw: Any) -> NodeStore:
-    return NodeStore(
-        sessions, CompletionPolicy(), sent.enqueue, redeliver=sent.redeliver, lease=lease, **kw
-    )
+def _store(sessions: Any, sent: _Sent, lease: float = LEASE, **kw: Any) -> Sweeper:
+    return Sweeper(sessions, sent.enqueue, redeliver=sent.redeliver, lease=lease, **kw)
 
 
-def _sweep(store: NodeStore) -> int:
+def _sweep(store: Sweeper) -> int:
     store._next_sweep = 0.0  # as if a third of a lease had passed since the last sweep
-    return store.sweep_stuck_studies()
+    return store.sweep()
 
 
 def _queued(sessions: Any, uid: str) -> int:

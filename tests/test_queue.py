@@ -18,7 +18,7 @@ from worker.celery_app import create_celery
 from worker.db.engine import make_engine, make_session_factory
 from worker.db.migrate import upgrade
 from worker.db.models import COMPLETE, QUEUED, QUEUEING, RECEIVING, SKIPPED, Study, StudyEvent
-from worker.db.node_store import NodeStore
+from worker.db.outbox import Outbox
 
 
 def _study(node: Any, uid: str) -> Study:
@@ -165,8 +165,8 @@ def test_concurrent_dispatchers_queue_each_study_once(db_url: str) -> None:
     with sessions.begin() as s:
         for i in range(30):
             s.add(Study(study_instance_uid=f"1.2.3.{i}", state=COMPLETE))
-    stores = [NodeStore(sessions, CompletionPolicy(), enqueue) for _ in range(4)]
-    threads = [threading.Thread(target=st.dispatch_complete_studies) for st in stores]
+    outboxes = [Outbox(sessions, enqueue) for _ in range(4)]
+    threads = [threading.Thread(target=o.dispatch) for o in outboxes]
     for t in threads:
         t.start()
     for t in threads:

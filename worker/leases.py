@@ -4,7 +4,7 @@ A claimed study and an in-flight delivery carry ``lease_owner`` (this process) a
 ``lease_until``. The :class:`Heartbeat` of the owning process renews every lease it holds each
 third of the lease length, and records the process in ``worker_heartbeats``. A process that
 dies, or hangs, stops renewing: its leases run out within one lease length and the node's
-sweeper (:meth:`worker.db.node_store.NodeStore.sweep_stuck_studies`) takes the work over. Slow
+sweeper (:class:`worker.db.sweeper.Sweeper`) takes the work over. Slow
 work is never taken over, however long it takes, because its owner keeps renewing.
 """
 

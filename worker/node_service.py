@@ -14,17 +14,21 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from dicom_node.completion import CompletionMonitor, CompletionPolicy
+from dicom_node.completion import CompletionPolicy
 from dicom_node.listener import Listener, ListenerConfig
 from dicom_node.pynetdicom_seam import io_switches
 from dicom_node.spool import Spool
 from dicom_node.stow_inbound import StowConfig, StowServer
 from dicom_node.tls import server_context
 from worker.celery_app import create_celery
+from worker.db.completion import StudyCompletion
 from worker.db.engine import make_session_factory, open_database
-from worker.db.node_store import NodeStore
+from worker.db.outbox import Outbox
+from worker.db.receipts import Receipts
+from worker.db.sweeper import Sweeper
 from worker.queueing import DeliveryEnqueuer, StudyEnqueuer
 from worker.settings import Settings
+from worker.study_monitor import StudyMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ def listener_config(
 
 @dataclass
 class Node:
-    """A running DICOM node: listener plus completion/outbox monitor.
+    """A running DICOM node: listener plus the study monitor (completion, outbox, sweeper).
 
     ``monitor`` is None in all but one process of ``listen --processes N``: the monitor works
     on the database, which every process shares, so one does the work for all.
@@ -74,9 +78,9 @@ class Node:
 
     settings: Settings
     engine: Engine
-    store: NodeStore
+    receipts: Receipts
     listener: Listener
-    monitor: CompletionMonitor | None
+    monitor: StudyMonitor | None
     enqueue: StudyEnqueuer
     observability: Any = None
     stow: StowServer | None = None  # the STOW-RS endpoint (CXR_STOW_PORT), in one process
@@ -84,11 +88,11 @@ class Node:
     def start(self) -> None:
         from worker.observability import start_observability
 
-        self.store.close_orphaned_associations()
+        self.receipts.close_orphaned_associations()
         if self.monitor is not None:
             self.monitor.start()  # its first pass runs while the listener opens its port
         else:
-            logger.info("completion monitor off: another process of this group runs it")
+            logger.info("study monitor off: another process of this group runs it")
         self.listener.start()
         if self.stow is not None:
             self.stow.start()
@@ -96,7 +100,7 @@ class Node:
         # down must not hold up the listener either.
         threading.Thread(target=self.enqueue.connect, name="broker-connect", daemon=True).start()
         self.observability = start_observability(
-            self.store.sessions, self.settings, self.settings.metrics_port
+            self.receipts.sessions, self.settings, self.settings.metrics_port
         )
 
     def stop(self) -> None:
@@ -120,29 +124,37 @@ def build_node(
     """Build (but do not start) the node described by ``settings``.
 
     ``shared_socket`` is a listening socket's descriptor inherited from ``listen --processes``;
-    ``monitor`` False leaves out the completion monitor (another process of the group runs it);
+    ``monitor`` False leaves out the study monitor (another process of the group runs it);
     ``heartbeat_file`` is renewed by the accept loop for a supervising parent.
     """
     engine = open_database(settings)
     celery = create_celery(settings)
     enqueue = StudyEnqueuer(celery, settings.study_task, settings.inference_queue)
     redeliver = DeliveryEnqueuer(celery, settings.inference_queue)
-    policy = CompletionPolicy(
-        quiet_seconds=settings.quiet_seconds, max_wait_seconds=settings.max_wait_seconds
-    )
-    store = NodeStore(
-        make_session_factory(engine),
-        policy,
-        enqueue,
-        redeliver=redeliver,
-        lease=settings.stuck_after,
-        retry_delay=settings.retry_delay,
-    )
+    sessions = make_session_factory(engine)
+    receipts = Receipts(sessions)
+    study_monitor = None
+    if monitor:
+        policy = CompletionPolicy(
+            quiet_seconds=settings.quiet_seconds, max_wait_seconds=settings.max_wait_seconds
+        )
+        sweeper = Sweeper(
+            sessions,
+            enqueue,
+            redeliver=redeliver,
+            lease=settings.stuck_after,
+            retry_delay=settings.retry_delay,
+        )
+        study_monitor = StudyMonitor(
+            StudyCompletion(sessions, policy),
+            Outbox(sessions, enqueue),
+            sweeper,
+            settings.monitor_interval,
+        )
     spool = Spool(
         settings.spool_dir, min_free_bytes=settings.min_free_mb * 2**20, fsync=settings.fsync
     )
-    listener = Listener(listener_config(settings, shared_socket, heartbeat_file), spool, store)
-    completion = CompletionMonitor(store, settings.monitor_interval) if monitor else None
+    listener = Listener(listener_config(settings, shared_socket, heartbeat_file), spool, receipts)
     stow = None
     if settings.stow_port is not None and monitor and settings.api_token:
         # One process of a group serves it: they would all bind the same port.
@@ -153,8 +165,8 @@ def build_node(
             settings.ae_title,
             settings.stow_max_mb * 2**20,
         )
-        stow = StowServer(config, listener.intake, store)
-    return Node(settings, engine, store, listener, completion, enqueue, stow=stow)
+        stow = StowServer(config, listener.intake, receipts)
+    return Node(settings, engine, receipts, listener, study_monitor, enqueue, stow=stow)
 
 
 def serve(

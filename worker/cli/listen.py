@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     # Set by the parent of `--processes N` for its children: the socket they share, and for
-    # all but the first, that the first runs the completion monitor for the group.
+    # all but the first, that the first runs the study monitor for the group.
     p.add_argument(
         "--hang-after",
         type=float,
@@ -119,7 +119,7 @@ def _supervise(args: argparse.Namespace, settings: Settings) -> int:
         CXR_PORT=str(settings.port), CXR_BIND=settings.bind, CXR_AE_TITLE=settings.ae_title
     )
     command = [*cli_command(args.config), "listen", "--shared-socket", str(sock.fileno())]
-    # One completion monitor for the group: it works on the shared database, and N of them
+    # One study monitor for the group: it works on the shared database, and N of them
     # polled it N times a second (bench/database_cpu.py: a pass a second apart costs ~10 ms).
     commands = [command] + [[*command, "--no-monitor"]] * (args.processes - 1)
     # The socket stays open here for the group's life: a restarted child inherits it again.

@@ -36,10 +36,9 @@ def _stuck(args: argparse.Namespace, settings: Settings, sessions: object) -> in
 
     from sqlalchemy import select
 
-    from dicom_node.completion import CompletionPolicy
     from worker.celery_app import create_celery
     from worker.db.models import DELIVERING, PROCESSING, QUEUED, Study
-    from worker.db.node_store import NodeStore
+    from worker.db.sweeper import Sweeper
     from worker.queueing import DeliveryEnqueuer, StudyEnqueuer
 
     cutoff = datetime.now(UTC) - timedelta(minutes=args.stuck)
@@ -55,15 +54,14 @@ def _stuck(args: argparse.Namespace, settings: Settings, sessions: object) -> in
     if args.list or not stuck:
         return 0
     celery = create_celery(settings)
-    store = NodeStore(
+    sweeper = Sweeper(
         sessions,  # type: ignore[arg-type]
-        CompletionPolicy(),
         StudyEnqueuer(celery, settings.study_task, settings.inference_queue),
         redeliver=DeliveryEnqueuer(celery, settings.inference_queue),
         lease=args.stuck * 60,  # "queued for MINUTES"; a live worker's lease is never taken
         retry_delay=settings.retry_delay,
     )
-    sent = store.sweep_stuck_studies(queued_now=True)
+    sent = sweeper.sweep(queued_now=True)
     print(f"sent again: {sent} task(s) for {len(stuck)} stuck study(ies)")
     return 0
 

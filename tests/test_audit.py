@@ -45,7 +45,7 @@ def processed(start_node) -> tuple[Any, Any, Any, Any]:
     wait_for(lambda: _state(node, ct.StudyInstanceUID) == "skipped", timeout=30)
     (study,) = rows(node.engine, Study, Study.study_instance_uid == pa.StudyInstanceUID)
     Pipeline(node.settings, make_session_factory(node.engine), load_model()).process(
-        study.id, study.revision
+        study.id, study.revision, study.study_instance_uid
     )
     return node, pa, ct, pending
 

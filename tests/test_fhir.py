@@ -125,7 +125,7 @@ def test_a_study_reaches_the_pacs_the_ris_and_the_ehr_once_each_and_ends_done(
         # A COVID-19 film the shipped model flags (the viewer test's positive case).
         study = _received(node, [_positive_study(tmp_path)])
         pipeline = _pipeline(node)
-        outcome = pipeline.process(study.id, study.revision)
+        outcome = pipeline.process(study.id, study.revision, study.study_instance_uid)
         kinds = {o.id: o.kind for o in rows(node.engine, ProducedObject)}
         planned = sorted((kinds[oid], dest) for oid, dest in outcome.to_deliver)
         assert planned == sorted(

@@ -133,7 +133,7 @@ def test_pipeline_classifies_builds_and_delivers(start_node, pacs) -> None:
     study = _received(node, [cr])
     uid = study.study_instance_uid
     pipeline = _pipeline(node)
-    outcome = pipeline.process(study.id, study.revision)
+    outcome = pipeline.process(study.id, study.revision, study.study_instance_uid)
     assert outcome.state == "delivering" and len(outcome.to_deliver) == 2
     _deliver_all(node, pipeline, outcome)
     study = _study(node, uid)
@@ -155,14 +155,14 @@ def test_pipeline_classifies_builds_and_delivers(start_node, pacs) -> None:
     assert {ds.StudyInstanceUID for ds in received} == {uid}
     assert {ds.SOPInstanceUID for ds in received} == {o.sop_instance_uid for o in objects}
     # A redelivered task for the same revision does nothing.
-    assert pipeline.process(study.id, study.revision).state == "duplicate"
+    assert pipeline.process(study.id, study.revision, study.study_instance_uid).state == "duplicate"
 
 
 def test_shadow_mode_records_everything_and_delivers_nothing(start_node, pacs) -> None:
     node = start_node(destinations=[pacs.address])
     node.settings.shadow_mode = True
     study = _received(node, [shared_file("cr_pa_chest_jpeg_baseline.dcm")])
-    outcome = _pipeline(node).process(study.id, study.revision)
+    outcome = _pipeline(node).process(study.id, study.revision, study.study_instance_uid)
     assert outcome.state == DONE and outcome.to_deliver == []
     (result,) = rows(node.engine, StudyResult, StudyResult.study_id == study.id)
     (image,) = rows(node.engine, ImageResult, ImageResult.study_id == study.id)
@@ -188,7 +188,7 @@ def test_an_image_unlike_the_training_data_is_low_confidence_everywhere(start_no
     shipped = pipeline.model.familiarity
     assert shipped is not None  # the default model ships its index
     pipeline.model.familiarity = replace(shipped, limit=1e-6)
-    assert pipeline.process(study.id, study.revision).state == DONE
+    assert pipeline.process(study.id, study.revision, study.study_instance_uid).state == DONE
     (result,) = rows(node.engine, StudyResult, StudyResult.study_id == study.id)
     (image,) = rows(node.engine, ImageResult, ImageResult.study_id == study.id)
     assert result.low_confidence is True and image.low_confidence is True
@@ -417,7 +417,7 @@ def test_image_check_refuses_a_dog_tagged_chest_pa(start_node, tmp_path) -> None
     study = _received(node, [dog])
     uid = study.study_instance_uid
     assert study.state != "skipped"  # the tags passed the node's eligibility rules
-    outcome = _pipeline(node).process(study.id, study.revision)
+    outcome = _pipeline(node).process(study.id, study.revision, study.study_instance_uid)
     assert outcome.state == "skipped" and not outcome.to_deliver
     study = _study(node, uid)
     assert study.state == "skipped"
@@ -438,7 +438,7 @@ def test_a_refused_image_does_not_stop_the_chest_beside_it(start_node, tmp_path)
     uid = pydicom.dcmread(chest, stop_before_pixels=True).StudyInstanceUID
     dog = _dog_as_pa_chest(tmp_path, study_uid=uid)
     study = _received(node, [chest, dog])
-    outcome = _pipeline(node).process(study.id, study.revision)
+    outcome = _pipeline(node).process(study.id, study.revision, study.study_instance_uid)
     assert outcome.state == "done" and outcome.label in ("normal", "covid", "pneumonia")
     labels = sorted(
         r.label for r in rows(node.engine, ImageResult, ImageResult.study_id == study.id)
@@ -463,7 +463,7 @@ def test_a_destination_that_cannot_be_reached_fails_alone(start_node, pacs) -> N
     study = _received(node, [cr])
     uid = study.study_instance_uid
     pipeline = _pipeline(node)
-    outcome = pipeline.process(study.id, study.revision)
+    outcome = pipeline.process(study.id, study.revision, study.study_instance_uid)
     assert len(outcome.to_deliver) == 4
     delivered = [
         attempt_delivery(
@@ -545,14 +545,14 @@ def test_a_new_revision_keeps_the_sc_of_an_unchanged_image(start_node, tmp_path)
         ds.save_as(paths[-1], enforce_file_format=True)
     pipeline = _pipeline(node)
     study = _received(node, paths[:1])
-    assert pipeline.process(study.id, study.revision).state == "done"
+    assert pipeline.process(study.id, study.revision, study.study_instance_uid).state == "done"
     (sc1,) = rows(node.engine, ProducedObject, ProducedObject.kind == "sc")
     (sr1,) = rows(node.engine, ProducedObject, ProducedObject.kind == "sr")
     built_at = (node.settings.outputs_dir / sc1.path).stat().st_mtime_ns
 
     study = _received(node, paths[1:])
     assert study.revision == 2
-    assert pipeline.process(study.id, study.revision).state == "done"
+    assert pipeline.process(study.id, study.revision, study.study_instance_uid).state == "done"
     scs = {
         o.source_sop_instance_uid: o
         for o in rows(node.engine, ProducedObject, ProducedObject.kind == "sc")
@@ -581,7 +581,7 @@ def test_a_chest_without_type2_attributes_still_gets_its_results(start_node, pac
     node = start_node(destinations=[pacs.address], assume_pa_chest=True)
     study = _received(node, [dx])
     pipeline = _pipeline(node)
-    outcome = pipeline.process(study.id, study.revision)
+    outcome = pipeline.process(study.id, study.revision, study.study_instance_uid)
     assert outcome.state == "delivering", outcome
     _deliver_all(node, pipeline, outcome)
     assert _study(node, study.study_instance_uid).state == DONE
@@ -616,7 +616,7 @@ def test_queued_studies_share_one_model_call_with_their_own_results(start_node, 
         wait_for(partial(_queued, node, study.study_instance_uid))
     pipeline = _pipeline(node)
     leader, *others = studies
-    outcomes = pipeline.process_batch(leader.id, leader.revision)
+    outcomes = pipeline.process_batch(leader.id, leader.revision, leader.study_instance_uid)
     # The leader and the two oldest waiting studies (batch size 3); the fourth waits its turn.
     assert [o.state for o in outcomes] == ["done", "done", "done"]
     assert _study(node, studies[3].study_instance_uid).state == QUEUED
@@ -630,12 +630,19 @@ def test_queued_studies_share_one_model_call_with_their_own_results(start_node, 
         objects = rows(node.engine, ProducedObject, ProducedObject.study_id == study.id)
         assert sorted(o.kind for o in objects) == ["sc", "sr"]
     # Their own tasks, arriving later, find them done.
-    assert [pipeline.process_batch(s.id, s.revision)[0].state for s in others[:2]] == [
+    assert [
+        pipeline.process_batch(s.id, s.revision, s.study_instance_uid)[0].state for s in others[:2]
+    ] == [
         "duplicate",
         "duplicate",
     ]
     # The fourth (the dog) is processed by its own task: refused alone, skipped.
-    assert pipeline.process_batch(studies[3].id, studies[3].revision)[0].state == "skipped"
+    assert (
+        pipeline.process_batch(studies[3].id, studies[3].revision, studies[3].study_instance_uid)[
+            0
+        ].state
+        == "skipped"
+    )
 
 
 def test_a_task_whose_study_is_in_a_dead_batch_works_meanwhile_then_takes_it_over(
@@ -654,7 +661,9 @@ def test_a_task_whose_study_is_in_a_dead_batch_works_meanwhile_then_takes_it_ove
     assert held.study_id == studies[0].id
     with sessions.begin() as s:  # another process's lease, which nobody renews
         s.execute(update(Study).where(Study.id == held.study_id).values(lease_owner="gone:1"))
-    outcomes = _pipeline(node).process_batch(studies[0].id, studies[0].revision)
+    outcomes = _pipeline(node).process_batch(
+        studies[0].id, studies[0].revision, studies[0].study_instance_uid
+    )
     # Its own task batched the two others meanwhile, then took its study over from the dead
     # batch once the lease ran out: first outcome its own.
     assert [o.state for o in outcomes] == ["done", "done", "done"]
@@ -674,7 +683,9 @@ def test_a_worker_that_lost_its_lease_records_nothing(start_node, tmp_path) -> N
     assert claims.claim(sessions, study.id, study.revision, 30.0) is None
     with sessions.begin() as s:  # meanwhile the sweeper re-dispatched it, another worker took it
         s.execute(update(Study).where(Study.id == study.id).values(lease_owner="other:1"))
-    (outcome,) = _pipeline(node)._process([claims.Claimed(study.id, study.revision)])
+    (outcome,) = _pipeline(node)._process(
+        [claims.Claimed(study.id, study.revision, study.study_instance_uid)]
+    )
     assert outcome.state == "taken over"
     after = _study(node, study.study_instance_uid)
     assert after.state == "processing" and after.lease_owner == "other:1"

@@ -48,10 +48,11 @@ IN_BATCH = "leased by another worker"
 
 @dataclass(frozen=True)
 class Claimed:
-    """A study revision this task now processes."""
+    """A study revision this task now processes, with its Study Instance UID."""
 
     study_id: int
     revision: int
+    study_uid: str
 
 
 def _leased(study: Study) -> bool:
@@ -139,19 +140,19 @@ def claim_waiting(
     while len(claimed) < limit:
         with sessions.begin() as s:
             waiting = s.execute(
-                select(Study.id, Study.revision)
+                select(Study.id, Study.revision, Study.study_instance_uid)
                 .where(Study.state == QUEUED, Study.id != leader)
                 .order_by(Study.queued_at, Study.id)
                 .limit(limit - len(claimed))
             ).all()
-            for study_id, revision in waiting:
+            for study_id, revision, study_uid in waiting:
                 # Lost races are simply skipped: that study's own task or another batch has it.
                 moved = move(
                     s, study_id, PROCESSING, f"{BATCHED} {leader}", expect=[QUEUED], **_lease(lease)
                 )
                 if moved:
                     hold([study_id])
-                    claimed.append(Claimed(study_id, revision))
+                    claimed.append(Claimed(study_id, revision, study_uid))
         if len(claimed) >= limit or time.monotonic() >= deadline:
             break
         time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))

@@ -83,7 +83,6 @@ class Timer:
 class _Loaded:
     """What the load stage read: the study's eligible instances, datasets, display images."""
 
-    study_uid: str
     instances: list[Instance]
     datasets: list[pydicom.Dataset]
     images: list[Any]
@@ -182,18 +181,18 @@ class Pipeline:
         self._build(ds.StudyInstanceUID, 1, warm, self._decide([pred]), Timer())
         return time.perf_counter() - start
 
-    def process(self, study_id: int, revision: int) -> Outcome:
+    def process(self, study_id: int, revision: int, study_uid: str) -> Outcome:
         """Classify a study revision, build and store its SC and SR, and list what to send.
 
         Raises what failed the study (after recording it ``failed``).
         """
-        outcome = self.process_batch(study_id, revision, batch_size=1)[0]
+        outcome = self.process_batch(study_id, revision, study_uid, batch_size=1)[0]
         if outcome.error is not None:
             raise outcome.error
         return outcome
 
     def process_batch(
-        self, study_id: int, revision: int, *, batch_size: int | None = None
+        self, study_id: int, revision: int, study_uid: str, *, batch_size: int | None = None
     ) -> list[Outcome]:
         """Process a study together with up to ``batch_size - 1`` other queued studies.
 
@@ -219,9 +218,10 @@ class Pipeline:
         if reason is not None:
             logger.info("study %d revision %d not processed: %s", study_id, revision, reason)
             return [Outcome(reason), *meanwhile]
+        ours = Claimed(study_id, revision, study_uid)
         if meanwhile:  # our study came back to us (its batch died): alone, it is late already
-            return [*self._process([Claimed(study_id, revision)]), *meanwhile]
-        batch = [Claimed(study_id, revision)]
+            return [*self._process([ours]), *meanwhile]
+        batch = [ours]
         if size > 1:
             batch += claim_waiting(
                 self.sessions, study_id, size - 1, lease, self.settings.batch_wait
@@ -231,24 +231,18 @@ class Pipeline:
         return self._process(batch)
 
     def _process(self, batch: list[Claimed]) -> list[Outcome]:
-        """load -> infer (one model call for the batch) -> decide -> build -> record."""
-        with self.sessions() as s:
-            found = s.execute(
-                select(Study.id, Study.study_instance_uid).where(
-                    Study.id.in_([c.study_id for c in batch])
-                )
-            )
-            uids = {study_id: uid for study_id, uid in found}
+        """The stages, in order, for a batch of claimed studies.
+
+        load -> check + infer (one model call for the batch) -> decide -> build -> store ->
+        record; the task then delivers what :class:`Outcome` lists. A study that fails a stage
+        is recorded ``failed`` and leaves the batch; the others go on.
+        """
         timers = {c.study_id: Timer() for c in batch}
         outcomes: dict[int, Outcome] = {}
         loaded: dict[int, _Loaded] = {}
-
-        def failing(c: Claimed) -> Any:
-            return self._failing_study(c, uids.get(c.study_id, f"study-id-{c.study_id}"), outcomes)
-
         for c in batch:
-            with failing(c):
-                loaded[c.study_id] = self._load(c.study_id, timers[c.study_id])
+            with self._failing_study(c, outcomes):
+                loaded[c.study_id] = self._load(c, timers[c.study_id])
         try:
             inferred = self._infer(loaded, timers)
         except Exception as exc:  # the model call failed: every study in it failed
@@ -257,28 +251,26 @@ class Pipeline:
                 if c.study_id in loaded:
                     self._fail(c, exc, outcomes)
         for c in batch:
-            if c.study_id not in inferred:
-                continue
-            with failing(c):
-                timer, done = timers[c.study_id], inferred[c.study_id]
-                if not done.any_kept:
-                    outcomes[c.study_id] = self._skip_refused(
-                        c.study_id, c.revision, done.refusals, timer
+            if c.study_id in inferred:
+                with self._failing_study(c, outcomes):
+                    outcomes[c.study_id] = self._conclude(
+                        c, inferred[c.study_id], timers[c.study_id]
                     )
-                    continue
-                uid = loaded[c.study_id].study_uid
-                decision = self._decide(done.predictions)
-                built = self._build(uid, c.revision, done, decision, timer)
-                self._store(uid, built, timer)
-                outcomes[c.study_id] = self._record(
-                    c.study_id, c.revision, uid, done, decision, built, timer
-                )
         return [outcomes[c.study_id] for c in batch]
 
+    def _conclude(self, c: Claimed, inferred: _Inferred, timer: Timer) -> Outcome:
+        """decide -> build -> store -> record, for one study the model has seen."""
+        if not inferred.any_kept:
+            return self._skip_refused(c.study_id, c.revision, inferred.refusals, timer)
+        decision = self._decide(inferred.predictions)
+        built = self._build(c.study_uid, c.revision, inferred, decision, timer)
+        self._store(c.study_uid, built, timer)
+        return self._record(c.study_id, c.revision, c.study_uid, inferred, decision, built, timer)
+
     @contextmanager
-    def _failing_study(self, c: Claimed, uid: str, outcomes: dict[int, Outcome]) -> Iterator[None]:
+    def _failing_study(self, c: Claimed, outcomes: dict[int, Outcome]) -> Iterator[None]:
         """Run one study's step; on an exception record it ``failed`` and leave the rest be."""
-        with study_context(uid):
+        with study_context(c.study_uid):
             try:
                 yield
             except LeaseLostError as exc:
@@ -303,16 +295,15 @@ class Pipeline:
             )
         outcomes[c.study_id] = Outcome(FAILED, error=exc)
 
-    def _load(self, study_id: int, timer: Timer) -> _Loaded:
+    def _load(self, c: Claimed, timer: Timer) -> _Loaded:
         """The study's eligible, spooled instances, read and turned into display images."""
         from models.imaging import dicom_to_image
 
         with self.sessions() as s:
-            study = s.get_one(Study, study_id)
             instances = s.scalars(
                 select(Instance)
                 .where(
-                    Instance.study_id == study_id,
+                    Instance.study_id == c.study_id,
                     Instance.eligible,
                     Instance.spool_path.is_not(None),
                 )
@@ -325,7 +316,7 @@ class Pipeline:
                 pydicom.dcmread(self.spool.path_of(i.spool_path or "")) for i in instances
             ]
             images = [dicom_to_image(ds) for ds in datasets]
-        return _Loaded(study.study_instance_uid, list(instances), datasets, images)
+        return _Loaded(list(instances), datasets, images)
 
     def _infer(self, loaded: dict[int, _Loaded], timers: dict[int, Timer]) -> dict[int, _Inferred]:
         """Image check, classification and Grad-CAM of every study's images in one model call.

@@ -120,7 +120,7 @@ def register_tasks(app: Celery, settings: Settings) -> _Process:
 
         try:
             # This study, and other queued ones in the same model call (CXR_BATCH_SIZE).
-            outcomes = proc.pipeline.process_batch(study_id, revision)
+            outcomes = proc.pipeline.process_batch(study_id, revision, study_instance_uid)
             # First delivery attempt inline: results reach the PACS without another queue hop,
             # every object of the batch for one destination over one association.
             by_destination: dict[str, list[int]] = {}

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from bench.receive_throughput import SENDERS, make_files, run_ours, warm_memory
-from worker.settings import Settings
+from worker.settings import NodeSettings
 
 SIZES = (16_384, 65_536, 131_072, 262_144, 1_048_576, 4_194_304)
 
@@ -33,7 +33,7 @@ def main() -> int:
     args = parser.parse_args()
     files = make_files(args.source, args.count)
     total = sum(f.stat().st_size for f in files)
-    shipped = Settings.model_fields["max_pdu"].default
+    shipped = NodeSettings.model_fields["max_pdu"].default
     print(
         f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs; "
         f"{len(files)} files, {total / 1e6:.0f} MB, best of {args.repeat}, one association"

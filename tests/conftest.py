@@ -115,7 +115,9 @@ def start_node(make_settings: Callable[..., Any]) -> Iterator[Callable[..., Any]
 
     def start(**overrides: Any) -> Any:
         settings = make_settings(**overrides)
-        undo.append(io_switches.configure(settings.spool_dir / "incoming"))  # as `listen` does
+        undo.append(
+            io_switches.configure(settings.storage.spool_dir / "incoming")
+        )  # as `listen` does
         node = build_node(settings)
         node.start()
         nodes.append(node)

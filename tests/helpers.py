@@ -87,7 +87,7 @@ def pipeline_worker(settings: Any) -> Iterator[Any]:
 
     app = create_celery(settings)
     register_tasks(app, settings)
-    with in_process_worker(app, settings.inference_queue) as worker:
+    with in_process_worker(app, settings.queue.inference_queue) as worker:
         yield worker
 
 

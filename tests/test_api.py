@@ -42,7 +42,7 @@ def api(processed) -> Iterator[tuple[int, Any]]:  # noqa: F811
     from worker.api import create_app
 
     node = processed[0]
-    node.settings.api_token = TOKEN
+    node.settings.api.api_token = TOKEN
     app = create_app(node.settings, make_session_factory(node.engine))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -80,6 +80,7 @@ def test_api_requires_a_token_and_paginates(api) -> None:
     assert {"/api/studies", "/api/studies/{study_uid}", "/api/reconcile"} <= set(schema["paths"])
 
 
+@pytest.mark.slow  # over 5 s on 2 cores (pytest --durations)
 def test_odd_tokens_are_401_and_query_strings_stay_out_of_the_log(api, caplog) -> None:
     port, _ = api
     for odd in ("t\u00f6k\u00e9n", "\u00ff" * 300, ""):
@@ -94,7 +95,7 @@ def test_api_refuses_to_run_without_a_token(processed) -> None:  # noqa: F811  #
     from worker.api import create_app
 
     node = processed[0]
-    node.settings.api_token = None
+    node.settings.api.api_token = None
     with pytest.raises(ValueError, match="CXR_API_TOKEN"):
         create_app(node.settings, make_session_factory(node.engine))
 

@@ -20,7 +20,7 @@ CLI = [sys.executable, "-m", "worker.cli.main"]
 
 
 def _audit(node: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"CXR_DATA_DIR": str(node.settings.data_dir), "PATH": "/usr/bin:/bin"}
+    env = {"CXR_DATA_DIR": str(node.settings.storage.data_dir), "PATH": "/usr/bin:/bin"}
     return subprocess.run(
         [*CLI, "audit", *args], env=env, capture_output=True, text=True, timeout=120
     )

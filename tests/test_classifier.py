@@ -322,6 +322,7 @@ def test_float16_npz_weights_predict_like_float32(tmp_path: Path) -> None:
     assert np.abs(a - b).max() < 0.05 * (np.abs(a).max() + 1e-6)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores (pytest --durations)
 def test_ec_mode_loads_local_weights_and_freezes_the_base(tmp_path: Path) -> None:
     """EC/FT start from a local weights file (here one we write), never a download."""
     import keras

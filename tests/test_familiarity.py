@@ -164,6 +164,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_tiny(tmp_path_factory.mktemp("tiny"), per_label=90)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores (pytest --durations)
 def test_familiarity_command_writes_an_index_the_loader_checks(
     trained: Path, tmp_path: Path
 ) -> None:

@@ -136,7 +136,7 @@ def test_a_study_reaches_the_pacs_the_ris_and_the_ehr_once_each_and_ends_done(
         def attempt(object_id: int, dest: str, n: int) -> bool:
             return attempt_delivery(
                 pipeline.sessions,
-                node.settings.outputs_dir,
+                node.settings.storage.outputs_dir,
                 object_id,
                 parse_destination(dest),
                 n,

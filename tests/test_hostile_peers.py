@@ -92,7 +92,7 @@ def test_huge_pdu_header_is_refused_before_allocation(start_node) -> None:
     with RawPeer(node.listener.port) as peer:
         # After association, a P-DATA-TF longer than the maximum we advertised.
         assert peer.associate().pdu_type == A_ASSOCIATE_AC
-        peer.send(struct.pack(">BBL", 0x04, 0, node.settings.max_pdu + 4096))
+        peer.send(struct.pack(">BBL", 0x04, 0, node.settings.node.max_pdu + 4096))
         assert peer.receive().pdu_type == A_ABORT
     assert _rss() - before < 200 * 2**20
     assert _echo_time(node) < 5
@@ -207,7 +207,7 @@ def test_watermark_is_checked_as_bytes_arrive(start_node) -> None:
         watcher.join(5)
     assert statuses == [OUT_OF_RESOURCES]
     # At most one PDU (1 MiB) past the watermark was ever written.
-    assert peak <= 25 * 2**20 + node.settings.max_pdu
+    assert peak <= 25 * 2**20 + node.settings.node.max_pdu
     assert _incoming(node) == []
     (rej,) = rows(node.engine, Rejection)
     assert "watermark" in rej.reason

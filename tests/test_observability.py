@@ -88,11 +88,11 @@ def test_health_and_readiness(start_node, redis_server) -> None:
         "broker": "ok",
         "spool": "ok",
     }
-    node.settings.min_free_mb = 10**9
+    node.settings.storage.min_free_mb = 10**9
     status, body = _get(port, "/readyz")
     report: dict[str, Any] = json.loads(body)
     assert status == 503 and "watermark" in report["checks"]["spool"]
-    node.settings.min_free_mb = 0
+    node.settings.storage.min_free_mb = 0
     redis_server.stop()
     status, body = _get(port, "/readyz")
     assert status == 503 and json.loads(body)["checks"]["broker"] != "ok"

@@ -24,7 +24,7 @@ def test_orthanc_pushes_a_study_and_gets_results_back(
     orthanc = Orthanc(tmp_path / "orthanc", node.listener.port)
     orthanc.start()
     try:
-        node.settings.destinations = [orthanc.destination]
+        node.settings.delivery.destinations = [orthanc.destination]
         with pipeline_worker(node.settings):
             uploaded = orthanc.post("/instances", cr.read_bytes())
             orthanc_study = uploaded["ParentStudy"]

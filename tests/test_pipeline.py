@@ -110,7 +110,7 @@ def _deliver_all(node: Any, pipeline: Any, outcome: Any) -> None:
     for object_id, dest in outcome.to_deliver:
         assert attempt_delivery(
             pipeline.sessions,
-            node.settings.outputs_dir,
+            node.settings.storage.outputs_dir,
             object_id,
             Destination.parse(dest),
             1,
@@ -160,7 +160,7 @@ def test_pipeline_classifies_builds_and_delivers(start_node, pacs) -> None:
 
 def test_shadow_mode_records_everything_and_delivers_nothing(start_node, pacs) -> None:
     node = start_node(destinations=[pacs.address])
-    node.settings.shadow_mode = True
+    node.settings.delivery.shadow_mode = True
     study = _received(node, [shared_file("cr_pa_chest_jpeg_baseline.dcm")])
     outcome = _pipeline(node).process(study.id, study.revision, study.study_instance_uid)
     assert outcome.state == DONE and outcome.to_deliver == []
@@ -194,8 +194,10 @@ def test_an_image_unlike_the_training_data_is_low_confidence_everywhere(start_no
     assert result.low_confidence is True and image.low_confidence is True
     assert image.novelty is not None and image.novelty > 1 and result.priority != "routine"
     objects = {o.kind: o for o in rows(node.engine, ProducedObject)}
-    sr = pydicom.dcmread(node.settings.outputs_dir / objects["sr"].path)
-    sc = pydicom.dcmread(node.settings.outputs_dir / objects["sc"].path, stop_before_pixels=True)
+    sr = pydicom.dcmread(node.settings.storage.outputs_dir / objects["sr"].path)
+    sc = pydicom.dcmread(
+        node.settings.storage.outputs_dir / objects["sc"].path, stop_before_pixels=True
+    )
     assert codes.CONFIDENCE_CODES[True].value in str(sr.ContentSequence)
     assert "lowconf" in sc.SeriesDescription
     with pipeline.sessions() as s:
@@ -230,7 +232,7 @@ def test_end_to_end_with_celery_retries_dead_letter_and_replay(
     assert attempts == [(0, "pending")] * 2 + [(1, "retry")] * 2 + [(2, "dead")] * 2
     pacs.start()
     try:
-        env = {"CXR_DATA_DIR": str(node.settings.data_dir), "PATH": "/usr/bin:/bin"}
+        env = {"CXR_DATA_DIR": str(node.settings.storage.data_dir), "PATH": "/usr/bin:/bin"}
         listing = subprocess.run(
             [*CLI, "replay", "--list"], env=env, capture_output=True, text=True, timeout=120
         )
@@ -468,7 +470,7 @@ def test_a_destination_that_cannot_be_reached_fails_alone(start_node, pacs) -> N
     delivered = [
         attempt_delivery(
             pipeline.sessions,
-            node.settings.outputs_dir,
+            node.settings.storage.outputs_dir,
             object_id,
             Destination.parse(dest),
             1,
@@ -498,7 +500,7 @@ from worker.tasks import DELIVER_TASK, register_tasks
 settings = Settings(data_dir=Path(sys.argv[1]), port=0)
 sessions = make_session_factory(open_database(settings))
 ds = synthetic.radiograph(rows=32, columns=32)
-synthetic.write(ds, settings.outputs_dir / "x.dcm")
+synthetic.write(ds, settings.storage.outputs_dir / "x.dcm")
 with sessions.begin() as s:
     study = Study(study_instance_uid=ds.StudyInstanceUID, state=StudyState.DELIVERING)
     s.add(study)
@@ -548,7 +550,7 @@ def test_a_new_revision_keeps_the_sc_of_an_unchanged_image(start_node, tmp_path)
     assert pipeline.process(study.id, study.revision, study.study_instance_uid).state == "done"
     (sc1,) = rows(node.engine, ProducedObject, ProducedObject.kind == "sc")
     (sr1,) = rows(node.engine, ProducedObject, ProducedObject.kind == "sr")
-    built_at = (node.settings.outputs_dir / sc1.path).stat().st_mtime_ns
+    built_at = (node.settings.storage.outputs_dir / sc1.path).stat().st_mtime_ns
 
     study = _received(node, paths[1:])
     assert study.revision == 2
@@ -558,14 +560,16 @@ def test_a_new_revision_keeps_the_sc_of_an_unchanged_image(start_node, tmp_path)
         for o in rows(node.engine, ProducedObject, ProducedObject.kind == "sc")
     }
     assert scs[first.SOPInstanceUID].sop_instance_uid == sc1.sop_instance_uid
-    assert (node.settings.outputs_dir / sc1.path).stat().st_mtime_ns == built_at  # not rebuilt
+    assert (
+        node.settings.storage.outputs_dir / sc1.path
+    ).stat().st_mtime_ns == built_at  # not rebuilt
     assert scs[second.SOPInstanceUID].series_instance_uid == sc1.series_instance_uid
     srs = rows(node.engine, ProducedObject, ProducedObject.kind == "sr")
     assert len(srs) == 2 and sr1.sop_instance_uid in {o.sop_instance_uid for o in srs}
     new_sr = next(o for o in srs if o.revision == 2)
     cited = str(
         pydicom.dcmread(
-            node.settings.outputs_dir / new_sr.path
+            node.settings.storage.outputs_dir / new_sr.path
         ).CurrentRequestedProcedureEvidenceSequence
     )
     assert sc1.sop_instance_uid in cited and scs[second.SOPInstanceUID].sop_instance_uid in cited
@@ -645,6 +649,7 @@ def test_queued_studies_share_one_model_call_with_their_own_results(start_node, 
     )
 
 
+@pytest.mark.slow  # over 5 s on 2 cores (pytest --durations)
 def test_a_task_whose_study_is_in_a_dead_batch_works_meanwhile_then_takes_it_over(
     start_node, tmp_path, monkeypatch
 ) -> None:

@@ -21,7 +21,7 @@ from worker.db.models import DONE, Instance, Study
 def _pull(node: Any, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*CLI, "pull", "--interval", "0", "--quiet", *args],
-        env=cli_env(node.settings.data_dir),
+        env=cli_env(node.settings.storage.data_dir),
         capture_output=True,
         text=True,
         timeout=300,
@@ -39,7 +39,7 @@ def test_pull_says_what_is_wrong_in_one_line(start_node) -> None:
     _one_line_error(_pull(node, "--from", nobody), "could not connect")
     proc = _pull(node, "--from", nobody, "--since", "2026-12-02", "--until", "2026-12-01")
     _one_line_error(proc, "--since is after --until")
-    assert not (node.settings.data_dir / "pull-state.json").exists()
+    assert not (node.settings.storage.data_dir / "pull-state.json").exists()
 
 
 @pytest.mark.slow
@@ -91,7 +91,7 @@ def test_pull_retrieves_a_day_of_chest_studies_and_they_end_done(
         # Resumable: a second run moves nothing again.
         again = _pull(node, "--from", pacs, *window)
         assert again.returncode == 0 and "2 already moved, 0 to move" in again.stdout
-        state = json.loads((node.settings.data_dir / "pull-state.json").read_text())
+        state = json.loads((node.settings.storage.data_dir / "pull-state.json").read_text())
         assert {s["ok"] for s in state[pacs].values()} == {True}
 
         # A destination the PACS does not know: a failed move, recorded, exit 1.

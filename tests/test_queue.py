@@ -66,14 +66,14 @@ def test_complete_study_reaches_a_real_celery_worker(start_node, redis_server) -
     app = create_celery(node.settings)
     received: list[dict[str, Any]] = []
 
-    @app.task(name=node.settings.study_task, shared=False)
+    @app.task(name=node.settings.queue.study_task, shared=False)
     def probe(**kwargs: Any) -> None:
         received.append(kwargs)
 
     study_uid = "1.2.826.0.1.3680043.8.498.1001"
     images = [factories.radiograph(study_uid=study_uid) for _ in range(2)]
     ct = factories.ct_slice()
-    with in_process_worker(app, node.settings.inference_queue, shutdown_timeout=10):
+    with in_process_worker(app, node.settings.queue.inference_queue, shutdown_timeout=10):
         assert all(r.ok for r in send(node, [*images, ct]).results)
         wait_for(lambda: received, timeout=30)
         wait_for(lambda: _study(node, ct.StudyInstanceUID).state == SKIPPED)
@@ -285,7 +285,7 @@ def test_replay_stuck_sends_a_lost_study_again_now(start_node, redis_server) -> 
     redis_server.stop()
     redis_server.start()
     env = {
-        "CXR_DATA_DIR": str(node.settings.data_dir),
+        "CXR_DATA_DIR": str(node.settings.storage.data_dir),
         "CXR_BROKER_URL": redis_server.url,
         "PATH": "/usr/bin:/bin",
     }
@@ -303,9 +303,9 @@ def test_replay_stuck_sends_a_lost_study_again_now(start_node, redis_server) -> 
 def _declare_at_once(barrier: Any, data_dir: str, results: Any) -> None:
     """A process like the listener or a worker starting up: declare the inference queue."""
     from worker.celery_app import declare_queues
-    from worker.settings import Settings
+    from worker.settings import load_settings
 
-    app = create_celery(Settings(data_dir=Path(data_dir)))
+    app = create_celery(load_settings(data_dir=Path(data_dir)))
     barrier.wait(60)
     try:
         declare_queues(app, ["inference"])
@@ -320,13 +320,13 @@ def test_processes_starting_together_each_declare_the_embedded_queue(tmp_path: P
     import multiprocessing
 
     from worker.celery_app import declare_queues
-    from worker.settings import Settings
+    from worker.settings import load_settings
 
     ctx = multiprocessing.get_context("spawn")  # a clean interpreter, like a started process
     for trial in range(4):
         data = tmp_path / f"data{trial}"
         # The broker's tables exist (a node that ran before); only the queue's row is new.
-        declare_queues(create_celery(Settings(data_dir=data)), ["another"])
+        declare_queues(create_celery(load_settings(data_dir=data)), ["another"])
         barrier = ctx.Barrier(4)
         results = ctx.Queue()
         procs = [

@@ -18,7 +18,7 @@ from tests import factories
 from tests.helpers import pipeline_worker, rows, send, wait_for
 from tests.orthanc import Orthanc
 from worker.db.models import DONE, Delivery, Study
-from worker.settings import Settings
+from worker.settings import Settings, load_settings
 
 
 def test_destinations_of_both_kinds_parse() -> None:
@@ -31,10 +31,10 @@ def test_destinations_of_both_kinds_parse() -> None:
     for bad in ("stow+ftp://x/y", "stow+http://user:secret@host/dicom-web", "stow+http://"):
         with pytest.raises(ValueError, match="stow\\+http"):
             parse_destinations(bad)
-    settings = Settings(destinations="stow+http://127.0.0.1:8042/dicom-web")
-    assert settings.destinations == [StowDestination("http://127.0.0.1:8042/dicom-web")]
+    settings = load_settings(destinations="stow+http://127.0.0.1:8042/dicom-web")
+    assert settings.delivery.destinations == [StowDestination("http://127.0.0.1:8042/dicom-web")]
     with pytest.raises(ValueError, match="not both"):
-        Settings(stow_bearer_token="t", stow_basic_auth="u:p")
+        load_settings(stow_bearer_token="t", stow_basic_auth="u:p")
 
 
 class _Guarded(http.server.BaseHTTPRequestHandler):
@@ -141,20 +141,20 @@ def test_https_with_our_ca_and_the_settings_credentials(tmp_path: Path) -> None:
     try:
         dest = StowDestination(f"https://127.0.0.1:{server.server_address[1]}/dicom-web")
         path = factories.write(factories.radiograph(), tmp_path / "x.dcm")
-        settings = Settings(
+        settings = load_settings(
             destinations=[str(dest)], send_tls_ca=pki.ca, stow_bearer_token="s3cret"
         )
         (stored,) = stow_files([path], dest, settings.stow_options()).results
         assert stored.ok, stored
         # Trusting the system's CAs is asked for by name, and they do not vouch for the PACS.
-        system = Settings(stow_bearer_token="s3cret", send_tls_system_ca=True).stow_options()
+        system = load_settings(stow_bearer_token="s3cret", send_tls_system_ca=True).stow_options()
         (refused,) = stow_files([path], dest, system).results
         assert not refused.ok and "SSL" in (refused.error or ""), refused
         # Nobody trusted: refused before connecting, and such settings do not load at all.
         (unsure,) = stow_files([path], dest, Settings().stow_options()).results
         assert "https needs CXR_SEND_TLS_CA" in (unsure.error or ""), unsure
         with pytest.raises(ValueError, match="needs CXR_SEND_TLS_CA"):
-            Settings(destinations=[str(dest)])
+            load_settings(destinations=[str(dest)])
     finally:
         server.shutdown()
         server.server_close()

@@ -63,7 +63,9 @@ def test_a_stow_upload_is_received_like_a_c_store(start_node) -> None:
     assert failure["00081197"]["Value"] == [CANNOT_UNDERSTAND]
     instances = {i.sop_instance_uid: i for i in rows(node.engine, Instance)}
     assert instances[chest.SOPInstanceUID].eligible and not instances[ct.SOPInstanceUID].eligible
-    spooled = node.settings.spool_dir / "studies" / instances[chest.SOPInstanceUID].spool_path
+    spooled = (
+        node.settings.storage.spool_dir / "studies" / instances[chest.SOPInstanceUID].spool_path
+    )
     assert spooled.is_file()
     (assoc,) = rows(node.engine, Association)
     assert assoc.calling_ae == STOW_CALLER
@@ -83,7 +85,7 @@ def test_a_stow_upload_is_received_like_a_c_store(start_node) -> None:
     assert answer["00081198"]["Value"][0]["00081197"]["Value"] == [DATASET_MISMATCH]
     assert other.SOPInstanceUID not in {i.sop_instance_uid for i in rows(node.engine, Instance)}
     # Nothing of the bodies or their parts is left in incoming/.
-    assert list((node.settings.spool_dir / "incoming").iterdir()) == []
+    assert list((node.settings.storage.spool_dir / "incoming").iterdir()) == []
 
 
 def test_a_stow_request_it_cannot_take_gets_a_clear_http_error(start_node) -> None:

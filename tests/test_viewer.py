@@ -76,7 +76,7 @@ def test_ohif_opens_the_study_the_heatmap_and_the_report(
     orthanc.start()
     seen = {}
     try:
-        node.settings.destinations = [orthanc.destination]
+        node.settings.delivery.destinations = [orthanc.destination]
         studies = {}
         for name, path in sources.items():
             # One in-process worker per study: celery's test worker (solo pool, in a thread)

@@ -56,7 +56,7 @@ def _when(text: str | None) -> datetime | None:
 
 def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
     """Build the API app. Raises ValueError if no token is configured (it never runs open)."""
-    token = settings.api_token
+    token = settings.api.api_token
     if not token:
         raise ValueError("set CXR_API_TOKEN: the audit API never runs without authentication")
     app = FastAPI(
@@ -163,7 +163,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session]) -> FastAPI:
             ).all()
         if not 0 <= index < len(objects):
             raise HTTPException(404, f"study {study_uid} has no heatmap {index}")
-        ds = pydicom.dcmread(settings.outputs_dir / objects[index].path)
+        ds = pydicom.dcmread(settings.storage.outputs_dir / objects[index].path)
         buf = io.BytesIO()
         Image.fromarray(ds.pixel_array).save(buf, format="PNG")
         return Response(buf.getvalue(), media_type="image/png")

@@ -25,7 +25,7 @@ def create_celery(settings: Settings) -> Celery:
     (``task_acks_late``), requeued if the worker process dies (``task_reject_on_worker_lost``),
     and each worker process reserves one task at a time (prefetch 1) because inference is slow.
     """
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
     broker = settings.effective_broker_url
     app = Celery("cxr_triage", broker=broker)
     if broker.startswith(("redis://", "rediss://")):
@@ -34,8 +34,8 @@ def create_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_default_queue=settings.inference_queue,
-        task_routes={settings.study_task: {"queue": settings.inference_queue}},
+        task_default_queue=settings.queue.inference_queue,
+        task_routes={settings.queue.study_task: {"queue": settings.queue.inference_queue}},
         task_serializer="json",
         accept_content=["json"],
         broker_connection_timeout=PUBLISH_TIMEOUT,

@@ -182,12 +182,12 @@ def operating_point_for(settings: Settings, card: Any) -> OperatingPoint:
     missing, unreadable or made for other weights.
     """
     site = None
-    if settings.site_calibration is not None:
-        site = load_site_calibration(settings.site_calibration, card.weights_sha256)
+    if settings.model.site_calibration is not None:
+        site = load_site_calibration(settings.model.site_calibration, card.weights_sha256)
     return operating_point(
         card.operating_point,
-        settings.threshold_covid,
-        settings.threshold_pneumonia,
+        settings.model.threshold_covid,
+        settings.model.threshold_pneumonia,
         site,
-        settings.indeterminate_margin,
+        settings.model.indeterminate_margin,
     )

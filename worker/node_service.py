@@ -37,31 +37,31 @@ def listener_config(
     settings: Settings, shared_socket: int | None = None, heartbeat_file: Path | None = None
 ) -> ListenerConfig:
     ssl_context = None
-    if settings.tls_cert is not None and settings.tls_key is not None:
+    if settings.node.tls_cert is not None and settings.node.tls_key is not None:
         ssl_context = server_context(
-            settings.tls_cert,
-            settings.tls_key,
-            ca=settings.tls_ca,
-            verify_client=settings.tls_verify_client,
+            settings.node.tls_cert,
+            settings.node.tls_key,
+            ca=settings.node.tls_ca,
+            verify_client=settings.node.tls_verify_client,
         )
     return ListenerConfig(
-        ae_title=settings.ae_title,
-        bind=settings.bind,
-        port=settings.port,
-        max_pdu=settings.max_pdu,
-        max_associations=settings.max_associations,
-        max_connections=settings.max_connections,
-        pdu_timeout=settings.pdu_timeout,
-        handshake_timeout=settings.handshake_timeout,
-        acse_timeout=settings.acse_timeout,
-        dimse_timeout=settings.dimse_timeout,
-        network_timeout=settings.network_timeout,
-        allowed_calling_aets=frozenset(settings.allowed_calling_aets),
-        require_called_ae=settings.require_called_ae,
-        uid_root=settings.uid_root,
-        assume_pa_chest=settings.assume_pa_chest,
-        keep_ineligible=settings.keep_ineligible,
-        reuse_port=settings.reuse_port,
+        ae_title=settings.node.ae_title,
+        bind=settings.node.bind,
+        port=settings.node.port,
+        max_pdu=settings.node.max_pdu,
+        max_associations=settings.node.max_associations,
+        max_connections=settings.node.max_connections,
+        pdu_timeout=settings.node.pdu_timeout,
+        handshake_timeout=settings.node.handshake_timeout,
+        acse_timeout=settings.node.acse_timeout,
+        dimse_timeout=settings.node.dimse_timeout,
+        network_timeout=settings.node.network_timeout,
+        allowed_calling_aets=frozenset(settings.node.allowed_calling_aets),
+        require_called_ae=settings.node.require_called_ae,
+        uid_root=settings.node.uid_root,
+        assume_pa_chest=settings.node.assume_pa_chest,
+        keep_ineligible=settings.storage.keep_ineligible,
+        reuse_port=settings.node.reuse_port,
         ssl_context=ssl_context,
         shared_socket=shared_socket,
         heartbeat_file=heartbeat_file,
@@ -100,7 +100,7 @@ class Node:
         # down must not hold up the listener either.
         threading.Thread(target=self.enqueue.connect, name="broker-connect", daemon=True).start()
         self.observability = start_observability(
-            self.receipts.sessions, self.settings, self.settings.metrics_port
+            self.receipts.sessions, self.settings, self.settings.observability.metrics_port
         )
 
     def stop(self) -> None:
@@ -129,41 +129,44 @@ def build_node(
     """
     engine = open_database(settings)
     celery = create_celery(settings)
-    enqueue = StudyEnqueuer(celery, settings.study_task, settings.inference_queue)
-    redeliver = DeliveryEnqueuer(celery, settings.inference_queue)
+    enqueue = StudyEnqueuer(celery, settings.queue.study_task, settings.queue.inference_queue)
+    redeliver = DeliveryEnqueuer(celery, settings.queue.inference_queue)
     sessions = make_session_factory(engine)
     receipts = Receipts(sessions)
     study_monitor = None
     if monitor:
         policy = CompletionPolicy(
-            quiet_seconds=settings.quiet_seconds, max_wait_seconds=settings.max_wait_seconds
+            quiet_seconds=settings.node.quiet_seconds,
+            max_wait_seconds=settings.node.max_wait_seconds,
         )
         sweeper = Sweeper(
             sessions,
             enqueue,
             redeliver=redeliver,
-            lease=settings.stuck_after,
-            retry_delay=settings.retry_delay,
+            lease=settings.queue.stuck_after,
+            retry_delay=settings.delivery.retry_delay,
         )
         study_monitor = StudyMonitor(
             StudyCompletion(sessions, policy),
             Outbox(sessions, enqueue),
             sweeper,
-            settings.monitor_interval,
+            settings.node.monitor_interval,
         )
     spool = Spool(
-        settings.spool_dir, min_free_bytes=settings.min_free_mb * 2**20, fsync=settings.fsync
+        settings.storage.spool_dir,
+        min_free_bytes=settings.storage.min_free_mb * 2**20,
+        fsync=settings.storage.fsync,
     )
     listener = Listener(listener_config(settings, shared_socket, heartbeat_file), spool, receipts)
     stow = None
-    if settings.stow_port is not None and monitor and settings.api_token:
+    if settings.node.stow_port is not None and monitor and settings.api.api_token:
         # One process of a group serves it: they would all bind the same port.
         config = StowConfig(
-            settings.bind,
-            settings.stow_port,
-            settings.api_token,
-            settings.ae_title,
-            settings.stow_max_mb * 2**20,
+            settings.node.bind,
+            settings.node.stow_port,
+            settings.api.api_token,
+            settings.node.ae_title,
+            settings.node.stow_max_mb * 2**20,
         )
         stow = StowServer(config, listener.intake, receipts)
     return Node(settings, engine, receipts, listener, study_monitor, enqueue, stow=stow)
@@ -177,7 +180,7 @@ def serve(
     heartbeat_file: Path | None = None,
 ) -> None:
     """Run the node until SIGINT or SIGTERM."""
-    io_switches.configure(settings.spool_dir / "incoming")
+    io_switches.configure(settings.storage.spool_dir / "incoming")
     node = build_node(settings, shared_socket, monitor=monitor, heartbeat_file=heartbeat_file)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -187,7 +190,7 @@ def serve(
         "database %s, broker %s, spool %s",
         node.engine.url.render_as_string(hide_password=True),
         settings.effective_broker_url.split("@")[-1],
-        settings.spool_dir,
+        settings.storage.spool_dir,
     )
     try:
         stop.wait()

@@ -135,7 +135,7 @@ class DatabaseCollector:
         yield GaugeMetricFamily(
             "cxr_queue_depth",
             "Messages waiting on the inference queue",
-            value=float(queue_depth(self.app, self.settings.inference_queue)),
+            value=float(queue_depth(self.app, self.settings.queue.inference_queue)),
         )
         info = InfoMetricFamily("cxr_model", "The model the workers load")
         info.add_metric([], model_info(self.settings))
@@ -148,7 +148,7 @@ def model_info(settings: Settings) -> dict[str, str]:
 
     try:
         # The card alone: the listener process must not import the model stack.
-        card = ModelCard.load(settings.model_dir or Path(models.__file__).parent / "default")
+        card = ModelCard.load(settings.model.model_dir or Path(models.__file__).parent / "default")
     except Exception as exc:  # a broken card must not break scraping
         return {"name": "unreadable", "version": "", "weights_sha256": "", "error": str(exc)[:200]}
     return {"name": card.name, "version": card.version, "weights_sha256": card.weights_sha256}
@@ -185,7 +185,7 @@ def start_observability(
     except OSError as exc:
         logger.warning(
             "metrics and health endpoints off: cannot bind %s:%d (%s)",
-            settings.metrics_bind,
+            settings.observability.metrics_bind,
             port,
             exc,
         )
@@ -212,12 +212,14 @@ def readiness(sessions: sessionmaker[Session], settings: Settings, app: Celery) 
     except Exception as exc:
         checks["broker"] = f"{type(exc).__name__}: {exc}"[:300]
     try:
-        free = shutil.disk_usage(settings.spool_dir).free
-        need = settings.min_free_mb * 2**20
+        free = shutil.disk_usage(settings.storage.spool_dir).free
+        need = settings.storage.min_free_mb * 2**20
         checks["spool"] = (
             "ok"
             if free >= need
-            else (f"{free // 2**20} MiB free, below the {settings.min_free_mb} MiB watermark")
+            else (
+                f"{free // 2**20} MiB free, below the {settings.storage.min_free_mb} MiB watermark"
+            )
         )
     except OSError as exc:
         checks["spool"] = str(exc)
@@ -273,7 +275,7 @@ class ObservabilityServer:
             def log_message(self, fmt: str, *args: Any) -> None:
                 logger.debug("http: " + fmt, *args)
 
-        self.server = ThreadingHTTPServer((settings.metrics_bind, port), Handler)
+        self.server = ThreadingHTTPServer((settings.observability.metrics_bind, port), Handler)
         self.port = int(self.server.server_address[1])
         self._thread = threading.Thread(
             target=self.server.serve_forever, daemon=True, name="observability"

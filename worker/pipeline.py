@@ -155,7 +155,7 @@ class Pipeline:
         self.operating_point = operating_point_for(settings, card)
         self.operating_point.apply(model)
         logger.info("operating point: %s", self.operating_point.describe())
-        self.spool = Spool(settings.spool_dir, fsync=settings.fsync)
+        self.spool = Spool(settings.storage.spool_dir, fsync=settings.storage.fsync)
 
     def warm_up(self) -> float:
         """Run a synthetic radiograph through the model, Grad-CAM and the SC and SR builders.
@@ -170,7 +170,7 @@ class Pipeline:
         # Large enough to be decimated for the SC, small enough to make quickly.
         ds = radiograph(rows=1400, columns=1700, bits=16, seed=1)
         image = dicom_to_image(ds)
-        shrink = shrink_factor(image.shape, self.settings.sc_max_size)
+        shrink = shrink_factor(image.shape, self.settings.worker.sc_max_size)
         pred = self.model.warm_up(image, shrink)  # type: ignore[attr-defined]
         # A flagged finding, whatever the model said of a synthetic image: the heatmap overlay
         # runs too.
@@ -202,8 +202,8 @@ class Pipeline:
         that fails is recorded ``failed`` and its outcome carries the exception; the others go
         on.
         """
-        size = self.settings.batch_size if batch_size is None else batch_size
-        lease = self.settings.stuck_after
+        size = self.settings.worker.batch_size if batch_size is None else batch_size
+        lease = self.settings.queue.stuck_after
         ensure_heartbeat(self.sessions, lease)  # renews this process's leases while it works
         reason = claim(self.sessions, study_id, revision, lease)
         meanwhile: list[Outcome] = []
@@ -224,7 +224,7 @@ class Pipeline:
         batch = [ours]
         if size > 1:
             batch += claim_waiting(
-                self.sessions, study_id, size - 1, lease, self.settings.batch_wait
+                self.sessions, study_id, size - 1, lease, self.settings.worker.batch_wait
             )
         if len(batch) > 1:
             logger.info("study %d: batched with %d waiting studies", study_id, len(batch) - 1)
@@ -330,7 +330,9 @@ class Pipeline:
             return {}
         # One shrink factor per study: its SCs stay below CXR_SC_MAX_SIZE pixels a side.
         shrinks = {
-            sid: max(shrink_factor(img.shape, self.settings.sc_max_size) for img in ld.images)
+            sid: max(
+                shrink_factor(img.shape, self.settings.worker.sc_max_size) for img in ld.images
+            )
             for sid, ld in loaded.items()
         }
         images = [img for ld in loaded.values() for img in ld.images]
@@ -387,8 +389,8 @@ class Pipeline:
         from models.imaging import decimate
 
         algo = self.algorithm
-        root = self.settings.uid_root
-        outputs = self.settings.outputs_dir
+        root = self.settings.node.uid_root
+        outputs = self.settings.storage.outputs_dir
         op = self.operating_point
         # The SC's numbers, words and colours follow from these: a change makes a new SC.
         temperature = self.model.card.temperature  # type: ignore[attr-defined]
@@ -465,7 +467,7 @@ class Pipeline:
         with timer.step("store"):
             for b in built:
                 if b.path is None:
-                    b.path = write_object(b.ds, self.settings.outputs_dir, study_uid)
+                    b.path = write_object(b.ds, self.settings.storage.outputs_dir, study_uid)
 
     def _kept_object(self, sop_instance_uid: str) -> str | None:
         """The path of an object already produced with this UID, if its file is still there."""
@@ -475,7 +477,7 @@ class Pipeline:
                     ProducedObject.sop_instance_uid == sop_instance_uid
                 )
             ).one_or_none()
-        if path is None or not (self.settings.outputs_dir / path).is_file():
+        if path is None or not (self.settings.storage.outputs_dir / path).is_file():
             return None
         return path
 
@@ -492,9 +494,9 @@ class Pipeline:
         """Results, produced objects and the delivery plan in one transaction; the next state."""
         decision = decided.study
         by = _model_columns(self.algorithm)
-        shadow = self.settings.shadow_mode
+        shadow = self.settings.delivery.shadow_mode
         # Shadow mode: everything is made and recorded, nothing is sent.
-        destinations = [] if shadow else list(self.settings.destinations)
+        destinations = [] if shadow else list(self.settings.delivery.destinations)
         with self.sessions.begin() as s:
             s.execute(
                 delete(ImageResult).where(

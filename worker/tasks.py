@@ -35,7 +35,8 @@ class _Process:
             from worker.db.engine import make_engine, make_session_factory
 
             engine = make_engine(
-                self.settings.effective_database_url, timeout=self.settings.db_timeout
+                self.settings.storage.effective_database_url,
+                timeout=self.settings.storage.db_timeout,
             )
             self._sessions = make_session_factory(engine)
         return self._sessions
@@ -46,7 +47,7 @@ class _Process:
             from models.loader import load_model
             from worker.pipeline import Pipeline
 
-            model = load_model(self.settings.model_dir)
+            model = load_model(self.settings.model.model_dir)
             self._pipeline = Pipeline(self.settings, self.sessions, model)
         return self._pipeline
 
@@ -62,7 +63,7 @@ class _Process:
         try:
             # From the start, not the first task: an idle, live worker is what tells the node's
             # sweeper that queued studies with no task left in the broker were lost.
-            ensure_heartbeat(self.sessions, self.settings.stuck_after)
+            ensure_heartbeat(self.sessions, self.settings.queue.stuck_after)
         except Exception as exc:
             logger.warning("no lease heartbeat yet: %s", exc)
         try:
@@ -92,29 +93,29 @@ def register_tasks(app: Celery, settings: Settings) -> _Process:
 
     def deliver_now(object_ids: list[int], destination: str, attempt: int) -> None:
         """One association to ``destination`` for all ``object_ids``; each retried alone."""
-        final = attempt > settings.delivery_retries
+        final = attempt > settings.delivery.delivery_retries
         sent = attempt_deliveries(
             proc.sessions,
-            settings.outputs_dir,
+            settings.storage.outputs_dir,
             object_ids,
             parse_destination(destination),
             attempt,
             proc.sender_options,
             final=final,
             stow=proc.stow_options,
-            lease=settings.stuck_after,
+            lease=settings.queue.stuck_after,
         )
         for object_id, ok in sent.items():
             if not ok and not final:
-                delay = settings.retry_delay(attempt)
+                delay = settings.delivery.retry_delay(attempt)
                 deliver.apply_async(
                     args=[object_id, destination, attempt + 1],
                     countdown=delay,
-                    queue=settings.inference_queue,
+                    queue=settings.queue.inference_queue,
                 )
 
     # shared=False: a task registered on one app must not leak into every other Celery app.
-    @app.task(name=settings.study_task, shared=False)
+    @app.task(name=settings.queue.study_task, shared=False)
     def process_study(study_id: int, study_instance_uid: str, revision: int) -> str:
         from worker.leases import release
 

@@ -20,7 +20,7 @@ class WarmMarks:
     """The marks of one ``cxr-triage work`` process's children."""
 
     def __init__(self, settings: Settings, worker_pid: int) -> None:
-        self.folder = settings.data_dir / "run" / f"worker-{worker_pid}"
+        self.folder = settings.storage.data_dir / "run" / f"worker-{worker_pid}"
 
     def reset(self) -> None:
         """Start with no marks (the worker's main process, before it forks its children)."""

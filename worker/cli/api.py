@@ -32,9 +32,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     uvicorn.run(
         app,
-        host=settings.metrics_bind,
-        port=args.port or settings.api_port,
-        log_level=settings.log_level.lower(),
+        host=settings.observability.metrics_bind,
+        port=args.port or settings.api.api_port,
+        log_level=settings.observability.log_level.lower(),
         access_log=False,  # worker.api logs each request without its query string
     )
     return 0

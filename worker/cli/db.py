@@ -45,8 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _engine(settings: Settings) -> Engine:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return make_engine(settings.effective_database_url)
+    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    return make_engine(settings.storage.effective_database_url)
 
 
 def run_upgrade(args: argparse.Namespace, settings: Settings) -> int:

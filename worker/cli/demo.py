@@ -13,7 +13,7 @@ from pathlib import Path
 
 from worker.cli.processes import ProcessGroup
 from worker.db.models import StudyState
-from worker.settings import Settings
+from worker.settings import Settings, load_settings
 
 # The demo stops waiting at a terminal state, or at failed (which needs a person).
 TERMINAL = {str(state) for state in StudyState if state.terminal} | {str(StudyState.FAILED)}
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # Always the embedded default, whatever the caller's environment points at.
     for key in ("CXR_DATABASE_URL", "CXR_BROKER_URL", "CXR_DESTINATIONS"):
         env.pop(key, None)
-    demo_settings = Settings(
+    demo_settings = load_settings(
         data_dir=data, port=port, database_url=None, broker_url=None, destinations=[]
     )
     open_database(demo_settings).dispose()
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             files, Destination("CXR_TRIAGE", "127.0.0.1", port), SenderOptions(calling_ae="DEMO")
         )
         print(f"sent {summary.sent} of {len(files)} file(s)")
-        engine = make_engine(demo_settings.effective_database_url)
+        engine = make_engine(demo_settings.storage.effective_database_url)
         sessions = make_session_factory(engine)
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline:
@@ -219,7 +219,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         group.stop()
 
-    outputs = demo_settings.outputs_dir
+    outputs = demo_settings.storage.outputs_dir
     print(f"\n{'study':24} {'state':10} {'result':26} {'priority':9} probabilities")
     print(f"{'':24} known label (held out from training), where the sample has one")
     with sessions() as s:

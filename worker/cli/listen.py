@@ -59,7 +59,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         for k, v in (("port", args.port), ("bind", args.bind), ("ae_title", args.ae_title))
         if v is not None
     }
-    settings = settings.model_copy(update=updates)
+    settings = settings.replace(**updates)
     if args.processes > 1:
         return _supervise(args, settings)
     from worker.node_service import serve
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     except OSError as exc:
         print(
-            f"cxr-triage listen: cannot listen on {settings.bind}:{settings.port}: {exc}",
+            f"cxr-triage listen: cannot listen on {settings.node.bind}:{settings.node.port}: {exc}",
             file=sys.stderr,
         )
         return 1
@@ -95,7 +95,7 @@ def _supervise(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli.processes import ProcessGroup, child_env, cli_command
     from worker.db.engine import open_database
 
-    if settings.port == 0:
+    if settings.node.port == 0:
         print("cxr-triage listen: --processes needs a fixed port", file=sys.stderr)
         return 2
     # Migrate once here rather than racing N children to do it.
@@ -104,19 +104,23 @@ def _supervise(args: argparse.Namespace, settings: Settings) -> int:
     except SchemaOutOfDateError as exc:
         print(f"cxr-triage listen: {exc}", file=sys.stderr)
         return 2
-    family = socket.AF_INET6 if ":" in settings.bind else socket.AF_INET
+    family = socket.AF_INET6 if ":" in settings.node.bind else socket.AF_INET
     try:
         sock = socket.create_server(
-            (settings.bind, settings.port), family=family, backlog=settings.max_connections
+            (settings.node.bind, settings.node.port),
+            family=family,
+            backlog=settings.node.max_connections,
         )
     except OSError as exc:
         print(
-            f"cxr-triage listen: cannot listen on {settings.bind}:{settings.port}: {exc}",
+            f"cxr-triage listen: cannot listen on {settings.node.bind}:{settings.node.port}: {exc}",
             file=sys.stderr,
         )
         return 1
     env = child_env(
-        CXR_PORT=str(settings.port), CXR_BIND=settings.bind, CXR_AE_TITLE=settings.ae_title
+        CXR_PORT=str(settings.node.port),
+        CXR_BIND=settings.node.bind,
+        CXR_AE_TITLE=settings.node.ae_title,
     )
     command = [*cli_command(args.config), "listen", "--shared-socket", str(sock.fileno())]
     # One study monitor for the group: it works on the shared database, and N of them
@@ -137,5 +141,5 @@ def _supervise(args: argparse.Namespace, settings: Settings) -> int:
             heartbeats=heartbeats,
             hang_after=args.hang_after,
         )
-        logger.info("started %d listener processes on port %d", args.processes, settings.port)
+        logger.info("started %d listener processes on port %d", args.processes, settings.node.port)
         return group.wait()

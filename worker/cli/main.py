@@ -40,7 +40,7 @@ from worker.cli import (
 from worker.db.engine import DatabaseNotFoundError
 from worker.db.migrate import SchemaOutOfDateError
 from worker.logs import configure_logging
-from worker.settings import ENV_PREFIX, Settings, load_settings, unknown_environment_names
+from worker.settings import Settings, load_settings, setting_name, unknown_environment_names
 
 SUBCOMMANDS = (
     run,
@@ -113,7 +113,7 @@ def settings_problem(exc: ValidationError) -> str:
         if msg.startswith("Value error, "):  # our own validators' words, already with names
             lines.append(msg.removeprefix("Value error, "))
             continue
-        name = ENV_PREFIX + "_".join(str(part) for part in error["loc"]).upper()
+        name = setting_name(error["loc"])
         value = error.get("input")
         shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
         lines.append(f"{name}: {msg.split(',')[0].lower()}{shown}")
@@ -148,7 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"cxr-triage: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    configure_logging(args.log_level or settings.log_level, settings.log_format)
+    configure_logging(
+        args.log_level or settings.observability.log_level, settings.observability.log_format
+    )
     if not args.verbose and args.command in ("echo", "send", "predict", "validate", "calibrate"):
         for name in _CHATTY:
             logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -165,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OperationalError, ArgumentError, NoSuchModuleError) as exc:
         # A wrong URL, host, role or database: one line, not a traceback.
         cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        url = settings.effective_database_url.split("@")[-1]
+        url = settings.storage.effective_database_url.split("@")[-1]
         print(f"cxr-triage: cannot open the database ({url}): {cause}", file=sys.stderr)
         print("  see docs/deployment.md for creating the role and database", file=sys.stderr)
         return 2

@@ -91,9 +91,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.since and args.until and args.since > args.until:
         print("cxr-triage pull: --since is after --until", file=sys.stderr)
         return 2
-    options = settings.sender_options(calling_ae=args.aet or settings.ae_title)
-    move_to = args.move_to or settings.ae_title
-    state_file = args.state or settings.data_dir / "pull-state.json"
+    options = settings.sender_options(calling_ae=args.aet or settings.node.ae_title)
+    move_to = args.move_to or settings.node.ae_title
+    state_file = args.state or settings.storage.data_dir / "pull-state.json"
     try:
         state = _load_state(state_file)
         matches = find_studies(

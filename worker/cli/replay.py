@@ -56,10 +56,10 @@ def _stuck(args: argparse.Namespace, settings: Settings, sessions: object) -> in
     celery = create_celery(settings)
     sweeper = Sweeper(
         sessions,  # type: ignore[arg-type]
-        StudyEnqueuer(celery, settings.study_task, settings.inference_queue),
-        redeliver=DeliveryEnqueuer(celery, settings.inference_queue),
+        StudyEnqueuer(celery, settings.queue.study_task, settings.queue.inference_queue),
+        redeliver=DeliveryEnqueuer(celery, settings.queue.inference_queue),
         lease=args.stuck * 60,  # "queued for MINUTES"; a live worker's lease is never taken
-        retry_delay=settings.retry_delay,
+        retry_delay=settings.delivery.retry_delay,
     )
     sent = sweeper.sweep(queued_now=True)
     print(f"sent again: {sent} task(s) for {len(stuck)} stuck study(ies)")
@@ -102,14 +102,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             )
         ok = attempt_delivery(
             sessions,
-            settings.outputs_dir,
+            settings.storage.outputs_dir,
             object_id,
             parse_destination(dest),
             last + 1,
             options,
             final=True,
             stow=stow,
-            lease=settings.stuck_after,
+            lease=settings.queue.stuck_after,
         )
         failed += not ok
     print(

@@ -50,7 +50,7 @@ class _Readiness:
     def __init__(self, settings: Settings, worker_pid: int) -> None:
         self.settings = settings
         self.marks = WarmMarks(settings, worker_pid)
-        self.host = "127.0.0.1" if settings.bind in ("0.0.0.0", "") else settings.bind
+        self.host = "127.0.0.1" if settings.node.bind in ("0.0.0.0", "") else settings.node.bind
         self.started = time.monotonic()
         self.next_report = self.started + _WAITING_EVERY
         self.next_check = self.started
@@ -58,9 +58,9 @@ class _Readiness:
 
     def waiting_for(self) -> list[str]:
         missing = []
-        if not _accepting(self.host, self.settings.port):
-            missing.append(f"the node on {self.host}:{self.settings.port}")
-        worker = self.marks.check(self.settings.worker_concurrency)
+        if not _accepting(self.host, self.settings.node.port):
+            missing.append(f"the node on {self.host}:{self.settings.node.port}")
+        worker = self.marks.check(self.settings.worker.worker_concurrency)
         if worker != "ok":
             missing.append(f"the worker ({worker})")
         return missing
@@ -98,9 +98,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def _serve(group: ProcessGroup, settings: Settings) -> int:
     logger.info(
         "node on %s:%d as %s, worker on queue %s; Ctrl-C stops both",
-        settings.bind,
-        settings.port,
-        settings.ae_title,
-        settings.inference_queue,
+        settings.node.bind,
+        settings.node.port,
+        settings.node.ae_title,
+        settings.queue.inference_queue,
     )
     return group.wait(_Readiness(settings, group.children[1].pid))

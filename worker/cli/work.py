@@ -44,7 +44,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     app = create_celery(settings)
     proc = register_tasks(app, settings)
-    concurrency = args.concurrency or settings.worker_concurrency
+    concurrency = args.concurrency or settings.worker.worker_concurrency
     marks = WarmMarks(settings, os.getpid())
     marks.reset()
 
@@ -56,15 +56,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # Before the consumer declares it: that one stops the worker if another process creates
     # the queue at the same moment (see declare_queues).
     try:
-        declare_queues(app, [settings.inference_queue])
+        declare_queues(app, [settings.queue.inference_queue])
     except Exception as exc:
-        logger.warning("cannot declare queue %s yet (%s)", settings.inference_queue, exc)
+        logger.warning("cannot declare queue %s yet (%s)", settings.queue.inference_queue, exc)
     # In the worker's main process (no TensorFlow here): counts come from the database. The
     # pool forks while this server's threads run; the gate keeps them apart (see fork_gate).
     start_observability(
         make_session_factory(open_database(settings)),
         settings,
-        settings.worker_metrics_port,
+        settings.observability.worker_metrics_port,
         lambda: {"model": marks.check(concurrency)},
         fork_gate=ForkGate(),
     )
@@ -76,9 +76,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         [
             "worker",
             "--loglevel",
-            settings.log_level.upper(),
+            settings.observability.log_level.upper(),
             "-Q",
-            settings.inference_queue,
+            settings.queue.inference_queue,
             "--concurrency",
             str(concurrency),
             "--pool",

@@ -65,7 +65,7 @@ def open_database(settings: Settings, *, read_only: bool = False, create: bool =
 
     from worker.db.migrate import ensure_schema
 
-    url = settings.effective_database_url
+    url = settings.storage.effective_database_url
     if read_only or not create:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists():
@@ -75,7 +75,7 @@ def open_database(settings: Settings, *, read_only: bool = False, create: bool =
                 "the node's"
             )
     else:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(url, timeout=settings.db_timeout)
-    ensure_schema(engine, auto_migrate=settings.should_auto_migrate and not read_only)
+        settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(url, timeout=settings.storage.db_timeout)
+    ensure_schema(engine, auto_migrate=settings.storage.should_auto_migrate and not read_only)
     return engine

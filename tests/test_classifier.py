@@ -62,6 +62,7 @@ def test_training_writes_a_complete_model_folder(trained: Path) -> None:
     assert (splits.count("test"), splits.count("validation"), len(splits)) == (6, 3, 36)
 
 
+@pytest.mark.slow  # its module fixture trains a model: 16 s on 2 cores
 def test_save_load_predict_round_trip(trained: Path) -> None:
     model = load_model(trained)
     rng = np.random.default_rng(9)
@@ -76,6 +77,7 @@ def test_save_load_predict_round_trip(trained: Path) -> None:
         assert a.probabilities == pytest.approx(b.probabilities, abs=1e-5)
 
 
+@pytest.mark.slow  # its module fixture trains a model: 16 s on 2 cores
 def test_card_mismatches_are_refused(trained: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -687,6 +687,13 @@ class _Grouping(PydanticBaseSettingsSource):
         return _grouped(self.inner())
 
 
+class _GroupedToml(TomlConfigSettingsSource):
+    """The TOML file of ``model_config["toml_file"]``, its flat names grouped."""
+
+    def __call__(self) -> dict[str, Any]:
+        return _grouped(super().__call__())
+
+
 class _FlatEnvironment(PydanticBaseSettingsSource):
     """``CXR_<NAME>`` for every setting (any case), grouped; values stay strings to validate."""
 
@@ -721,12 +728,18 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (_Grouping(settings_cls, init_settings), _FlatEnvironment(settings_cls))
+        sources: list[PydanticBaseSettingsSource] = [
+            _Grouping(settings_cls, init_settings),
+            _FlatEnvironment(settings_cls),
+        ]
+        if settings_cls.model_config.get("toml_file"):  # load_settings(config_file)
+            sources.append(_GroupedToml(settings_cls))
+        return tuple(sources)
 
     @model_validator(mode="before")
     @classmethod
     def _group_flat_names(cls, data: Any) -> Any:
-        # Settings.model_validate({...}) and model_copy-free updates name settings flat too.
+        # Settings.model_validate({...}) may name settings flat too.
         return _grouped(data) if isinstance(data, Mapping) else data
 
     @model_validator(mode="after")
@@ -795,21 +808,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise FileNotFoundError(f"config file {path} not found")
 
     class _FileSettings(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            toml = TomlConfigSettingsSource(settings_cls, toml_file=path)
-            return (
-                _Grouping(settings_cls, init_settings),
-                _FlatEnvironment(settings_cls),
-                _Grouping(settings_cls, toml),
-            )
+        model_config = SettingsConfigDict(toml_file=path)
 
     return _FileSettings(**overrides)
 

@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.receive_throughput import free_port, wait_listening
+from bench.receive_throughput import wait_listening
+from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

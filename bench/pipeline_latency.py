@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from bench.receive_throughput import free_port, wait_port
 from dicom_node import synthetic
+from tests.services import free_port, wait_port
 
 CLI = [sys.executable, "-m", "worker.cli.main"]
 BURSTS = (1, 8, 32)
@@ -183,13 +183,13 @@ def measure(
         subprocess.run([*send, *map(str, paths)], env=env, check=True, stdout=subprocess.DEVNULL)
 
     try:
-        wait_port(redis_port)
-        wait_port(pacs_port)
+        wait_port(redis_port, process=procs[0])
+        wait_port(pacs_port, process=procs[1])
         procs.append(subprocess.Popen([*CLI, "listen"], env=env))
         procs.append(
             subprocess.Popen([*CLI, "work", "--concurrency", str(args.concurrency)], env=env)
         )
-        wait_port(node_port)
+        wait_port(node_port, process=procs[2])  # its log is this bench's own output
         ready_after = _ready(ready_port, 300)
         (first_uid, first_path), *rest = files[: args.studies + 1]
         send_files([first_path])

@@ -24,13 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.receive_throughput import (
-    free_port,
-    make_files,
-    start_listener,
-    wait_port,
-    warm_memory,
-)
+from bench.receive_throughput import make_files, start_listener, warm_memory
+from tests.services import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +85,7 @@ def start_receiver(name: str, target: Path, checkout: Path, processes: int) -> t
             [*_STORESCP, str(target), "--fork", str(port)],
             env={**os.environ, "TCP_NODELAY": "1"},
         )
-        wait_port(port)
+        wait_port(port, timeout=60, process=proc)
         return proc, port, "DCMTK"
     proc = start_listener(target, port, processes, checkout=checkout)
     return proc, port, "CXR_TRIAGE"

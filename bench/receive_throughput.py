@@ -35,7 +35,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,24 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node import synthetic
+from tests.services import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"port {port} did not open")
 
 
 def make_files(source: Path, count: int) -> list[Path]:
@@ -168,7 +152,7 @@ def run_storescp(
         args.append("--fork")
     proc = subprocess.Popen([*args, str(port)], env={**os.environ, "TCP_NODELAY": "1"})
     try:
-        wait_port(port)
+        wait_port(port, timeout=60, process=proc)
         if probe is not None:
             probe.append(negotiated(port, "DCMTK"))
             shutil.rmtree(target)

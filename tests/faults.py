@@ -94,7 +94,7 @@ class SlowPACS(StoreSCP):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_port(self.port)
+        wait_port(self.port, process=self.proc)
 
 
 @dataclass
@@ -251,7 +251,8 @@ class Deployment:
 
     def start_listener(self, prefix: list[str] | None = None) -> None:
         self.listener = self._spawn(["listen"], prefix or [])
-        wait_port(self.port, timeout=60)
+        self.log.flush()
+        wait_port(self.port, timeout=60, process=self.listener, log=self.log_path)
 
     def start_worker(self, prefix: list[str] | None = None) -> None:
         self.worker = self._spawn(["work"], prefix or [])

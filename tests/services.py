@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,14 +46,41 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float = 10.0) -> None:
+def log_tail(log: Path | str | None, lines: int = 30) -> str:
+    """The last lines of a process's log, for a failure message ('' without one)."""
+    if log is None:
+        return ""
+    try:
+        text = Path(log).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        return f"(no log: {exc})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_port(
+    port: int,
+    timeout: float = 10.0,
+    *,
+    process: subprocess.Popen[Any] | None = None,
+    log: Path | str | None = None,
+) -> None:
+    """Wait until something listens on ``port``.
+
+    With ``process``: fail at once, with the tail of ``log``, when that process has exited,
+    instead of waiting out the timeout for a port nobody will open.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(
+                f"the process meant to listen on {port} exited with {process.returncode}:\n"
+                + log_tail(log)
+            )
         time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s\n" + log_tail(log))
 
 
 def postgres_available() -> bool:
@@ -168,7 +196,7 @@ class RedisServer(_Server):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_port(self.port)
+        wait_port(self.port, process=self.proc)
 
     def client(self):
         import redis
@@ -208,7 +236,7 @@ class StoreSCP(_Server):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_port(self.port)
+        wait_port(self.port, process=self.proc)
 
     def received(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if p.is_file())

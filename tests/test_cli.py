@@ -72,7 +72,7 @@ def test_listen_echo_send_on_the_embedded_default(tmp_path: Path) -> None:
         [*CLI, "--config", str(cfg), "listen"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     try:
-        wait_port(port, timeout=30)
+        wait_port(port, timeout=30, process=proc, log=tmp_path / "listen.log")
         echo = _run(["echo", f"TOML_NODE@127.0.0.1:{port}"], env)
         assert echo.returncode == 0 and "status 0x0000" in echo.stdout
 

@@ -27,7 +27,7 @@ def _listener(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
-    wait_port(int(env["CXR_PORT"]), timeout=30)
+    wait_port(int(env["CXR_PORT"]), timeout=30, process=proc, log=log)
     return proc
 
 

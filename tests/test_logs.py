@@ -54,7 +54,7 @@ def test_listener_json_logs_carry_the_study_and_no_patient_name(tmp_path: Path) 
     with log.open("w") as out:
         proc = subprocess.Popen([*cli, "listen"], env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            wait_port(port, timeout=30)
+            wait_port(port, timeout=30, process=proc, log=log)
             ds = factories.radiograph(PatientName="DOE^JANE")
             path = factories.write(ds, tmp_path / "x.dcm")
             sent = subprocess.run(

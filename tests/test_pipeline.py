@@ -280,7 +280,7 @@ def test_run_on_the_embedded_default_with_orthanc(tmp_path: Path) -> None:
     proc = subprocess.Popen([*CLI, "run"], env=env, stdout=log, stderr=subprocess.STDOUT)
     orthanc.start()
     try:
-        wait_port(port, timeout=60)
+        wait_port(port, timeout=60, process=proc, log=tmp_path / "run.log")
         uploaded = orthanc.post("/instances", cr.read_bytes())
         orthanc.post("/modalities/cxr/store", uploaded["ID"].encode())
         uid = pydicom.dcmread(cr, stop_before_pixels=True).StudyInstanceUID

@@ -96,7 +96,9 @@ def test_the_production_snippet_as_written(tmp_path: Path) -> None:
                         )
                     )
                     if argv[-1] == "listen":
-                        wait_port(port, timeout=60)
+                        wait_port(
+                            port, timeout=60, process=children[-1], log=tmp_path / f"line{n}.log"
+                        )
                     continue
                 done = subprocess.run(
                     argv, env={**env, **extra}, capture_output=True, text=True, timeout=120

@@ -33,7 +33,7 @@ def run_migrations_online() -> None:
     if not url:
         from worker.settings import get_settings
 
-        url = get_settings().effective_database_url
+        url = get_settings().storage.effective_database_url
     engine = make_engine(url)
     with engine.connect() as conn:
         _run(conn)

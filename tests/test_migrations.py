@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
@@ -45,5 +48,25 @@ def test_ensure_schema_refuses_an_old_database_without_auto_migrate(db_url: str)
     with pytest.raises(SchemaOutOfDateError, match="cxr-triage db upgrade"):
         ensure_schema(engine, auto_migrate=False)
     ensure_schema(engine, auto_migrate=True)
+    assert current_revision(engine) == head_revision()
+    engine.dispose()
+
+
+def test_alembic_without_a_url_migrates_the_configured_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``alembic upgrade`` run by hand (no URL from ``cxr-triage db``) reads the settings."""
+    from alembic import command
+
+    from worker.db.migrate import alembic_config
+    from worker.settings import get_settings
+
+    monkeypatch.setenv("CXR_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        command.upgrade(alembic_config(), "head")
+    finally:
+        get_settings.cache_clear()
+    engine = make_engine(f"sqlite:///{tmp_path / 'cxr-triage.sqlite'}")
     assert current_revision(engine) == head_revision()
     engine.dispose()

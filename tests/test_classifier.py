@@ -231,6 +231,22 @@ def test_predict_and_evaluate_commands(trained: Path, tmp_path: Path) -> None:
     assert "by source:" in proc.stdout and (tmp_path / "plots" / "by_group.png").is_file()
 
 
+def test_a_warm_worker_traced_only_what_it_serves_with() -> None:
+    """Warm-up traces the check and classification with Grad-CAM; serving then needs no new
+    graph, and the logits-only graph (evaluation, predict without a heatmap) is never built."""
+    from dicom_node.synthetic import radiograph
+    from models.imaging import dicom_to_image
+
+    model = load_model()
+    image = dicom_to_image(radiograph(rows=1400, columns=1700, bits=16, seed=1))
+    warm = model.warm_up(image, heatmap_shrink=2)
+    assert warm.heatmap is not None
+    assert model._cam_fn is not None and model._predict_fn is None
+    cam_fn = model._cam_fn
+    model.predict([image], heatmaps=True, heatmap_shrink=2)
+    assert model._cam_fn is cam_fn and model._predict_fn is None
+
+
 def test_shipped_default_model() -> None:
     if not (DEFAULT_MODEL_DIR / "card.json").is_file():
         pytest.fail("the default model folder models/default is missing")

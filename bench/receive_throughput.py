@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node import synthetic
-from tests.services import free_port, wait_port
+from tests.services import free_port, log_tail, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -256,7 +256,7 @@ def wait_listening(proc: subprocess.Popen[bytes], log: Path, processes: int) -> 
     deadline = time.monotonic() + 120
     while log.read_text().count("listening as") < processes:
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the listener did not start:\n{log.read_text()[-2000:]}")
+            raise RuntimeError(f"the listener did not start:\n{log_tail(log)}")
         time.sleep(0.1)
     time.sleep(0.5)  # the broker connection each opens in the background
 

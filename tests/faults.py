@@ -38,6 +38,7 @@ from tests.services import (
     RedisServer,
     StoreSCP,
     free_port,
+    log_tail,
     require,
     wait_port,
 )
@@ -291,10 +292,9 @@ class Deployment:
         for name, proc in (("listener", self.listener), ("worker", self.worker)):
             if proc is not None and proc.poll() is not None:
                 self.log.flush()
-                tail = self.log_path.read_bytes()[-4000:].decode(errors="replace")
                 raise ProcessExitedError(
                     f"the {name} exited with status {proc.returncode} mid-scenario; "
-                    f"end of {self.log_path}:\n{tail}"
+                    f"end of {self.log_path}:\n{log_tail(self.log_path, 40)}"
                 )
 
     def stop(self) -> None:

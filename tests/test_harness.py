@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,11 +19,9 @@ def test_waiting_for_a_dead_process_fails_at_once_with_its_log(tmp_path: Path) -
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-        started = time.monotonic()
+        # RuntimeError, not the TimeoutError of a wait sat out to its end.
         with pytest.raises(RuntimeError, match=r"exited with 3:\n(.|\n)*cannot bind: boom"):
             wait_port(free_port(), timeout=60, process=proc, log=log)
-    # Bounded by the child's own start-up, nowhere near the 60 s timeout.
-    assert time.monotonic() - started < 30
 
 
 def test_a_timeout_still_says_what_the_log_says(tmp_path: Path) -> None:

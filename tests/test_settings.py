@@ -155,5 +155,5 @@ def test_the_configuration_doc_is_generated_from_the_settings() -> None:
     # A hand edit inside the generated part is undone, so the check can fail.
     edited = current.replace("| `CXR_PORT` | `11112` |", "| `CXR_PORT` | `104` |")
     assert edited != current and settings_doc.render(edited) == current
-    with pytest.raises(settings_doc.StaleDocError):
+    with pytest.raises(settings_doc.MissingMarkersError):
         settings_doc.render("# no markers\n")

@@ -736,12 +736,6 @@ class Settings(BaseSettings):
             sources.append(_GroupedToml(settings_cls))
         return tuple(sources)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _group_flat_names(cls, data: Any) -> Any:
-        # Settings.model_validate({...}) may name settings flat too.
-        return _grouped(data) if isinstance(data, Mapping) else data
-
     @model_validator(mode="after")
     def _check_stow_inbound(self) -> Settings:
         if self.node.stow_port is not None and not self.api.api_token:

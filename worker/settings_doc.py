@@ -27,7 +27,7 @@ BEGIN = (
 END = "<!-- END settings -->"
 
 
-class StaleDocError(ValueError):
+class MissingMarkersError(ValueError):
     """The document has no markers to put the tables between."""
 
 
@@ -67,7 +67,7 @@ def render(document: str) -> str:
     """``document`` with the text between the markers replaced by :func:`tables`."""
     start, end = document.find(BEGIN), document.find(END)
     if start < 0 or end < start:
-        raise StaleDocError(f"the document needs the lines {BEGIN!r} and {END!r}")
+        raise MissingMarkersError(f"the document needs the lines {BEGIN!r} and {END!r}")
     return document[: start + len(BEGIN)] + "\n\n" + tables() + "\n\n" + document[end:]
 
 

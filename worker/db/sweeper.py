@@ -26,8 +26,8 @@ from worker.db.models import (
     utcnow,
 )
 from worker.db.outbox import Enqueue
-from worker.db.receipts import node_name
 from worker.db.transitions import move
+from worker.leases import owner
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,6 @@ class Sweeper:
         self.redeliver = redeliver
         self.lease = timedelta(seconds=lease)
         self.retry_delay = retry_delay
-        self.node = node_name()
         self._next_sweep = 0.0
 
     def sweep(self, *, queued_now: bool = False) -> int:
@@ -158,7 +157,7 @@ class Sweeper:
                 s.execute(
                     update(Delivery)
                     .where(Delivery.id == d.id)
-                    .values(lease_owner=f"sweeper {self.node}"[:64], lease_until=now + self.lease)
+                    .values(lease_owner=f"sweeper {owner()}"[:64], lease_until=now + self.lease)
                 )
             s.commit()
         if due:

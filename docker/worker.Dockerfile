@@ -15,7 +15,9 @@ RUN python -c 'import sys, tensorflow as t; v = tuple(int(x) for x in t.__versio
  && rm -rf /src
 RUN useradd --system --uid 10001 --home-dir /var/lib/cxr-triage cxr \
  && mkdir -p /var/lib/cxr-triage && chown cxr /var/lib/cxr-triage
-ENV CXR_DATA_DIR=/var/lib/cxr-triage CXR_METRICS_BIND=0.0.0.0 PYTHONUNBUFFERED=1
+# TensorFlow serves the model here, on the GPU: LiteRT (the CPU install's runtime) would not use it.
+ENV CXR_DATA_DIR=/var/lib/cxr-triage CXR_METRICS_BIND=0.0.0.0 PYTHONUNBUFFERED=1 \
+    CXR_MODEL_RUNTIME=tensorflow
 USER cxr
 EXPOSE 9111
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -13,10 +13,27 @@ from typing import Any
 import numpy as np
 
 from models.card import ModelCard, ModelCardError, sha256_of
+from models.compiled import (
+    CompiledModel,
+    CompiledModelError,
+    default_cache,
+    ensure_compiled,
+    entry_for,
+    gradcam_from_features,
+    load_compiled,
+    runtime_available,
+)
 from models.familiarity import FamiliarityError, FamiliarityIndex
 from models.gradcam import gradcam_function, to_source
 from models.imaging import CropBox, Letterbox, prepare
-from models.lungs import DEFAULT_LUNG_DIR, LungFinding, LungModel, load_lung_model
+from models.lungs import (
+    DEFAULT_LUNG_DIR,
+    LungCard,
+    LungFinding,
+    LungModel,
+    lite_lung_model,
+    load_lung_model,
+)
 from models.metrics import softmax
 
 logger = logging.getLogger(__name__)
@@ -47,17 +64,83 @@ class Prediction:
     novelty: float | None = None
 
 
+class KerasEngine:
+    """Serving through TensorFlow: compiled ``tf.function``s over the Keras model."""
+
+    name = "tensorflow"
+
+    def __init__(self, keras_model: Any, gradcam_layer: str) -> None:
+        self.keras_model = keras_model
+        self.gradcam_layer = gradcam_layer
+        self._predict_fn: Any = None
+        self._cam_fn: Any = None
+
+    @cached_property
+    def pooled_layer(self) -> str | None:
+        """The layer whose output the familiarity index measures (global average pooling)."""
+        names = {layer.name for layer in self.keras_model.layers}
+        return POOLED_LAYER if POOLED_LAYER in names else None
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        import keras
+        import tensorflow as tf
+
+        if self._predict_fn is None:
+            model = self.keras_model
+            pooled = self.pooled_layer
+            both = keras.Model(
+                model.inputs,
+                [model.output, model.get_layer(pooled).output if pooled else model.output],
+            )
+            spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
+            # One trace for every batch size (see LoadedModel.warm_up).
+            self._predict_fn = tf.function(
+                lambda x: both(x, training=False), input_signature=[spec]
+            )
+        logits, features = self._predict_fn(tf.constant(batch, tf.float32))
+        return np.asarray(logits), np.asarray(features) if self.pooled_layer else None
+
+    def gradcam(
+        self, batch: np.ndarray, skip_class: int | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        if self._cam_fn is None:
+            self._cam_fn = gradcam_function(
+                self.keras_model,
+                self.gradcam_layer,
+                skip_class=skip_class,
+                pooled_layer=self.pooled_layer,
+            )
+        return self._cam_fn(batch)
+
+
+class LiteEngine:
+    """Serving through LiteRT (:mod:`models.compiled`): no TensorFlow in the process."""
+
+    name = "litert"
+
+    def __init__(self, compiled: CompiledModel) -> None:
+        self.compiled = compiled
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        pooled = self.compiled.features(batch).mean(axis=(1, 2))
+        return self.compiled.head.logits(pooled), pooled
+
+    def gradcam(
+        self, batch: np.ndarray, skip_class: int | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        return gradcam_from_features(self.compiled.features(batch), self.compiled.head, skip_class)
+
+
 @dataclass
 class LoadedModel:
-    """A validated model and its card. Build with :func:`load_model`."""
+    """A validated model and its card. Build with :func:`load_model` or :func:`load_serving`."""
 
     card: ModelCard
-    keras_model: Any
+    keras_model: Any  # None when served by LiteRT
     folder: Path
+    engine: KerasEngine | LiteEngine
     lungs: LungModel | None = None
     familiarity: FamiliarityIndex | None = None
-    _predict_fn: Any = field(default=None, repr=False)
-    _cam_fn: Any = field(default=None, repr=False)
 
     @property
     def labels(self) -> list[str]:
@@ -93,32 +176,10 @@ class LoadedModel:
             out[i] = (None, finding) if finding.ok else (finding.reason, None)
         return out
 
-    @cached_property
-    def pooled_layer(self) -> str | None:
-        """The layer whose output the familiarity index measures (global average pooling)."""
-        names = {layer.name for layer in self.keras_model.layers}
-        return POOLED_LAYER if POOLED_LAYER in names else None
-
     def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Logits and pooled features (None without a pooling layer) for prepared inputs
         ``(N, size, size, 1)``, through one compiled function."""
-        import keras
-        import tensorflow as tf
-
-        if self._predict_fn is None:
-            model = self.keras_model
-            pooled = self.pooled_layer
-            both = keras.Model(
-                model.inputs,
-                [model.output, model.get_layer(pooled).output if pooled else model.output],
-            )
-            spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
-            # One trace for every batch size (see :meth:`warm_up`).
-            self._predict_fn = tf.function(
-                lambda x: both(x, training=False), input_signature=[spec]
-            )
-        logits, features = self._predict_fn(tf.constant(batch, tf.float32))
-        return np.asarray(logits), np.asarray(features) if self.pooled_layer else None
+        return self.engine.outputs(batch)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Logits for prepared inputs ``(N, size, size, 1)``."""
@@ -133,16 +194,9 @@ class LoadedModel:
 
     def _gradcam(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Logits, Grad-CAM maps and pooled features for prepared inputs, in one compiled call."""
-        if self._cam_fn is None:
-            # The heatmap explains the most likely finding, never "normal" (see gradcam_function).
-            skip = self.labels.index("normal") if "normal" in self.labels else None
-            self._cam_fn = gradcam_function(
-                self.keras_model,
-                self.card.gradcam_layer,
-                skip_class=skip,
-                pooled_layer=self.pooled_layer,
-            )
-        return self._cam_fn(batch)
+        # The heatmap explains the most likely finding, never "normal" (see gradcam_function).
+        skip = self.labels.index("normal") if "normal" in self.labels else None
+        return self.engine.gradcam(batch, skip)
 
     def warm_up(self, image: np.ndarray, heatmap_shrink: int = 1) -> Prediction:
         """Build and run once the compiled functions a worker serves with: the lung check, and
@@ -251,7 +305,8 @@ class LoadedModel:
 
 
 def load_model(folder: Path | None = None, *, verify: bool = True) -> LoadedModel:
-    """Load a model folder (the shipped default when None) and check it against its card.
+    """Load a model folder (the shipped default when None) with TensorFlow and check it against
+    its card.
 
     Raises
     ------
@@ -260,23 +315,13 @@ def load_model(folder: Path | None = None, *, verify: bool = True) -> LoadedMode
         model's input shape or number of outputs disagrees with the card.
     """
     folder = Path(folder) if folder is not None else DEFAULT_MODEL_DIR
-    card = ModelCard.load(folder)
-    weights = folder / card.weights_file
-    if not weights.is_file():
-        raise ModelCardError(f"{folder}: weights file {card.weights_file} is missing")
-    if verify:
-        digest = sha256_of(weights)
-        if digest != card.weights_sha256:
-            raise ModelCardError(
-                f"{weights}: SHA-256 {digest[:16]}... does not match the card's "
-                f"{card.weights_sha256[:16]}...: the weights were changed or the card is stale"
-            )
+    card = _checked_card(folder, verify)
     if importlib.util.find_spec("tensorflow") is None:
         raise ModuleNotFoundError(
             "TensorFlow is not installed: pip install 'cxr-triage[cpu]' (or '[gpu]' on an "
             "NVIDIA host); the node alone does not need it, workers and model commands do"
         )
-    model = _load_weights(card, weights)
+    model = _load_weights(card, folder / card.weights_file)
     expected_in = (card.input_size, card.input_size, 1)
     if tuple(model.input_shape[1:]) != expected_in:
         raise ModelCardError(
@@ -293,11 +338,108 @@ def load_model(folder: Path | None = None, *, verify: bool = True) -> LoadedMode
         raise ModelCardError(
             f"{folder}: Grad-CAM layer {card.gradcam_layer!r} not in model"
         ) from exc
-    lungs = _lung_model_for(card, folder, verify) if card.crop == "lungs" else None
+    lungs = None
+    if card.crop == "lungs":
+        lungs = load_lung_model(_lung_dir(folder), verify=verify)
+        _check_lungs(card, folder, lungs.card)
     familiarity = _familiarity_for(card, folder, verify)
     logger.info("loaded model %s %s from %s", card.name, card.version, folder)
     logger.info("TensorFlow devices: %s", _devices())
-    return LoadedModel(card, model, folder, lungs, familiarity)
+    engine = KerasEngine(model, card.gradcam_layer)
+    return LoadedModel(card, model, folder, engine, lungs, familiarity)
+
+
+#: ``CXR_MODEL_RUNTIME``: LiteRT where it can serve the model, else TensorFlow; or one of them.
+RUNTIMES = ("auto", "litert", "tensorflow")
+
+
+def load_serving(
+    folder: Path | None = None,
+    *,
+    runtime: str = "auto",
+    cache: Path | None = None,
+    verify: bool = True,
+) -> LoadedModel:
+    """A worker's model: served by LiteRT from the compiled cache, without TensorFlow.
+
+    The first load of a model compiles it into ``cache`` (:mod:`models.compiled`; TensorFlow
+    once, about 10 s); later loads, in any process, take the compiled entry. ``runtime``
+    "tensorflow" serves with TensorFlow (a GPU host); "auto" falls back to it, with a log line,
+    where LiteRT is not installed or the model's head cannot be compiled; "litert" raises then.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"model runtime {runtime!r}: one of {', '.join(RUNTIMES)}")
+    folder = Path(folder) if folder is not None else DEFAULT_MODEL_DIR
+    if runtime == "tensorflow":
+        return load_model(folder, verify=verify)
+    if not runtime_available():
+        if runtime == "litert":
+            raise ModuleNotFoundError(
+                "LiteRT is not installed: pip install ai-edge-litert, or serve with "
+                "CXR_MODEL_RUNTIME=tensorflow"
+            )
+        logger.info("LiteRT is not installed: serving with TensorFlow")
+        return load_model(folder, verify=verify)
+    card = _checked_card(folder, verify)
+    lung_card = LungCard.load(_lung_dir(folder)) if card.crop == "lungs" else None
+    if lung_card is not None:
+        _check_lungs(card, folder, lung_card)
+    cache = cache or default_cache()
+    entry = entry_for(cache, card, lung_card.weights_sha256 if lung_card else None)
+    try:
+        compiled = load_compiled(entry, verify=verify)
+    except CompiledModelError as why:
+        logger.info(
+            "compiling %s %s for LiteRT once (%s); later starts load it without TensorFlow",
+            card.name,
+            card.version,
+            why,
+        )
+        model = load_model(folder, verify=verify)
+        try:
+            entry = ensure_compiled(model.card, model.keras_model, model.lungs, cache)
+            compiled = load_compiled(entry, verify=False)
+        except CompiledModelError as exc:
+            if runtime == "litert":
+                raise
+            logger.warning("serving %s with TensorFlow: %s", card.name, exc)
+            return model
+    lungs = lite_lung_model(lung_card, compiled.lungs) if lung_card and compiled.lungs else None
+    if lung_card is not None and lungs is None:
+        raise CompiledModelError(f"{compiled.folder}: no lung model compiled beside the classifier")
+    familiarity = _familiarity_for(card, folder, verify)
+    logger.info("loaded model %s %s from %s (LiteRT)", card.name, card.version, compiled.folder)
+    return LoadedModel(card, None, folder, LiteEngine(compiled), lungs, familiarity)
+
+
+def _checked_card(folder: Path, verify: bool) -> ModelCard:
+    """The folder's card, with its weights present and (``verify``) matching its SHA-256."""
+    card = ModelCard.load(folder)
+    weights = folder / card.weights_file
+    if not weights.is_file():
+        raise ModelCardError(f"{folder}: weights file {card.weights_file} is missing")
+    if verify:
+        digest = sha256_of(weights)
+        if digest != card.weights_sha256:
+            raise ModelCardError(
+                f"{weights}: SHA-256 {digest[:16]}... does not match the card's "
+                f"{card.weights_sha256[:16]}...: the weights were changed or the card is stale"
+            )
+    return card
+
+
+def _lung_dir(folder: Path) -> Path:
+    """The lung model the classifier was trained with: ``FOLDER/lungs`` or the shipped one."""
+    return folder / "lungs" if (folder / "lungs").is_dir() else DEFAULT_LUNG_DIR
+
+
+def _check_lungs(card: ModelCard, folder: Path, lungs: LungCard) -> None:
+    expected = card.lung_model.get("weights_sha256")
+    if expected and lungs.weights_sha256 != expected:
+        raise ModelCardError(
+            f"{folder}: trained on lung crops of lung model {expected[:16]}..., but "
+            f"{_lung_dir(folder)} holds {lungs.weights_sha256[:16]}...: its crops would differ"
+        )
 
 
 def _familiarity_for(card: ModelCard, folder: Path, verify: bool) -> FamiliarityIndex | None:
@@ -349,16 +491,3 @@ def _load_weights(card: ModelCard, weights: Path) -> Any:
 def save_weights_npz(model: Any, path: Path) -> None:
     """Every weight as float16, in graph order: half the size, the same predictions to ~1e-3."""
     np.savez(path, **{f"w{i:04d}": w.astype(np.float16) for i, w in enumerate(model.get_weights())})
-
-
-def _lung_model_for(card: ModelCard, folder: Path, verify: bool) -> LungModel:
-    """The lung model the classifier was trained with: ``FOLDER/lungs`` or the shipped one."""
-    lung_dir = folder / "lungs" if (folder / "lungs").is_dir() else DEFAULT_LUNG_DIR
-    lungs = load_lung_model(lung_dir, verify=verify)
-    expected = card.lung_model.get("weights_sha256")
-    if expected and lungs.card.weights_sha256 != expected:
-        raise ModelCardError(
-            f"{folder}: trained on lung crops of lung model {expected[:16]}..., but "
-            f"{lung_dir} holds {lungs.card.weights_sha256[:16]}...: its crops would differ"
-        )
-    return lungs

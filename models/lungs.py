@@ -22,6 +22,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -269,24 +270,19 @@ def _lung_card_markdown(card: LungCard) -> str:
 
 @dataclass
 class LungModel:
-    """A loaded lung model. Build with :func:`load_lung_model`."""
+    """A loaded lung model. Build with :func:`load_lung_model` (TensorFlow) or
+    :func:`lite_lung_model` (LiteRT)."""
 
     card: LungCard
-    keras_model: Any
+    keras_model: Any  # None when served by LiteRT
     rules: PlausibilityRules
-    _fn: Any = field(default=None, repr=False)
+    _fn: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
 
     def probabilities(self, squares: np.ndarray) -> np.ndarray:
         """Lung probability maps for letterboxed inputs ``(N, size, size, 1)``."""
-        import tensorflow as tf
-
         if self._fn is None:
-            model = self.keras_model
-            spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
-            self._fn = tf.function(
-                lambda x: tf.sigmoid(model(x, training=False)), input_signature=[spec]
-            )
-        return np.asarray(self._fn(tf.constant(squares, tf.float32)))[..., 0]
+            self._fn = _keras_probabilities(self.keras_model)
+        return self._fn(squares)[..., 0]
 
     def find(self, images: list[np.ndarray]) -> list[LungFinding]:
         """Assess a batch of [0, 1] images of any size."""
@@ -296,6 +292,25 @@ class LungModel:
         boxes = [letterbox(img, size) for img in images]
         probs = self.probabilities(np.stack([sq for sq, _ in boxes])[..., None])
         return [assess(p, b, rules=self.rules) for p, (_, b) in zip(probs, boxes, strict=True)]
+
+
+def _keras_probabilities(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
+    fn = tf.function(lambda x: tf.sigmoid(model(x, training=False)), input_signature=[spec])
+    return lambda squares: np.asarray(fn(tf.constant(squares, tf.float32)))
+
+
+def lite_lung_model(card: LungCard, logits: Callable[[np.ndarray], np.ndarray]) -> LungModel:
+    """A lung model served by a compiled graph that gives logits (:mod:`models.compiled`)."""
+    return LungModel(
+        card,
+        None,
+        PlausibilityRules(**card.rules),
+        # tanh form: no overflow warning for very negative logits.
+        lambda squares: 0.5 * (1.0 + np.tanh(0.5 * logits(squares))),
+    )
 
 
 def load_lung_model(folder: Path | None = None, *, verify: bool = True) -> LungModel:

@@ -21,7 +21,7 @@ from models.architectures import (
 from models.card import ModelCard, ModelCardError
 from models.gradcam import gradcam_function
 from models.labels import LABELS
-from models.loader import DEFAULT_MODEL_DIR, load_model
+from models.loader import DEFAULT_MODEL_DIR, KerasEngine, load_model
 from models.training import TrainConfig, train
 from tests.services import shared_file
 from tests.tiny_model import blob_image, make_dataset, train_tiny
@@ -238,13 +238,15 @@ def test_a_warm_worker_traced_only_what_it_serves_with() -> None:
     from models.imaging import dicom_to_image
 
     model = load_model()
+    engine = model.engine
+    assert isinstance(engine, KerasEngine)
     image = dicom_to_image(radiograph(rows=1400, columns=1700, bits=16, seed=1))
     warm = model.warm_up(image, heatmap_shrink=2)
     assert warm.heatmap is not None
-    assert model._cam_fn is not None and model._predict_fn is None
-    cam_fn = model._cam_fn
+    assert engine._cam_fn is not None and engine._predict_fn is None
+    cam_fn = engine._cam_fn
     model.predict([image], heatmaps=True, heatmap_shrink=2)
-    assert model._cam_fn is cam_fn and model._predict_fn is None
+    assert engine._cam_fn is cam_fn and engine._predict_fn is None
 
 
 def test_shipped_default_model() -> None:

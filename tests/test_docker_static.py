@@ -92,3 +92,11 @@ def test_tensorflow_is_an_extra_the_images_choose() -> None:
     assert "cxr-triage[cpu]" in extras["dev"]
     worker = (DOCKER / "worker.Dockerfile").read_text()
     assert "tensorflow-cpu" not in worker and "pip install --no-cache-dir . " in worker
+
+
+def test_the_gpu_worker_image_serves_with_tensorflow() -> None:
+    """LiteRT (the CPU install's runtime) would leave the GPU idle."""
+    from models.loader import RUNTIMES
+
+    env = DockerfileParser(path=str(DOCKER / "worker.Dockerfile")).envs
+    assert env.get("CXR_MODEL_RUNTIME") == "tensorflow" and "tensorflow" in RUNTIMES

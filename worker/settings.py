@@ -404,6 +404,23 @@ class ModelSettings(BaseModel):
         description="model folder (checked against its card at load)",
         json_schema_extra={"doc_default": "the shipped `models/default`"},
     )
+    model_runtime: Literal["auto", "litert", "tensorflow"] = Field(
+        "auto",
+        description=(
+            "what serves the model in a worker: `litert` runs it compiled (`cxr-triage "
+            "compile-model`, or once on first start) without TensorFlow, which starts in a "
+            "fraction of the time; `tensorflow` runs it with TensorFlow (a GPU host); `auto` is "
+            "LiteRT where it is installed and can serve the model, else TensorFlow"
+        ),
+    )
+    model_cache: Path | None = Field(
+        None,
+        description=(
+            "folder of compiled models, one entry per model and weights (safe to share between "
+            "workers and hosts; an entry made from other weights is never used)"
+        ),
+        json_schema_extra={"doc_default": "`$XDG_CACHE_HOME/cxr-triage/compiled`"},
+    )
     threshold_covid: float | None = Field(
         None,
         ge=0,

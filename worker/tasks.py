@@ -44,10 +44,14 @@ class _Process:
     @property
     def pipeline(self) -> Any:
         if self._pipeline is None:
-            from models.loader import load_model
+            from models.loader import load_serving
             from worker.pipeline import Pipeline
 
-            model = load_model(self.settings.model.model_dir)
+            model = load_serving(
+                self.settings.model.model_dir,
+                runtime=self.settings.model.model_runtime,
+                cache=self.settings.model.model_cache,
+            )
             self._pipeline = Pipeline(self.settings, self.sessions, model)
         return self._pipeline
 

@@ -20,6 +20,7 @@ from worker.cli import (
     api,
     audit,
     calibrate,
+    compile_model,
     crossval,
     db,
     demo,
@@ -61,6 +62,7 @@ SUBCOMMANDS = (
     familiarity,
     validate,
     calibrate,
+    compile_model,
     predict,
 )
 

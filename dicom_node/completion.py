@@ -10,7 +10,7 @@ simply carries on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 
 @dataclass(frozen=True)
@@ -38,3 +38,13 @@ class CompletionPolicy:
         if open_associations == 0 and (now - last_received).total_seconds() >= self.quiet_seconds:
             return "complete"
         return None
+
+    def due_at(
+        self, *, open_associations: int, first_received: datetime, last_received: datetime
+    ) -> datetime:
+        """When :meth:`verdict` will say complete or forced if nothing more arrives and the open
+        associations stay open: a monitor can sleep until then instead of polling."""
+        forced = first_received + timedelta(seconds=self.max_wait_seconds)
+        if open_associations:
+            return forced
+        return min(forced, last_received + timedelta(seconds=self.quiet_seconds))

@@ -56,6 +56,49 @@ def test_policy(open_assocs: int, since_first: float, since_last: float, expecte
     assert verdict == expected
 
 
+@pytest.mark.parametrize(
+    "open_assocs, last, expected",
+    [
+        (0, 3, 8),  # the quiet period after the last instance
+        (1, 3, 900),  # open: only the force-complete cap is certain
+        (0, 899, 900),  # the cap comes before the quiet period ends
+    ],
+)
+def test_policy_says_when_a_study_falls_due(open_assocs: int, last: float, expected: float) -> None:
+    policy = CompletionPolicy(quiet_seconds=5, max_wait_seconds=900)
+    kwargs: dict[str, Any] = {
+        "open_associations": open_assocs,
+        "first_received": T0,
+        "last_received": T0 + timedelta(seconds=last),
+    }
+    due = policy.due_at(**kwargs)
+    assert due == T0 + timedelta(seconds=expected)
+    assert policy.verdict(**kwargs, now=due) is not None
+    assert policy.verdict(**kwargs, now=due - timedelta(milliseconds=1)) is None
+
+
+def test_the_monitor_sleeps_until_a_study_falls_due(start_node, redis_server) -> None:
+    """Not until its next interval: the quiet period is all a study waits for."""
+    node = start_node(broker_url=redis_server.url, quiet_seconds=3, monitor_interval=60)
+    ds = factories.radiograph()
+    assert send(node, [ds]).results[0].ok
+    wait_for(lambda: _study(node, ds.StudyInstanceUID).state == RECEIVING)
+    monitor = node.monitor
+    assert monitor.completion.complete_due() == 0  # not yet: within the quiet period
+    last = _study(node, ds.StudyInstanceUID).last_instance_at
+    assert monitor.completion.next_due == last + timedelta(seconds=3)
+    assert 0 < monitor.pause() <= 3.005
+
+
+def test_the_embedded_broker_is_polled_ten_times_a_second(tmp_path: Path) -> None:
+    from worker.celery_app import EMBEDDED_POLL
+    from worker.settings import load_settings
+
+    app = create_celery(load_settings(data_dir=tmp_path))
+    with app.connection_for_read() as conn:
+        assert conn.transport.polling_interval == EMBEDDED_POLL == 0.1
+
+
 def test_policy_rejects_nonsense() -> None:
     with pytest.raises(ValueError):
         CompletionPolicy(quiet_seconds=-1)

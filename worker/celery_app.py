@@ -6,6 +6,8 @@ import logging
 import time
 
 from celery import Celery
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport.sqlalchemy import Transport as SQLATransport
 from sqlalchemy.exc import IntegrityError
 
 from worker.settings import Settings
@@ -14,8 +16,21 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a publisher waits for the broker before the study stays in the outbox.
 PUBLISH_TIMEOUT = 3.0
+#: Seconds between a worker's looks at the embedded broker for tasks.
+EMBEDDED_POLL = 0.1
 #: Tries at creating a queue that another process creates at the same moment.
 DECLARE_ATTEMPTS = 5
+
+
+class EmbeddedTransport(SQLATransport):
+    """kombu's SQLAlchemy transport, polled every :data:`EMBEDDED_POLL` seconds.
+
+    kombu polls it every second, up to a second of each study's latency; a look at a small
+    SQLite table ten times a second costs nothing. Its transport options all go to
+    ``create_engine``, so they cannot carry the interval.
+    """
+
+    polling_interval = EMBEDDED_POLL
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -30,6 +45,9 @@ def create_celery(settings: Settings) -> Celery:
     app = Celery("cxr_triage", broker=broker)
     if broker.startswith(("redis://", "rediss://")):
         app.conf.broker_transport_options = {"socket_timeout": PUBLISH_TIMEOUT, "max_retries": 0}
+    elif broker.startswith("sqla+"):
+        # URLs name transports through this table; it is the only way in for a subclass.
+        TRANSPORT_ALIASES["sqla"] = f"{__name__}:EmbeddedTransport"
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

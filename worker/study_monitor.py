@@ -12,6 +12,7 @@ import logging
 import threading
 
 from worker.db.completion import StudyCompletion
+from worker.db.models import utcnow
 from worker.db.outbox import Outbox
 from worker.db.sweeper import Sweeper
 
@@ -19,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 
 class StudyMonitor:
-    """Background thread running :meth:`run_once` every ``interval`` seconds."""
+    """Background thread running :meth:`run_once` every ``interval`` seconds, and sooner when a
+    study's quiet period ends before that (the first result should not wait for the clock)."""
 
     def __init__(
         self,
@@ -58,8 +60,16 @@ class StudyMonitor:
         # database statements (about 20 ms on SQLite) runs before associations arrive.
         while True:
             self.run_once()
-            if self._stop.wait(self.interval):
+            if self._stop.wait(self.pause()):
                 return
+
+    def pause(self) -> float:
+        """Seconds until the next pass: the interval, or less when a study becomes due sooner."""
+        due = self.completion.next_due
+        if due is None:
+            return self.interval
+        # A few milliseconds late rather than early: an early pass finds it not yet due.
+        return min(self.interval, max(0.0, (due - utcnow()).total_seconds()) + 0.005)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="study-monitor", daemon=True)

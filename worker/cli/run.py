@@ -69,7 +69,8 @@ class _Readiness:
         now = time.monotonic()
         if self.ready or now < self.next_check:
             return
-        self.next_check = now + 1.0
+        # Every tick (5 a second): a connect and a file read, and 'ready' is then on time.
+        self.next_check = now + 0.2
         missing = self.waiting_for()
         if not missing:
             self.ready = True

@@ -5,6 +5,8 @@ The rule is :class:`dicom_node.completion.CompletionPolicy`; this applies it to 
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import case, distinct, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -34,12 +36,15 @@ class StudyCompletion:
     def __init__(self, sessions: sessionmaker[Session], policy: CompletionPolicy) -> None:
         self.sessions = sessions
         self.policy = policy
+        #: After a pass, when the earliest study still receiving becomes due (None: none).
+        self.next_due: datetime | None = None
 
     def complete_due(self) -> int:
         now = utcnow()
         done = 0
         with self.sessions() as s:
             rows = s.execute(_RECEIVING_STUDIES).all()
+        due: list[datetime] = []
         for study_id, first, last, n_open, n_eligible in rows:
             verdict = self.policy.verdict(
                 open_associations=int(n_open),
@@ -48,6 +53,11 @@ class StudyCompletion:
                 now=now,
             )
             if verdict is None:
+                due.append(
+                    self.policy.due_at(
+                        open_associations=int(n_open), first_received=first, last_received=last
+                    )
+                )
                 continue
             to_state = COMPLETE if n_eligible else SKIPPED
             detail = (
@@ -69,4 +79,5 @@ class StudyCompletion:
                     completion=verdict,
                 ):
                     done += 1
+        self.next_due = min(due, default=None)
         return done

@@ -73,7 +73,7 @@ def main() -> int:
     from dicom_node import synthetic
     from models.architectures import build_model, gradcam_layer
     from models.imaging import dicom_to_image, load_image
-    from models.loader import load_model
+    from models.loader import load_model, load_serving
 
     print(
         f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs; "
@@ -107,17 +107,22 @@ def main() -> int:
         for label, ms in time_model(name, model, size, layer, image, args.repeat):
             print(f"{label:44} {ms:>9.1f}", flush=True)
     # What a worker does per image: image check (lung model), lung crop, classifier, Grad-CAM
-    # mapped back to the source at the SC's size (shrink 2 for a 2500x3000 film at 1280 px).
-    full = median_ms(lambda: default.predict([image], heatmaps=True, heatmap_shrink=3), args.repeat)
-    print(f"{'default: check + crop + predict + Grad-CAM':44} {full:>9.1f}", flush=True)
-    # The same for a batch of studies waiting together (one model call): per image.
-    for n in (8, 32):
-        images = [image] * n
-        ms = median_ms(
-            partial(default.predict, images, heatmaps=True, heatmap_shrink=3),
-            max(3, args.repeat // 2),
+    # mapped back to the source at the SC's size (shrink 2 for a 2500x3000 film at 1280 px);
+    # with TensorFlow, and compiled for LiteRT as a worker serves it (CXR_MODEL_RUNTIME=auto).
+    served = load_serving(runtime="litert")
+    for runtime, model in (("TensorFlow", default), ("LiteRT", served)):
+        full = median_ms(
+            partial(model.predict, [image], heatmaps=True, heatmap_shrink=3), args.repeat
         )
-        print(f"{f'  same, batch of {n}, per image':44} {ms / n:>9.1f}", flush=True)
+        print(f"{f'default ({runtime}): check + crop + predict + CAM':44} {full:>9.1f}", flush=True)
+        # The same for a batch of studies waiting together (one model call): per image.
+        for n in (8, 32):
+            images = [image] * n
+            ms = median_ms(
+                partial(model.predict, images, heatmaps=True, heatmap_shrink=3),
+                max(3, args.repeat // 2),
+            )
+            print(f"{f'  same, batch of {n}, per image':44} {ms / n:>9.1f}", flush=True)
     for name in ("cr_pa_chest_jpeg_baseline.dcm", "dx_chest_no_view_tags.dcm"):
         path = ROOT.parent / "shared" / "data" / "dicom" / name
         if path.is_file():

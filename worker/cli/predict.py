@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="files or folders")
-    p.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
+    p.add_argument("--model", type=Path, help="model folder (default: CXR_MODEL_DIR)")
     p.add_argument("--heatmap", type=Path, metavar="DIR", help="write Grad-CAM overlays here")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=run)
@@ -70,16 +70,22 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from dicom_node.results.sc import labelled_picture
     from dicom_node.results.triage import NOT_FLAGGED
     from models.card import ModelCardError
+    from models.compiled import CompiledModelError
     from models.gradcam import colour_ramp, overlay
     from models.imaging import UnreadableImageError, is_colour, load_image
-    from models.loader import load_model
+    from models.loader import load_serving
     from worker.decision import operating_point_for
     from worker.site_calibration import SiteCalibrationError
 
     try:
-        model = load_model(args.model)
+        # As a worker serves it (CXR_MODEL_RUNTIME), so the result is the one the PACS gets.
+        model = load_serving(
+            args.model or settings.model.model_dir,
+            runtime=settings.model.model_runtime,
+            cache=settings.model.model_cache,
+        )
         point = operating_point_for(settings, model.card)
-    except (ModelCardError, SiteCalibrationError) as exc:
+    except (ModelCardError, CompiledModelError, SiteCalibrationError) as exc:
         print(f"cxr-triage predict: {exc}", file=sys.stderr)
         return 2
     point.apply(model)

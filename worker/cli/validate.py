@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, required=True, metavar="PATH", help="folder or CSV")
-    p.add_argument("--model", type=Path, help="model folder (default: the shipped model)")
+    p.add_argument("--model", type=Path, help="model folder (default: CXR_MODEL_DIR)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -51,6 +51,7 @@ def scored_data(
     anything is written.
     """
     from models.card import ModelCardError
+    from models.compiled import CompiledModelError
     from models.data import DatasetError, list_dataset
     from models.evaluation import score
     from models.imaging import UnreadableImageError
@@ -62,13 +63,24 @@ def scored_data(
     try:
         samples = list_dataset(args.data, LABELS)
         check_classes(samples)
-        from models.loader import load_model
+        from models.loader import load_serving
 
-        model = load_model(args.model)
+        # What a worker serves (LiteRT or TensorFlow, CXR_MODEL_RUNTIME) is what is validated.
+        model = load_serving(
+            args.model or settings.model.model_dir,
+            runtime=settings.model.model_runtime,
+            cache=settings.model.model_cache,
+        )
         point = operating_point_for(settings, model.card)
         point.apply(model)
         scored = score(model, samples, progress=not args.quiet, desc="validating")
-    except (DatasetError, ModelCardError, SiteCalibrationError, UnreadableImageError) as exc:
+    except (
+        DatasetError,
+        ModelCardError,
+        CompiledModelError,
+        SiteCalibrationError,
+        UnreadableImageError,
+    ) as exc:
         return f"cxr-triage {command}: {exc}"
     if not len(scored.y):
         return f"cxr-triage {command}: the image check refused all {len(samples)} files"

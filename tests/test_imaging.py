@@ -128,3 +128,17 @@ def test_equalised_intensity_spreads_the_crop_and_keeps_the_padding_black() -> N
     assert (np.diff(eq) >= 0).all() and eq[0] < 0.01 and eq[-1] > 0.99  # monotone, full range
     with pytest.raises(ValueError, match="intensity"):
         prepare(image, 64, crop, "clahe")
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 5])
+def test_decimate_is_the_block_mean(factor: int) -> None:
+    """Trailing rows and columns that do not fill a block go; each pixel is its block's mean."""
+    from models.imaging import decimate
+
+    image = np.random.default_rng(factor).random((103, 151)).astype(np.float32)
+    rows, cols = 103 // factor, 151 // factor
+    blocks = image[: rows * factor, : cols * factor].astype(np.float64)
+    expected = blocks.reshape(rows, factor, cols, factor).mean(axis=(1, 3))
+    got = decimate(image, factor)
+    assert got.shape == (rows, cols) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -188,8 +189,11 @@ def test_predict_and_evaluate_commands(trained: Path, tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=300,
+        # Compiled here, not into the user's cache: a test model is never used again.
+        env={**os.environ, "CXR_MODEL_CACHE": str(tmp_path / "compiled")},
     )
     assert proc.returncode == 0, proc.stderr
+    assert list((tmp_path / "compiled").iterdir())  # served as a worker would: compiled
     record = json.loads(proc.stdout.strip().splitlines()[-1])
     assert record["model"] == "tiny" and record["version"] == "0.0.1"
     assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)

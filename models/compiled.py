@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
@@ -40,6 +40,11 @@ if TYPE_CHECKING:
     from models.lungs import LungModel
 
 logger = logging.getLogger(__name__)
+
+#: What serves the model in a worker (``CXR_MODEL_RUNTIME``): LiteRT where it can, else
+#: TensorFlow; or one of them.
+Runtime = Literal["auto", "litert", "tensorflow"]
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
 
 #: Bumped when what an entry holds or means changes: older entries are then never loaded.
 COMPILED_FORMAT = 1
@@ -208,7 +213,7 @@ class LiteGraph:
                 self._shape = x.shape
             self._interpreter.set_tensor(self._input, x)
             self._interpreter.invoke()
-            return np.array(self._interpreter.get_tensor(self._output))
+            return self._interpreter.get_tensor(self._output)  # a copy: safe past the lock
 
 
 def _cores() -> int:
@@ -372,10 +377,10 @@ def _compare(
     card: ModelCard, keras_model: Any, lungs: LungModel | None, compiled: CompiledModel
 ) -> dict[str, float]:
     """The largest absolute difference from TensorFlow, per output, on the probe inputs."""
-    from models.gradcam import gradcam_function
+    from models.gradcam import gradcam_function, unexplained_class
 
     x, lung_x = _probe(card, lungs)
-    skip = card.labels.index("normal") if "normal" in card.labels else None
+    skip = unexplained_class(card.labels)
     logits, cams, _ = gradcam_function(keras_model, card.gradcam_layer, skip_class=skip)(x)
     lite_logits, lite_cams, _ = gradcam_from_features(compiled.features(x), compiled.head, skip)
     out = {
@@ -392,13 +397,14 @@ def _compare(
 
 def ensure_compiled(
     card: ModelCard, keras_model: Any, lungs: LungModel | None, cache: Path
-) -> Path:
-    """The model's entry in ``cache``, compiled now where it is missing or unreadable."""
+) -> CompiledModel:
+    """The model's entry in ``cache``, loaded; compiled first where it is missing or unreadable
+    (another process may have compiled it meanwhile)."""
     entry = entry_for(cache, card, lungs.card.weights_sha256 if lungs else None)
     try:
-        load_compiled(entry)
-        return entry
+        return load_compiled(entry)
     except CompiledModelError:
         if entry.exists():
             shutil.rmtree(entry, ignore_errors=True)
-    return compile_model(card, keras_model, lungs, cache)
+    # Just written and checked against TensorFlow: no need to hash it again.
+    return load_compiled(compile_model(card, keras_model, lungs, cache), verify=False)

@@ -9,6 +9,11 @@ import numpy as np
 from models.imaging import Letterbox
 
 
+def unexplained_class(labels: list[str]) -> int | None:
+    """The class a serving heatmap never explains: "normal" (None for a model without it)."""
+    return labels.index("normal") if "normal" in labels else None
+
+
 def gradcam_function(
     model: Any,
     layer_name: str,

@@ -14,8 +14,10 @@ import numpy as np
 
 from models.card import ModelCard, ModelCardError, sha256_of
 from models.compiled import (
+    RUNTIMES,
     CompiledModel,
     CompiledModelError,
+    Runtime,
     default_cache,
     ensure_compiled,
     entry_for,
@@ -24,7 +26,7 @@ from models.compiled import (
     runtime_available,
 )
 from models.familiarity import FamiliarityError, FamiliarityIndex
-from models.gradcam import gradcam_function, to_source
+from models.gradcam import gradcam_function, to_source, unexplained_class
 from models.imaging import CropBox, Letterbox, prepare
 from models.lungs import (
     DEFAULT_LUNG_DIR,
@@ -69,9 +71,10 @@ class KerasEngine:
 
     name = "tensorflow"
 
-    def __init__(self, keras_model: Any, gradcam_layer: str) -> None:
+    def __init__(self, keras_model: Any, gradcam_layer: str, skip_class: int | None) -> None:
         self.keras_model = keras_model
         self.gradcam_layer = gradcam_layer
+        self.skip_class = skip_class
         self._predict_fn: Any = None
         self._cam_fn: Any = None
 
@@ -100,14 +103,12 @@ class KerasEngine:
         logits, features = self._predict_fn(tf.constant(batch, tf.float32))
         return np.asarray(logits), np.asarray(features) if self.pooled_layer else None
 
-    def gradcam(
-        self, batch: np.ndarray, skip_class: int | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def gradcam(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         if self._cam_fn is None:
             self._cam_fn = gradcam_function(
                 self.keras_model,
                 self.gradcam_layer,
-                skip_class=skip_class,
+                skip_class=self.skip_class,
                 pooled_layer=self.pooled_layer,
             )
         return self._cam_fn(batch)
@@ -118,17 +119,17 @@ class LiteEngine:
 
     name = "litert"
 
-    def __init__(self, compiled: CompiledModel) -> None:
+    def __init__(self, compiled: CompiledModel, skip_class: int | None) -> None:
         self.compiled = compiled
+        self.skip_class = skip_class
 
     def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         pooled = self.compiled.features(batch).mean(axis=(1, 2))
         return self.compiled.head.logits(pooled), pooled
 
-    def gradcam(
-        self, batch: np.ndarray, skip_class: int | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        return gradcam_from_features(self.compiled.features(batch), self.compiled.head, skip_class)
+    def gradcam(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        features = self.compiled.features(batch)
+        return gradcam_from_features(features, self.compiled.head, self.skip_class)
 
 
 @dataclass
@@ -193,10 +194,9 @@ class LoadedModel:
         return [float(v) for v in self.familiarity.novelty(features)]
 
     def _gradcam(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Logits, Grad-CAM maps and pooled features for prepared inputs, in one compiled call."""
-        # The heatmap explains the most likely finding, never "normal" (see gradcam_function).
-        skip = self.labels.index("normal") if "normal" in self.labels else None
-        return self.engine.gradcam(batch, skip)
+        """Logits, Grad-CAM maps and pooled features for prepared inputs, in one compiled call;
+        the heatmap explains the most likely finding, never "normal" (see gradcam_function)."""
+        return self.engine.gradcam(batch)
 
     def warm_up(self, image: np.ndarray, heatmap_shrink: int = 1) -> Prediction:
         """Build and run once the compiled functions a worker serves with: the lung check, and
@@ -315,13 +315,23 @@ def load_model(folder: Path | None = None, *, verify: bool = True) -> LoadedMode
         model's input shape or number of outputs disagrees with the card.
     """
     folder = Path(folder) if folder is not None else DEFAULT_MODEL_DIR
-    card = _checked_card(folder, verify)
+    card = ModelCard.load(folder)
+    weights = folder / card.weights_file
+    if not weights.is_file():
+        raise ModelCardError(f"{folder}: weights file {card.weights_file} is missing")
+    if verify:
+        digest = sha256_of(weights)
+        if digest != card.weights_sha256:
+            raise ModelCardError(
+                f"{weights}: SHA-256 {digest[:16]}... does not match the card's "
+                f"{card.weights_sha256[:16]}...: the weights were changed or the card is stale"
+            )
     if importlib.util.find_spec("tensorflow") is None:
         raise ModuleNotFoundError(
             "TensorFlow is not installed: pip install 'cxr-triage[cpu]' (or '[gpu]' on an "
             "NVIDIA host); the node alone does not need it, workers and model commands do"
         )
-    model = _load_weights(card, folder / card.weights_file)
+    model = _load_weights(card, weights)
     expected_in = (card.input_size, card.input_size, 1)
     if tuple(model.input_shape[1:]) != expected_in:
         raise ModelCardError(
@@ -345,25 +355,21 @@ def load_model(folder: Path | None = None, *, verify: bool = True) -> LoadedMode
     familiarity = _familiarity_for(card, folder, verify)
     logger.info("loaded model %s %s from %s", card.name, card.version, folder)
     logger.info("TensorFlow devices: %s", _devices())
-    engine = KerasEngine(model, card.gradcam_layer)
+    engine = KerasEngine(model, card.gradcam_layer, unexplained_class(card.labels))
     return LoadedModel(card, model, folder, engine, lungs, familiarity)
-
-
-#: ``CXR_MODEL_RUNTIME``: LiteRT where it can serve the model, else TensorFlow; or one of them.
-RUNTIMES = ("auto", "litert", "tensorflow")
 
 
 def load_serving(
     folder: Path | None = None,
     *,
-    runtime: str = "auto",
+    runtime: Runtime = "auto",
     cache: Path | None = None,
     verify: bool = True,
 ) -> LoadedModel:
     """A worker's model: served by LiteRT from the compiled cache, without TensorFlow.
 
     The first load of a model compiles it into ``cache`` (:mod:`models.compiled`; TensorFlow
-    once, about 10 s); later loads, in any process, take the compiled entry. ``runtime``
+    once, 10-16 s); later loads, in any process, take the compiled entry. ``runtime``
     "tensorflow" serves with TensorFlow (a GPU host); "auto" falls back to it, with a log line,
     where LiteRT is not installed or the model's head cannot be compiled; "litert" raises then.
     """
@@ -380,7 +386,9 @@ def load_serving(
             )
         logger.info("LiteRT is not installed: serving with TensorFlow")
         return load_model(folder, verify=verify)
-    card = _checked_card(folder, verify)
+    # Not the weights' hash: what is served is the compiled entry, verified against its own
+    # manifest and named from the card's hash; a miss loads (and checks) the weights.
+    card = ModelCard.load(folder)
     lung_card = LungCard.load(_lung_dir(folder)) if card.crop == "lungs" else None
     if lung_card is not None:
         _check_lungs(card, folder, lung_card)
@@ -397,8 +405,7 @@ def load_serving(
         )
         model = load_model(folder, verify=verify)
         try:
-            entry = ensure_compiled(model.card, model.keras_model, model.lungs, cache)
-            compiled = load_compiled(entry, verify=False)
+            compiled = ensure_compiled(model.card, model.keras_model, model.lungs, cache)
         except CompiledModelError as exc:
             if runtime == "litert":
                 raise
@@ -409,23 +416,8 @@ def load_serving(
         raise CompiledModelError(f"{compiled.folder}: no lung model compiled beside the classifier")
     familiarity = _familiarity_for(card, folder, verify)
     logger.info("loaded model %s %s from %s (LiteRT)", card.name, card.version, compiled.folder)
-    return LoadedModel(card, None, folder, LiteEngine(compiled), lungs, familiarity)
-
-
-def _checked_card(folder: Path, verify: bool) -> ModelCard:
-    """The folder's card, with its weights present and (``verify``) matching its SHA-256."""
-    card = ModelCard.load(folder)
-    weights = folder / card.weights_file
-    if not weights.is_file():
-        raise ModelCardError(f"{folder}: weights file {card.weights_file} is missing")
-    if verify:
-        digest = sha256_of(weights)
-        if digest != card.weights_sha256:
-            raise ModelCardError(
-                f"{weights}: SHA-256 {digest[:16]}... does not match the card's "
-                f"{card.weights_sha256[:16]}...: the weights were changed or the card is stale"
-            )
-    return card
+    engine = LiteEngine(compiled, unexplained_class(card.labels))
+    return LoadedModel(card, None, folder, engine, lungs, familiarity)
 
 
 def _lung_dir(folder: Path) -> Path:

@@ -96,7 +96,7 @@ def test_tensorflow_is_an_extra_the_images_choose() -> None:
 
 def test_the_gpu_worker_image_serves_with_tensorflow() -> None:
     """LiteRT (the CPU install's runtime) would leave the GPU idle."""
-    from models.loader import RUNTIMES
+    from models.compiled import RUNTIMES
 
     env = DockerfileParser(path=str(DOCKER / "worker.Dockerfile")).envs
     assert env.get("CXR_MODEL_RUNTIME") == "tensorflow" and "tensorflow" in RUNTIMES

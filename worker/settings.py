@@ -29,6 +29,7 @@ from pydantic_settings import (
 
 from dicom_node.addresses import AnyDestination, parse_destination, parse_destinations
 from dicom_node.uids import DEFAULT_UID_ROOT
+from models.compiled import Runtime
 
 if TYPE_CHECKING:
     import ssl
@@ -404,7 +405,7 @@ class ModelSettings(BaseModel):
         description="model folder (checked against its card at load)",
         json_schema_extra={"doc_default": "the shipped `models/default`"},
     )
-    model_runtime: Literal["auto", "litert", "tensorflow"] = Field(
+    model_runtime: Runtime = Field(
         "auto",
         description=(
             "what serves the model in a worker: `litert` runs it compiled (`cxr-triage "

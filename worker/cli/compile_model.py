@@ -32,7 +32,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         CompiledModelError,
         default_cache,
         ensure_compiled,
-        load_compiled,
         runtime_available,
     )
     from models.loader import load_model
@@ -44,8 +43,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     started = time.monotonic()
     try:
         model = load_model(args.model or settings.model.model_dir)
-        entry = ensure_compiled(model.card, model.keras_model, model.lungs, cache)
-        compiled = load_compiled(entry)
+        compiled = ensure_compiled(model.card, model.keras_model, model.lungs, cache)
     except (ModelCardError, CompiledModelError) as exc:
         print(f"cxr-triage compile-model: {exc}", file=sys.stderr)
         return 2
